@@ -1,0 +1,40 @@
+# Thin wrapper: every target calls scripts/setup.sh or `repro <verb>`; the logic lives in the package.
+.DEFAULT_GOAL := help
+REPRO := .venv/bin/repro
+SPEC ?= sweeps/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test sweep status aggregate figures bench slurm-up slurm-down
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install:  ## set up system packages, .venv, torch and the package (fast when done)
+	@scripts/setup.sh
+
+demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures in results/demo/
+	$(REPRO) demo
+
+test: install  ## run the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo)
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+sweep: install  ## launch the grid in SPEC (default sweeps/demo.yaml) on SLURM, or locally
+	$(REPRO) sweep $(SPEC)
+
+status: install  ## state of every run of SPEC
+	$(REPRO) status $(SPEC)
+
+aggregate: install  ## collect SPEC's runs into results/<sweep>/runs.parquet and summary.csv
+	$(REPRO) aggregate $(SPEC)
+
+figures: install  ## draw SPEC's figures into results/<sweep>/figures/
+	$(REPRO) figures $(SPEC)
+
+bench: install  ## run benchmarks/ (JSON to results/bench/)
+	$(REPRO) bench
+
+slurm-up:  ## install and start a single-node SLURM cluster on this machine (root)
+	@scripts/slurm-up.sh
+
+slurm-down:  ## stop the single-node SLURM cluster
+	@scripts/slurm-down.sh

@@ -1,0 +1,5 @@
+"""imagenet_repro: reproduce the ImageNet claims of Defazio (2025),
+"Why Gradients Rapidly Increase Near the End of Training", and test optimizers the same way."""
+from imagenet_repro import _torchvision_compat  # noqa: F401  (must run before torchvision/timm)
+
+__version__ = "0.1.0"

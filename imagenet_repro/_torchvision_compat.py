@@ -1,0 +1,57 @@
+"""Make ``import torchvision`` (and hence ``import timm``) work beside a CPU-only torch.
+
+Every x86_64 torchvision wheel on PyPI is a CUDA build.  Next to the CPU build of
+torch its compiled extension ``torchvision/_C.so`` fails to load, and torchvision's
+Python code then registers fake kernels for ``torchvision::nms`` / ``torchvision::qnms``
+whose schemas were never defined, so the import dies with::
+
+    RuntimeError: operator torchvision::nms does not exist
+
+This module defines those two schemas *only when* ``_C`` cannot be loaded, before the
+first torchvision import.  Models, ``transforms.v2`` and ``ImageFolder`` then work; the
+compiled ops (``torchvision.ops.nms``, ``torchvision.io.decode_jpeg``) stay unavailable,
+which this project never uses.  Where ``_C`` loads (a matching CUDA torch on a cluster,
+or a CPU torchvision build) this is a no-op.
+
+Import it before torchvision or timm: ``import imagenet_repro`` does so.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+_LIBRARY = None  # keeps the torch.library.Library alive (dropping it unregisters the ops)
+
+
+def _torchvision_extension_loads() -> bool:
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return True  # torchvision absent: nothing to fix
+    import torch
+
+    for folder in spec.submodule_search_locations:
+        for name in os.listdir(folder):
+            if name.startswith("_C.") and name.endswith((".so", ".pyd")):
+                try:
+                    torch.ops.load_library(os.path.join(folder, name))
+                    return True
+                except (OSError, RuntimeError):
+                    return False
+    return False
+
+
+def install() -> bool:
+    """Register the missing op schemas if needed. Returns True if it had to."""
+    global _LIBRARY
+    if _LIBRARY is not None or _torchvision_extension_loads():
+        return False
+    import torch
+
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _LIBRARY = lib
+    return True
+
+
+install()

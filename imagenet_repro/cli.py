@@ -1,0 +1,172 @@
+"""repro <verb>: the one command line of the suite (the Makefile only wraps it).
+
+Every verb parses its arguments here and calls one library function.  Heavy imports
+(torch, ffcv, submitit, seaborn) happen inside the handlers, so ``repro --help`` is fast.
+Bad input raises :class:`~imagenet_repro.config.ConfigError`; it is printed as one line
+and the process exits with code 2 before anything is written or submitted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from imagenet_repro.config import ConfigError
+
+DEFAULT_RUNS_ROOT = "runs"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from imagenet_repro.config import config_hash, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(DEFAULT_RUNS_ROOT) / cfg.name / config_hash(cfg)
+    from imagenet_repro.train import run_training
+
+    state = run_training(cfg, out)
+    print(f"{out}: {state}")
+    return 0 if state in ("done", "diverged") else 1
+
+
+def _data_write(args: argparse.Namespace) -> int:
+    from imagenet_repro.data import writer
+
+    if args.source == "imagefolder":
+        if not args.src:
+            raise ConfigError("--source imagefolder needs the image folder: repro data write --source imagefolder DIR --out FILE.beton")
+        writer.write_imagefolder(args.src, args.out, max_resolution=args.max_res, jpeg_quality=args.jpeg_quality,
+                                 compress_probability=args.compress_probability, num_workers=args.num_workers)
+    else:
+        writer.write_fashion_mnist(args.out, source=args.src or writer.FASHION_MNIST_DIR, size=args.size,
+                                   num_workers=args.num_workers)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from imagenet_repro.sweep.launcher import launch
+
+    return launch(args.spec, cluster=args.cluster, dry_run=args.dry_run, only=args.only, wait=args.wait)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from imagenet_repro.sweep.status import print_status
+
+    return print_status(args.spec, show_runs=not args.counts_only)
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    from imagenet_repro.analysis.aggregate import aggregate_sweep
+
+    aggregate_sweep(args.spec, results_root=args.results)
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from imagenet_repro.analysis.figures import make_figures
+
+    make_figures(args.spec, results_root=args.results)
+    return 0
+
+
+def _inspect_model(args: argparse.Namespace) -> int:
+    from imagenet_repro.optim.param_groups import print_param_table
+
+    print_param_table(args.model, num_classes=args.num_classes, decay_norm_and_bias=not args.no_decay_norm_and_bias)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from imagenet_repro.demo import run_demo
+
+    return run_demo(args.spec, cluster=args.cluster)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    folder = Path(args.dir)
+    scripts = [folder / f"{n}.py" for n in args.names] if args.names else sorted(folder.glob("*.py"))
+    for script in scripts:
+        if not script.is_file():
+            raise ConfigError(f"no such benchmark: {script}")
+    for script in scripts:
+        print(f"== {script}", flush=True)
+        sys.argv = [str(script)]
+        runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repro", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    t = sub.add_parser("train", help="train one run into a run directory (resumes if it has a checkpoint)")
+    t.add_argument("config", help="experiment YAML, e.g. experiments/demo.yaml")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.2 seed=3")
+    t.add_argument("--out", help="run directory (default: runs/<name>/<config hash>)")
+    t.set_defaults(fn=_train)
+
+    d = sub.add_parser("data", help="prepare datasets")
+    dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    w = dsub.add_parser("write", help="write an ImageFolder or Fashion-MNIST to FFCV .beton files")
+    w.add_argument("--source", choices=["imagefolder", "fashion-mnist"], required=True)
+    w.add_argument("src", nargs="?", help="imagefolder: the class-folder root; fashion-mnist: idx folder (default: Debian's)")
+    w.add_argument("--out", required=True, help="imagefolder: FILE.beton; fashion-mnist: folder for train.beton and val.beton")
+    w.add_argument("--max-res", type=int, default=256, help="longest image side kept (imagefolder)")
+    w.add_argument("--jpeg-quality", type=int, default=90)
+    w.add_argument("--compress-probability", type=float, default=0.5, help="share of images stored as JPEG (rest raw)")
+    w.add_argument("--num-workers", type=int, default=2)
+    w.add_argument("--size", type=int, default=32, help="fashion-mnist: image side in pixels")
+    w.set_defaults(fn=_data_write)
+
+    s = sub.add_parser("sweep", help="launch a grid of runs (SLURM job arrays, or submitit's local executor)")
+    s.add_argument("spec", help="grid spec YAML, e.g. sweeps/demo.yaml")
+    s.add_argument("--cluster", choices=["auto", "slurm", "local", "debug"], default="auto")
+    s.add_argument("--dry-run", action="store_true", help="print the plan and the cost estimate, submit nothing")
+    s.add_argument("--only", nargs="+", default=[], metavar="KEY=VAL", help="restrict to grid points with these values")
+    s.add_argument("--no-wait", dest="wait", action="store_false", help="return after submitting")
+    s.set_defaults(fn=_sweep, wait=True)
+
+    st = sub.add_parser("status", help="counts by state and a per-run table for a sweep")
+    st.add_argument("spec")
+    st.add_argument("--counts-only", action="store_true")
+    st.set_defaults(fn=_status)
+
+    for verb, fn, text in (("aggregate", _aggregate, "collect a sweep's runs into results/<sweep>/ tables"),
+                           ("figures", _figures, "draw the paper's figures from the aggregated tables")):
+        a = sub.add_parser(verb, help=text)
+        a.add_argument("spec")
+        a.add_argument("--results", default="results", help="results root (default: results)")
+        a.set_defaults(fn=fn)
+
+    i = sub.add_parser("inspect-model", help="table of parameters, their group and decay rule")
+    i.add_argument("model", help="e.g. resnet50, small_resnet, timm:resnet50")
+    i.add_argument("--num-classes", type=int, default=1000)
+    i.add_argument("--no-decay-norm-and-bias", action="store_true")
+    i.set_defaults(fn=_inspect_model)
+
+    dm = sub.add_parser("demo", help="Fashion-MNIST -> .beton -> sweep -> aggregate -> figures, on CPU")
+    dm.add_argument("--spec", default="sweeps/demo.yaml")
+    dm.add_argument("--cluster", choices=["auto", "slurm", "local"], default="auto")
+    dm.set_defaults(fn=_demo)
+
+    b = sub.add_parser("bench", help="run the benchmarks (JSON to results/bench/)")
+    b.add_argument("names", nargs="*", help="benchmark names (default: all)")
+    b.add_argument("--dir", default="benchmarks")
+    b.set_defaults(fn=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except ConfigError as exc:
+        print(f"repro: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

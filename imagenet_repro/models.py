@@ -1,0 +1,78 @@
+"""Models: torchvision ResNets (the paper's ResNet-50), any timm model, and a small
+CIFAR-style ResNet for 32x32 inputs that the CPU demo trains in minutes.
+
+Names: ``resnet50`` (any torchvision classification model name), ``timm:<name>``
+(any timm model), ``small_resnet`` (widths and blocks from the model config).
+"""
+from __future__ import annotations
+
+import imagenet_repro  # noqa: F401  (torchvision compatibility shim first)
+
+import torch
+from torch import nn
+
+SMALL = "small_resnet"
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """ResNet for small images: 3x3 stem, one stage per width (stride 2 after the first),
+    global average pooling and a linear classifier.  Every conv is followed by BatchNorm,
+    so every conv weight is a 'normalized' weight in the paper's sense; ``fc`` is not."""
+
+    def __init__(self, num_classes: int, widths: list[int] = (8, 16, 32), blocks_per_stage: int = 1) -> None:
+        super().__init__()
+        widths = list(widths)
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(blocks_per_stage):
+                layers.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def known_model(name: str) -> bool:
+    if name == SMALL:
+        return True
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.is_model(name[5:])
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """Model from a model config section (``name``, ``widths``, ``blocks_per_stage``)."""
+    if cfg.name == SMALL:
+        return SmallResNet(num_classes, list(cfg.widths), cfg.blocks_per_stage)
+    if cfg.name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(cfg.name[5:], pretrained=False, num_classes=num_classes)
+    import torchvision
+
+    return torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes)
