@@ -133,8 +133,10 @@ def _read_yaml(path: str | Path) -> DictConfig:
     return loaded
 
 
-def _merge_error(exc: OmegaConfBaseException) -> ConfigError:
+def _merge_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     key = getattr(exc, "full_key", None)
+    if key and prefix and not str(key).startswith(prefix):
+        key = prefix + str(key)
     text = _one_line(exc)
     if type(exc).__name__ == "ConfigKeyError" and key:
         return ConfigError(f"unknown config key: {key}")
@@ -157,16 +159,19 @@ def build_config(*layers: DictConfig | dict) -> DictConfig:
     optim_cls = optimizer_config_class(optim_name)  # raises ConfigError for an unknown name
 
     schema = OmegaConf.structured(RunConfig)
+    schema.optim = OmegaConf.structured(optim_cls)
     try:
-        schema.optim = OmegaConf.structured(optim_cls)
         cfg = OmegaConf.merge(schema, raw)
-        if optim_raw is not None:
+    except OmegaConfBaseException as exc:
+        raise _merge_error(exc) from None
+    if optim_raw is not None:
+        try:
             cfg.optim = OmegaConf.merge(cfg.optim, optim_raw)
+        except OmegaConfBaseException as exc:
+            raise _merge_error(exc, prefix="optim.") from None
+    try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
-        if getattr(exc, "full_key", None) and optim_raw is not None and type(exc).__name__ == "ConfigKeyError":
-            key = exc.full_key if str(exc.full_key).startswith("optim") else f"optim.{exc.full_key}"
-            raise ConfigError(f"unknown config key: {key}") from None
         raise _merge_error(exc) from None
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)

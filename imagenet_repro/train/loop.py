@@ -1,0 +1,284 @@
+"""One training run: config in, run directory out (see :mod:`imagenet_repro.rundir`).
+
+The loop, in the order it happens each step::
+
+    schedule.apply(t)            γ_t (and γ_max) into every param group
+    loss = model(x) vs y         bf16 autocast + channels_last on CUDA
+    loss.backward()              DDP all-reduces the gradient here
+    telemetry.record(t)          ||g||, ||x|| (global, normalized layers, per layer)
+    [clip], optimizer.step()
+
+every ``flush_every`` steps the telemetry is synced to the host (non-finite → the run ends
+``diverged``), every ``checkpoint.every_minutes`` and at every epoch end a checkpoint is
+written, and each epoch ends with an evaluation.  SIGTERM/SIGUSR1/SIGUSR2 are deferred to
+the next step boundary: checkpoint, then the previously installed handler (submitit's,
+which requeues the job) runs.  A run directory with a checkpoint resumes where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from imagenet_repro import rundir
+from imagenet_repro.config import to_yaml
+from imagenet_repro.models import build_model
+from imagenet_repro.optim import build_optimizer, predicted_ratio
+from imagenet_repro.train.checkpoint import load_checkpoint, save_checkpoint
+from imagenet_repro.train.distributed import Dist, all_reduce_sum, init_from_env, shutdown
+from imagenet_repro.train.manifest import build_manifest
+from imagenet_repro.train.schedule import LRSchedule
+from imagenet_repro.train.telemetry import Telemetry
+
+EVAL_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
+_DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.dist, self.device = init_from_env(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.seed)
+        from imagenet_repro.data import build_loaders
+
+        self.train_loader, self.val_loader = build_loaders(cfg, self.device, self.dist.rank, self.dist.world_size)
+        self.steps_per_epoch = len(self.train_loader)
+        if cfg.train.steps_per_epoch > 0:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+
+        self.cuda = self.device.type == "cuda"
+        model = build_model(cfg.model, cfg.data.num_classes)
+        self.channels_last = self.cuda and cfg.model.channels_last
+        model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.model = model
+        res = self.train_loader.resolution(0)
+        example = torch.zeros(2, 3, res, res, device=self.device)
+        self.optimizer = build_optimizer(model, cfg.optim, example_input=example)
+        self.schedule = LRSchedule(self.optimizer, cfg.schedule, cfg.optim.lr, self.total_steps, self.steps_per_epoch)
+        self.ddp_model = model
+        if self.dist.enabled:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.cuda else None)
+
+        group_of = {}
+        for group in self.optimizer.param_groups:
+            for name in group.get("names", []):
+                group_of[name] = group
+        normalized = {n for g in self.optimizer.param_groups if g.get("normalized") for n in g["names"]}
+        self.telemetry = Telemetry(
+            list(model.named_parameters()), normalized,
+            predicted=lambda name: predicted_ratio(self.optimizer, group_of[name]),
+            layer_every=cfg.telemetry.layer_every, flush_every=cfg.telemetry.flush_every, device=self.device)
+        self.eval_rows: list[list] = []
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self._pending_signal: int | None = None
+        self._previous_handlers: dict[int, object] = {}
+        self._last_checkpoint = time.monotonic()
+
+    # ---- files ---------------------------------------------------------------------
+    def _write_tables(self) -> None:
+        if not self.dist.is_main:
+            return
+        steps, layers = self.telemetry.frames()
+        rundir.atomic_write_parquet(self.out / rundir.STEPS, steps)
+        rundir.atomic_write_parquet(self.out / rundir.LAYERS, layers)
+        rundir.atomic_write_parquet(self.out / rundir.EVAL, pd.DataFrame(self.eval_rows, columns=EVAL_COLUMNS))
+
+    def _status(self, state: str, **extra) -> None:
+        if not self.dist.is_main:
+            return
+        top1 = self.eval_rows[-1][2] if self.eval_rows else None
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        rundir.write_status(self.out, state, epoch=self.epoch, step=self.step, total_steps=self.total_steps,
+                            top1=top1, job_id=job_id or os.environ.get("SLURM_JOB_ID"), updated=time.time(), **extra)
+
+    def _checkpoint(self) -> None:
+        """Flush telemetry, write the tables, then the checkpoint (so they always agree)."""
+        self.telemetry.flush()
+        if self.dist.is_main:
+            self._write_tables()
+            save_checkpoint(self.out / rundir.LAST_CHECKPOINT, model=self.model, optimizer=self.optimizer,
+                            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
+        self._last_checkpoint = time.monotonic()
+
+    def _start_files(self) -> None:
+        ckpt = self.out / rundir.LAST_CHECKPOINT
+        if ckpt.exists():
+            pos = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer)
+            self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
+            steps = pd.read_parquet(self.out / rundir.STEPS)
+            layers = pd.read_parquet(self.out / rundir.LAYERS)
+            self.telemetry.restore(steps, layers, before_step=self.step)
+            evals = pd.read_parquet(self.out / rundir.EVAL)
+            self.eval_rows = evals[evals.step <= self.step][EVAL_COLUMNS].values.tolist()
+            for row in self.eval_rows:
+                row[0], row[1] = int(row[0]), int(row[1])
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            rundir.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
+            manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
+            manifest.update(build_manifest(self.dist.world_size, self.device, manifest))
+            rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
+        self._status("running", resumed_from_step=self.step if ckpt.exists() else None)
+
+    # ---- signals --------------------------------------------------------------------
+    def _defer_signal(self, signum: int, frame) -> None:
+        self._pending_signal = signum
+
+    def _install_signal_handlers(self) -> None:
+        for sig in _DEFERRED_SIGNALS:
+            self._previous_handlers[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._defer_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+
+    def _handle_pending_signal(self) -> None:
+        signum = self._pending_signal
+        name = signal.Signals(signum).name
+        self._checkpoint()
+        self._status("failed", reason=f"interrupted by {name} at step {self.step}; resumes from its checkpoint")
+        self._restore_signal_handlers()
+        previous = self._previous_handlers.get(signum)
+        if callable(previous):
+            previous(signum, None)  # e.g. submitit: checkpoint() + requeue, then exit
+        raise SystemExit(128 + signum)
+
+    # ---- the loop -------------------------------------------------------------------
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        lr = self.schedule.apply(self.step)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.train.amp):
+            loss = F.cross_entropy(self.ddp_model(images), labels, label_smoothing=self.cfg.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.telemetry.record(self.step, self.epoch, lr, loss, images.shape[0] * self.dist.world_size)
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.batch_in_epoch += 1
+
+    @torch.no_grad()
+    def evaluate(self) -> list:
+        self.model.eval()
+        totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # top1, top5, loss sum, count
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.train.amp):
+            for images, labels in self.val_loader:
+                logits = self.model(images).float()
+                top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                hit = top5 == labels[:, None]
+                totals += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum(),
+                                       F.cross_entropy(logits, labels, reduction="sum"),
+                                       torch.tensor(labels.shape[0], device=self.device)]).to(torch.float64)
+        if getattr(self.val_loader, "sharded", False):
+            all_reduce_sum(totals, self.dist)
+        self.model.train()
+        top1, top5, loss, count = totals.tolist()
+        return [self.epoch, self.step, top1 / count, top5 / count, loss / count]
+
+    def _progress(self, bar) -> None:
+        last = self.telemetry.last
+        if bar is not None and last:
+            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.3g}", g=f"{last['grad_norm']:.3g}",
+                            img_s=f"{last['images_per_s']:.0f}", refresh=False)
+
+    def fit(self) -> str:
+        self._start_files()
+        self._install_signal_handlers()
+        every_s = self.cfg.checkpoint.every_minutes * 60
+        show_bar = self.dist.is_main and self.cfg.train.progress
+        try:
+            while self.epoch < self.cfg.train.epochs:
+                skip = self.batch_in_epoch
+                bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                           disable=not show_bar, dynamic_ncols=True, leave=False)
+                for images, labels in self.train_loader.epoch(self.epoch, skip=skip):
+                    if self.batch_in_epoch >= self.steps_per_epoch:
+                        break
+                    self._train_step(images, labels)
+                    bar.update(1)
+                    if self.step % self.telemetry.flush_every == 0:
+                        if not self.telemetry.flush():
+                            return self._finish("diverged")
+                        self._progress(bar)
+                    if self._pending_signal is not None:
+                        self._handle_pending_signal()
+                    if every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s:
+                        self._checkpoint()
+                        if self.telemetry.diverged:
+                            return self._finish("diverged")
+                bar.close()
+                if not self.telemetry.flush():
+                    return self._finish("diverged")
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                row = self.evaluate()
+                self.eval_rows.append(row)
+                if not math.isfinite(row[4]):
+                    return self._finish("diverged")
+                if self.dist.is_main and show_bar:
+                    tqdm.write(f"epoch {self.epoch}: top1 {row[2]:.4f} top5 {row[3]:.4f} loss {row[4]:.4f}")
+                if self.cfg.checkpoint.every_epoch or self.epoch == self.cfg.train.epochs:
+                    self._checkpoint()
+                self._status("running")
+            return self._finish("done")
+        finally:
+            self._restore_signal_handlers()
+
+    def _finish(self, state: str) -> str:
+        self.telemetry.flush()
+        self._write_tables()
+        if self.dist.is_main:
+            manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
+            manifest["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
+        extra = {"reason": f"non-finite loss or gradient at step {self.step}"} if state == "diverged" else {}
+        self._status(state, **extra)
+        return state
+
+
+def run_training(cfg: DictConfig, out_dir: str | Path) -> str:
+    """Train (or resume) the run in ``out_dir``; return its final state.
+
+    A run already ``done`` or ``diverged`` is not trained again.  An exception marks the
+    run ``failed`` (with the error) and propagates.
+    """
+    out = Path(out_dir)
+    state = rundir.read_status(out).get("state")
+    if state in rundir.FINAL_STATES:
+        return state
+    trainer = Trainer(cfg, out)
+    try:
+        return trainer.fit()
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        trainer._status("failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        raise
+    finally:
+        shutdown(trainer.dist)

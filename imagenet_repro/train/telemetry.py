@@ -1,0 +1,114 @@
+"""Gradient and weight norms, every step, accumulated on the device.
+
+After ``backward()`` (and so after DDP's all-reduce: the norms are those of the reduced
+gradient) and before ``optimizer.step()`` (so before weight decay or clipping touch
+anything), :meth:`Telemetry.record` takes one ``torch._foreach_norm`` over all gradients
+and one over all weights, and writes into a device buffer:
+
+    loss, ||g||, ||x||, ||g_N||, ||x_N||        (N: the normalized-layer weights)
+
+and, every ``layer_every`` steps, the per-layer ||g|| and ||x|| of each normalized weight.
+Nothing is copied to the host until :meth:`flush` (every ``flush_every`` steps), so the
+GPU never waits for a per-step ``.item()``.  The host keeps the rows; :meth:`frames`
+returns them as the ``steps`` and ``layers`` tables of the run-directory contract.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import pandas as pd
+import torch
+
+STEP_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm", "grad_norm_normalized",
+                "weight_norm_normalized", "images_per_s"]
+LAYER_COLUMNS = ["step", "layer", "grad_norm", "weight_norm", "ratio", "predicted_ratio"]
+
+
+class Telemetry:
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], normalized: set[str],
+                 predicted: Callable[[str], float], layer_every: int, flush_every: int,
+                 device: torch.device) -> None:
+        self.names = [n for n, _ in named_params]
+        self.params = [p for _, p in named_params]
+        norm_idx = [i for i, n in enumerate(self.names) if n in normalized]
+        self.layer_names = [self.names[i] for i in norm_idx]
+        self.norm_idx = torch.tensor(norm_idx, dtype=torch.long, device=device)
+        self.predicted = predicted
+        self.layer_every = layer_every
+        self.flush_every = flush_every
+        self.buf = torch.zeros(flush_every, 5, device=device, dtype=torch.float32)
+        self.layer_buf = torch.zeros(flush_every, 2, len(norm_idx), device=device, dtype=torch.float32)
+        self.pending: list[tuple[int, int, float, bool, dict[str, float] | None]] = []
+        self.step_rows: list[list] = []
+        self.layer_rows: list[list] = []
+        self._window_start = time.perf_counter()
+        self._window_images = 0
+        self.diverged = False  # sticky: set by the first flush that sees a non-finite value
+
+    @torch.no_grad()
+    def record(self, step: int, epoch: int, lr: float, loss: torch.Tensor, batch_images: int) -> None:
+        k = len(self.pending)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        g = torch.stack(torch._foreach_norm(grads)).float()
+        x = torch.stack(torch._foreach_norm([p.detach() for p in self.params])).float()
+        g_n, x_n = g.index_select(0, self.norm_idx), x.index_select(0, self.norm_idx)
+        row = torch.stack([loss.detach().float().reshape(()), g.square().sum().sqrt(), x.square().sum().sqrt(),
+                           g_n.square().sum().sqrt(), x_n.square().sum().sqrt()])
+        self.buf[k].copy_(row)
+        with_layers = step % self.layer_every == 0
+        predicted = None
+        if with_layers:
+            self.layer_buf[k, 0].copy_(g_n)
+            self.layer_buf[k, 1].copy_(x_n)
+            predicted = {n: self.predicted(n) for n in self.layer_names}
+        self.pending.append((step, epoch, lr, with_layers, predicted))
+        self._window_images += batch_images
+        if len(self.pending) == self.flush_every:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Copy the pending rows to the host. Returns False if a loss or norm is non-finite."""
+        if not self.pending:
+            return True
+        n = len(self.pending)
+        values = self.buf[:n].cpu().tolist()
+        layers = self.layer_buf[:n].cpu() if any(p[3] for p in self.pending) else None
+        now = time.perf_counter()
+        rate = self._window_images / max(now - self._window_start, 1e-9)
+        self._window_start, self._window_images = now, 0
+        finite = True
+        for i, (step, epoch, lr, with_layers, predicted) in enumerate(self.pending):
+            self.step_rows.append([step, epoch, lr, *values[i], rate])
+            if with_layers:
+                for j, name in enumerate(self.layer_names):
+                    gn, xn = float(layers[i, 0, j]), float(layers[i, 1, j])
+                    self.layer_rows.append([step, name, gn, xn, gn / xn if xn > 0 else math.nan, predicted[name]])
+            if finite and not all(math.isfinite(v) for v in values[i]):
+                finite = False
+                del self.pending[i + 1:]  # keep everything up to the first non-finite step
+                break
+        self.pending.clear()
+        self.diverged = self.diverged or not finite
+        return not self.diverged
+
+    @property
+    def last(self) -> dict[str, float]:
+        if not self.step_rows:
+            return {}
+        return dict(zip(STEP_COLUMNS, self.step_rows[-1]))
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        steps = pd.DataFrame(self.step_rows, columns=STEP_COLUMNS).astype({"step": "int64", "epoch": "int64"})
+        layers = pd.DataFrame(self.layer_rows, columns=LAYER_COLUMNS).astype({"step": "int64"})
+        return steps, layers
+
+    def restore(self, steps: pd.DataFrame, layers: pd.DataFrame, before_step: int) -> None:
+        """Resume: keep the rows of steps < ``before_step`` (later ones will be recomputed)."""
+        self.step_rows = steps[steps.step < before_step][STEP_COLUMNS].values.tolist()
+        for row in self.step_rows:
+            row[0], row[1] = int(row[0]), int(row[1])
+        self.layer_rows = layers[layers.step < before_step][LAYER_COLUMNS].values.tolist()
+        for row in self.layer_rows:
+            row[0] = int(row[0])
