@@ -7,4 +7,5 @@ from imagenet_repro.optim.registry import (  # noqa: F401
     optimizer_config_class,
     predicted_ratio,
     register_optimizer,
+    unregister_optimizer,
 )

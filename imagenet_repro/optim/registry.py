@@ -53,6 +53,11 @@ def register_optimizer(name: str, config: type = OptimConfig) -> Callable[[type]
     return decorate
 
 
+def unregister_optimizer(name: str) -> None:
+    """Remove a registered optimizer (tests register throw-away ones and clean up)."""
+    _REGISTRY.pop(name, None)
+
+
 def _load_builtin() -> None:
     """Import every module of this package once so their decorators run."""
     global _LOADED

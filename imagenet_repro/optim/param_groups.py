@@ -1,0 +1,184 @@
+"""Parameter groups: which weights are "normalized", and the decay each group gets.
+
+The paper's correction applies to *normalized* weights: a conv/linear weight whose
+output goes straight into a normalization layer (BatchNorm, LayerNorm, GroupNorm,
+InstanceNorm).  Such a weight is scale-invariant, so its gradient is orthogonal to it
+and weight decay alone sets its norm.  Detection reads the model graph:
+
+1. ``torch.fx`` symbolic tracing (conv/linear/norm modules kept as leaves): a layer is
+   normalized when every use of its output is a norm layer (module or ``F.*_norm``).
+2. Models fx cannot trace: one forward pass in eval mode on an example input with
+   forward hooks on every leaf module, recording execution order; a layer is normalized
+   when its output tensor is the input of the next norm module to run (every call of a
+   shared layer must qualify).
+
+Groups (each a dict for ``torch.optim``): ``normalized`` (decay λ, corrected to
+λ·γ_t/γ_max by SGDC/AdamC), ``other`` (λ), ``norm-affine`` and ``bias`` (λ if
+``decay_norm_and_bias`` else 0).  Every group has ``params``, ``names`` (same order),
+``weight_decay``, ``lr_max``, ``normalized`` and ``group`` (its kind).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import fx, nn
+
+from imagenet_repro.config import ConfigError
+
+NORMS: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+LAYERS: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+_NORM_FUNCTIONS = (torch.nn.functional.batch_norm, torch.nn.functional.layer_norm,
+                   torch.nn.functional.group_norm, torch.nn.functional.instance_norm)
+KINDS = ("normalized", "other", "norm-affine", "bias")
+
+
+class _LeafTracer(fx.Tracer):
+    """fx tracer that never traces into conv/linear/norm modules (also custom subclasses)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, LAYERS + NORMS) or super().is_leaf_module(m, qualname)
+
+
+def _is_norm_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), NORMS)
+    if node.op == "call_function":
+        return node.target in _NORM_FUNCTIONS and len(node.args) > 0
+    return False
+
+
+def _normalized_by_fx(model: nn.Module) -> set[str]:
+    graph = _LeafTracer().trace(model)
+    modules = dict(model.named_modules())
+    verdict: dict[str, bool] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), LAYERS):
+            continue
+        users = list(node.users)
+        ok = bool(users) and all(_is_norm_node(u, modules) and u.args[0] is node for u in users)
+        verdict[str(node.target)] = verdict.get(str(node.target), True) and ok
+    return {name for name, ok in verdict.items() if ok}
+
+
+def _example_input(model: nn.Module) -> torch.Tensor:
+    first = next((m for m in model.modules() if isinstance(m, LAYERS)), None)
+    p = next(model.parameters())
+    if isinstance(first, nn.Linear):
+        return torch.randn(2, first.in_features, device=p.device)
+    if isinstance(first, nn.modules.conv._ConvNd):
+        spatial = (64,) * (first.weight.ndim - 2)
+        return torch.randn(2, first.in_channels, *spatial, device=p.device)
+    raise ConfigError("cannot guess an example input for this model; pass example_input")
+
+
+def _normalized_by_hooks(model: nn.Module, example_input: Optional[torch.Tensor]) -> set[str]:
+    x = _example_input(model) if example_input is None else example_input
+    order: list[tuple[str, nn.Module, tuple, object]] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: order.append((names[mod], mod, inp, out)))
+             for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    verdict: dict[str, bool] = {}
+    for i, (name, mod, _, out) in enumerate(order):
+        if not isinstance(mod, LAYERS):
+            continue
+        consumer = next((o for o in order[i + 1:] if any(t is out for t in o[2])), None)
+        ok = consumer is not None and isinstance(consumer[1], NORMS)
+        verdict[name] = verdict.get(name, True) and ok
+    return {name for name, ok in verdict.items() if ok}
+
+
+def normalized_layers(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> tuple[set[str], str]:
+    """Names of conv/linear modules whose output feeds a norm layer, and the method used."""
+    try:
+        return _normalized_by_fx(model), "fx"
+    except Exception:  # data-dependent control flow, unsupported ops...: trace by running it
+        return _normalized_by_hooks(model, example_input), "hooks"
+
+
+def classify(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> list[tuple[str, nn.Parameter, str]]:
+    """(name, parameter, kind) for every trainable parameter, kind in :data:`KINDS`."""
+    return _classify(model, normalized_layers(model, example_input)[0])
+
+
+def _classify(model: nn.Module, normalized: set[str]) -> list[tuple[str, nn.Parameter, str]]:
+    owner = {}
+    for mname, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            owner.setdefault(id(p), (mname, pname, mod))
+    out, seen = [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        mname, pname, mod = owner[id(p)]
+        if isinstance(mod, NORMS):
+            kind = "norm-affine"
+        elif pname == "weight" and mname in normalized:
+            kind = "normalized"
+        elif pname.endswith("bias") or p.ndim <= 1:
+            kind = "bias"
+        else:
+            kind = "other"
+        out.append((name, p, kind))
+    return out
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr_max: float, decay_norm_and_bias: bool = True,
+                 example_input: Optional[torch.Tensor] = None) -> list[dict]:
+    """Optimizer parameter groups (non-empty ones, in the order of :data:`KINDS`)."""
+    buckets: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in KINDS}
+    for name, p, kind in classify(model, example_input):
+        buckets[kind].append((name, p))
+    groups = []
+    for kind in KINDS:
+        if not buckets[kind]:
+            continue
+        decays = kind in ("normalized", "other") or decay_norm_and_bias
+        groups.append({"params": [p for _, p in buckets[kind]], "names": [n for n, _ in buckets[kind]],
+                       "weight_decay": float(weight_decay) if decays else 0.0, "lr_max": float(lr_max),
+                       "normalized": kind == "normalized", "group": kind})
+    return groups
+
+
+def _rule(kind: str, decay_norm_and_bias: bool) -> str:
+    if kind == "normalized":
+        return "λ (sgd, adamw); λ·γ_t/γ_max (sgdc, adamc)"
+    if kind == "other" or decay_norm_and_bias:
+        return "λ"
+    return "0"
+
+
+def print_param_table(model_name: str, num_classes: int = 1000, decay_norm_and_bias: bool = True) -> None:
+    """Print every parameter of a named model with its group and decay rule (``repro inspect-model``)."""
+    from imagenet_repro.config import ModelConfig
+    from imagenet_repro.models import build_model, known_model
+
+    if not known_model(model_name):
+        raise ConfigError(f"unknown model name: {model_name!r}")
+    if num_classes <= 0:
+        raise ConfigError(f"--num-classes must be > 0 (got {num_classes})")
+    model = build_model(ModelConfig(name=model_name), num_classes)
+    normalized, method = normalized_layers(model)
+    classified = _classify(model, normalized)
+    rows = [(name, "x".join(map(str, p.shape)), kind, _rule(kind, decay_norm_and_bias)) for name, p, kind in classified]
+    header = ("parameter", "shape", "group", "weight decay")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    fmt = "{:<%d}  {:<%d}  {:<%d}  {}" % tuple(widths)
+    print(fmt.format(*header))
+    for row in rows:
+        print(fmt.format(*row))
+    print(f"\n{model_name}: normalized layers detected by {method}")
+    for kind in KINDS:
+        sel = [p for _, p, k in classified if k == kind]
+        print(f"  {kind:<12} {len(sel):4d} tensors {sum(p.numel() for p in sel):>12,d} values"
+              f"  decay {_rule(kind, decay_norm_and_bias)}")

@@ -1,0 +1,43 @@
+r"""SGDC: SGD with the weight decay corrected on normalized layers (Defazio, 2025).
+
+Identical to :mod:`imagenet_repro.optim.sgd` except the decay at step t of a group
+marked ``normalized`` is
+
+.. math::  \lambda_t = \lambda \, \gamma_t / \gamma_{\max},
+
+with :math:`\gamma_t` the group's current ``lr`` and :math:`\gamma_{\max}` its ``lr_max``
+(the schedule's peak LR, passed explicitly).  Other groups keep :math:`\lambda`.
+Putting :math:`\lambda_t` into the steady-state balance of SGD gives
+:math:`\|g\|/\|x\| = \sqrt{2\lambda_t(1-\beta)/\gamma_t} = \sqrt{2\lambda(1-\beta)/\gamma_{\max}}`,
+independent of the schedule: the end-of-training rise of the gradient norm disappears.
+With :math:`\gamma_t = \gamma_{\max}` SGDC computes bit for bit what SGD computes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from imagenet_repro.optim.registry import register_optimizer
+from imagenet_repro.optim.sgd import SGD, SGDConfig
+
+
+@dataclass
+class SGDCConfig(SGDConfig):
+    name: str = "sgdc"
+
+
+@register_optimizer("sgdc", config=SGDCConfig)
+class SGDC(SGD):
+    """SGD whose decay on normalized groups follows the LR schedule: λ·γ_t/γ_max."""
+
+    def decay(self, group: dict) -> float:
+        if not group["normalized"]:
+            return group["weight_decay"]
+        # ratio first, so that γ_t == γ_max gives exactly λ (λ * 1.0)
+        return group["weight_decay"] * (group["lr"] / group["lr_max"])
+
+    def predicted_ratio(self, group: dict) -> float:
+        """sqrt(2 λ_t (1-β) / γ_t) = sqrt(2 λ (1-β) / γ_max), also at γ_t = 0."""
+        if not group["normalized"]:
+            return math.nan
+        return math.sqrt(2.0 * group["weight_decay"] * (1.0 - group["momentum"]) / group["lr_max"])
