@@ -1,0 +1,355 @@
+"""Collect a sweep's run directories into tidy tables under ``results/<sweep>/``.
+
+``aggregate_sweep(spec)`` reads every run folder of the sweep (see :mod:`.sweepref`) and
+writes, each file atomically:
+
+    runs.parquet    one row per run: state, problem, config axes (optimizer, lr, wd, seed
+                    and every config leaf as ``cfg.<dotted key>``), final/best top-1/top-5,
+                    tail ratios (mean over the last 10% of steps / mean over 40-60%) of the
+                    gradient norm, the normalized-layer ||g||/||x|| and the weight norm, and
+                    the theory's median |relative error| over normalized layers
+    curves.parquet  per run: the step curves as <= 200 binned means (source "train") and
+                    the eval curve (source "eval")
+    configs.csv     one row per (optimizer, lr, wd): seed counts by state, mean/std metrics
+    summary.csv     per optimizer, its best (lr, wd) and mean ± std over that config's seeds
+
+Runs that are running, failed, diverged or corrupt (unreadable status/config/parquet) keep
+their row, with ``state`` saying so; only ``done`` runs feed the metrics of a config, and a
+config with any diverged seed is not eligible as the best one.  Use :func:`aggregate_runs`
+for an arbitrary list of run folders (no spec, nothing written).
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from imagenet_repro import rundir
+from imagenet_repro.analysis.metrics import binned_means, tail_ratio
+from imagenet_repro.analysis.sweepref import sweep_ref
+from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_from_layers, default_window
+from imagenet_repro.config import ConfigError
+
+STEP_READ_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
+                     "grad_norm_normalized", "weight_norm_normalized"]
+EVAL_READ_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
+CURVE_POINTS = 200
+STATE_ORDER = ["done", "diverged", "running", "pending", "failed", "corrupt"]
+AXES = ["optimizer", "lr", "wd"]
+METRICS = ["final_top1", "final_top5", "best_top1", "best_top5", "grad_norm_tail_ratio",
+           "ratio_tail_ratio", "weight_norm_tail_ratio", "theory_median_abs_err"]
+
+
+class CorruptRun(Exception):
+    """A run folder whose files cannot be read; the message says which and why."""
+
+
+@dataclass
+class Aggregate:
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    configs: pd.DataFrame
+    summary: pd.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- one run
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame | None:
+    """The table at ``path`` (only ``columns``), None if absent; CorruptRun if unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return pq.read_table(path, columns=columns, use_threads=False).to_pandas()
+    except Exception as exc:
+        raise CorruptRun(f"{path.name}: {_first_line(exc)}") from None
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(node, (list, tuple)):
+        out[f"cfg.{prefix}"] = str(list(node))
+    else:
+        out[f"cfg.{prefix}"] = node
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.CONFIG
+    if not path.is_file():
+        raise CorruptRun(f"{rundir.CONFIG} is missing")
+    try:
+        cfg = OmegaConf.load(path)
+        if not isinstance(cfg, DictConfig):
+            raise ValueError("not a mapping")
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:
+        raise CorruptRun(f"{rundir.CONFIG}: {_first_line(exc)}") from None
+    row: dict[str, Any] = {}
+    for key, dotted in (("optimizer", "optim.name"), ("lr", "optim.lr"), ("wd", "optim.weight_decay"),
+                        ("seed", "seed")):
+        value = OmegaConf.select(cfg, dotted, default=None)
+        if value is None:
+            raise CorruptRun(f"{rundir.CONFIG} has no {dotted}")
+        row[key] = value
+    row["lr"], row["wd"], row["seed"] = float(row["lr"]), float(row["wd"]), int(row["seed"])
+    row["optimizer"] = str(row["optimizer"])
+    row["schedule"] = OmegaConf.select(cfg, "schedule.name", default=None)
+    flat: dict[str, Any] = {}
+    _flatten(container, "", flat)
+    row.update(flat)
+    return row
+
+
+def _step_metrics(steps: pd.DataFrame, row: dict[str, Any]) -> dict[str, np.ndarray]:
+    steps = steps.sort_values("step", kind="stable")
+    step = steps["step"].to_numpy(np.int64)
+    cols = {c: steps[c].to_numpy(np.float64) for c in STEP_READ_COLUMNS if c != "step"}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cols["ratio_normalized"] = cols["grad_norm_normalized"] / cols["weight_norm_normalized"]
+    row["n_steps"] = int(step.size)
+    row["last_step"] = int(step[-1]) if step.size else -1
+    row["grad_norm_tail_ratio"] = tail_ratio(step, cols["grad_norm"])
+    row["ratio_tail_ratio"] = tail_ratio(step, cols["ratio_normalized"])
+    row["weight_norm_tail_ratio"] = tail_ratio(step, cols["weight_norm"])
+    cols["step"] = step.astype(np.float64)
+    return cols
+
+
+def _eval_metrics(ev: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
+    ev = ev.sort_values("epoch", kind="stable")
+    row["epochs_evaluated"] = int(len(ev))
+    if len(ev):
+        row["final_top1"], row["final_top5"] = float(ev["top1"].iloc[-1]), float(ev["top5"].iloc[-1])
+        row["best_top1"], row["best_top5"] = float(ev["top1"].max()), float(ev["top5"].max())
+        row["final_eval_loss"] = float(ev["loss"].iloc[-1])
+    return ev
+
+
+def _predicted_per_step(layers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Median over layers of the theory's ratio, per logged step."""
+    per_step = layers.groupby("step", sort=True)["predicted_ratio"].median()
+    return per_step.index.to_numpy(np.float64), per_step.to_numpy(np.float64)
+
+
+def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """One run folder -> (row of runs.parquet, its curves or None). Never raises on bad files."""
+    run_dir = Path(run_dir)
+    row: dict[str, Any] = {"run_id": run_dir.name, "run_dir": str(run_dir), "problem": None}
+    status_path = run_dir / rundir.STATUS
+    status = rundir.read_status(run_dir)
+    row["reported_state"] = str(status.get("state", "pending"))
+    row["state"] = row["reported_state"]
+    try:
+        if status_path.exists() and rundir.read_json(status_path) is None:
+            raise CorruptRun(f"{rundir.STATUS} is not a JSON object")
+        if row["state"] not in rundir.STATES:
+            raise CorruptRun(f"{rundir.STATUS} has unknown state {row['state']!r}")
+        if row["state"] == "pending" and not (run_dir / rundir.CONFIG).exists():
+            return row, None
+        row.update(_read_config(run_dir))
+        steps = _read_parquet(run_dir / rundir.STEPS, STEP_READ_COLUMNS)
+        ev = _read_parquet(run_dir / rundir.EVAL, EVAL_READ_COLUMNS)
+        layers = _read_parquet(run_dir / rundir.LAYERS, LAYER_READ_COLUMNS)
+        if row["state"] in rundir.FINAL_STATES and steps is None:
+            raise CorruptRun(f"state {row['state']} but {rundir.STEPS} is missing")
+        if row["state"] == "done" and ev is None:
+            raise CorruptRun(f"state done but {rundir.EVAL} is missing")
+    except CorruptRun as exc:
+        row["state"], row["problem"] = "corrupt", str(exc)
+        return row, None
+
+    parts = []
+    if steps is not None and len(steps):
+        cols = _step_metrics(steps, row)
+        binned = binned_means(cols, max_points)
+        curve = pd.DataFrame(binned)
+        curve.insert(0, "bin", np.arange(len(curve), dtype=np.int64))
+        if layers is not None and len(layers):
+            xs, ys = _predicted_per_step(layers)
+            ok = np.isfinite(ys)
+            curve["predicted_ratio"] = np.interp(curve["step"], xs[ok], ys[ok]) if ok.any() else np.nan
+        curve["source"] = "train"
+        parts.append(curve)
+    if ev is not None:
+        ev = _eval_metrics(ev, row)
+        parts.append(pd.DataFrame({"epoch": ev["epoch"].to_numpy(np.float64), "step": ev["step"].to_numpy(np.float64),
+                                   "top1": ev["top1"].to_numpy(np.float64), "top5": ev["top5"].to_numpy(np.float64),
+                                   "eval_loss": ev["loss"].to_numpy(np.float64), "source": "eval"}))
+    if layers is not None and len(layers):
+        total = row["last_step"] + 1 if row.get("last_step", -1) >= 0 else None
+        table = agreement_from_layers(layers, default_window(row.get("schedule")), total_steps=total)
+        if len(table):
+            row["theory_median_abs_err"] = float(np.median(np.abs(table["rel_err"])))
+            row["theory_mean_err"] = float(table["rel_err"].mean())
+    curves = pd.concat(parts, ignore_index=True) if parts else None
+    if curves is not None:
+        curves.insert(0, "run_id", row["run_id"])
+    return row, curves
+
+
+# ------------------------------------------------------------------------- many runs
+
+def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINTS, workers: int = 2) -> Aggregate:
+    """Read ``run_dirs`` into the tables of an :class:`Aggregate` (nothing is written)."""
+    run_dirs = sorted(Path(d) for d in run_dirs)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(lambda d: read_run(d, max_points), run_dirs))
+    runs = pd.DataFrame([row for row, _ in results])
+    for col in ["optimizer", "lr", "wd", "seed", "schedule", "n_steps", "last_step", "epochs_evaluated",
+                "final_eval_loss", "theory_mean_err", *METRICS]:
+        if col not in runs.columns:
+            runs[col] = np.nan
+    front = ["run_id", "state", "problem", "optimizer", "lr", "wd", "seed", "schedule", *METRICS,
+             "theory_mean_err", "n_steps", "last_step", "epochs_evaluated", "final_eval_loss", "reported_state", "run_dir"]
+    runs = runs[front + sorted(c for c in runs.columns if c not in front)]
+    frames = [c for _, c in results if c is not None]
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "source", "step"])
+    configs = config_table(runs)
+    summary = summarize(runs, configs)
+    counts = {s: int((runs["state"] == s).sum()) for s in STATE_ORDER if (runs["state"] == s).any()}
+    return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts)
+
+
+def config_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (optimizer, lr, wd): seeds by state, mean/std (sample) of done seeds' metrics."""
+    valid = runs[runs["state"] != "corrupt"].dropna(subset=AXES)
+    if valid.empty:
+        return pd.DataFrame(columns=[*AXES, "n_done", "n_diverged", "n_failed", "n_running", "eligible"])
+    keys = valid.groupby(AXES, sort=True)
+    table = keys.size().rename("n_runs").to_frame()
+    for state in ("done", "diverged", "failed", "running"):
+        table[f"n_{state}"] = keys["state"].agg(lambda s, st=state: int((s == st).sum()))
+    done = valid[valid["state"] == "done"].groupby(AXES)
+    for metric in METRICS:
+        table[f"{metric}_mean"] = done[metric].mean()
+        table[f"{metric}_std"] = done[metric].std(ddof=1)
+    table = table.reset_index()
+    table["eligible"] = (table["n_done"] > 0) & (table["n_diverged"] == 0)
+    return table
+
+
+def select_best(configs: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer, the eligible config with the highest mean final top-1 (ties: smaller lr, wd)."""
+    ok = configs[configs["eligible"] & configs["final_top1_mean"].notna()]
+    if ok.empty:
+        return ok
+    ranked = ok.sort_values(["optimizer", "final_top1_mean", "lr", "wd"], ascending=[True, False, True, True])
+    return ranked.groupby("optimizer", sort=True).head(1).reset_index(drop=True)
+
+
+def summarize(runs: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per optimizer: best lr and wd, seed count, mean and std of the metrics (top-k in %)."""
+    configs = config_table(runs) if configs is None else configs
+    best = select_best(configs)
+    rows = []
+    for opt in sorted(runs["optimizer"].dropna().unique()):
+        mine = configs[configs["optimizer"] == opt]
+        row: dict[str, Any] = {"optimizer": opt, "n_configs": int(len(mine)),
+                               "n_configs_diverged": int((mine["n_diverged"] > 0).sum()) if len(mine) else 0}
+        pick = best[best["optimizer"] == opt]
+        if pick.empty:
+            row.update(best_lr=math.nan, best_wd=math.nan, n_seeds=0)
+            rows.append(row)
+            continue
+        p = pick.iloc[0]
+        row.update(best_lr=float(p["lr"]), best_wd=float(p["wd"]), n_seeds=int(p["n_done"]))
+        for metric in METRICS:
+            scale = 100.0 if "top" in metric else 1.0
+            name = f"{metric}_pct" if "top" in metric else metric
+            row[f"{name}_mean"] = float(p[f"{metric}_mean"]) * scale
+            row[f"{name}_std"] = float(p[f"{metric}_std"]) * scale
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as an aligned text table (mean ± std)."""
+    if summary.empty:
+        return "(no runs with an optimizer)"
+
+    def pm(row: pd.Series, name: str, fmt: str) -> str:
+        mean, std = row.get(f"{name}_mean", math.nan), row.get(f"{name}_std", math.nan)
+        if mean is None or not np.isfinite(mean):
+            return "-"
+        return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if np.isfinite(std) else "")
+
+    lines = []
+    for _, r in summary.iterrows():
+        lines.append({
+            "optimizer": r["optimizer"],
+            "best lr": f"{r['best_lr']:g}" if np.isfinite(r["best_lr"]) else "-",
+            "best wd": f"{r['best_wd']:g}" if np.isfinite(r["best_wd"]) else "-",
+            "seeds": int(r["n_seeds"]),
+            "final top-1 %": pm(r, "final_top1_pct", ".2f"),
+            "best top-1 %": pm(r, "best_top1_pct", ".2f"),
+            "|g| tail ratio": pm(r, "grad_norm_tail_ratio", ".3g"),
+            "|g|/|x| tail ratio": pm(r, "ratio_tail_ratio", ".3g"),
+            "|x| tail ratio": pm(r, "weight_norm_tail_ratio", ".3g"),
+            "theory |err| %": pm(pd.Series({"x_mean": 100 * r.get("theory_median_abs_err_mean", math.nan),
+                                            "x_std": 100 * r.get("theory_median_abs_err_std", math.nan)}), "x", ".1f"),
+            "configs (diverged)": f"{r['n_configs']} ({r['n_configs_diverged']})",
+        })
+    return pd.DataFrame(lines).to_string(index=False)
+
+
+def format_problems(runs: pd.DataFrame) -> str:
+    """One line per run that is not done: its id, state and, for corrupt ones, why."""
+    lines = []
+    for _, r in runs[runs["state"] != "done"].iterrows():
+        lines.append(f"  {r['run_id']}: {r['state']}" + (f" ({r['problem']})" if r["problem"] else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- a sweep
+
+def sweep_run_dirs(runs_dir: Path) -> list[Path]:
+    """The run folders of a sweep: every visible sub-folder of ``runs_dir``."""
+    if not runs_dir.is_dir():
+        raise ConfigError(f"no runs folder {runs_dir} (has the sweep been launched?)")
+    dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise ConfigError(f"no run folders under {runs_dir}")
+    return dirs
+
+
+def write_aggregate(agg: Aggregate, out_dir: str | Path) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write_parquet(out / "runs.parquet", agg.runs)
+    rundir.atomic_write_parquet(out / "curves.parquet", agg.curves)
+    rundir.atomic_write(out / "configs.csv", lambda tmp: agg.configs.to_csv(tmp, index=False))
+    rundir.atomic_write(out / "summary.csv", lambda tmp: agg.summary.to_csv(tmp, index=False))
+
+
+def results_dir(spec: str | Path, results_root: str | Path = "results") -> Path:
+    return Path(results_root) / sweep_ref(spec).name
+
+
+def aggregate_sweep(spec: str | Path, results_root: str | Path = "results", max_points: int = CURVE_POINTS,
+                    workers: int = 2, quiet: bool = False) -> Aggregate:
+    """Aggregate the sweep of ``spec`` into ``results_root/<sweep>/`` and print the summary."""
+    ref = sweep_ref(spec)
+    agg = aggregate_runs(sweep_run_dirs(ref.runs_dir), max_points=max_points, workers=workers)
+    out = Path(results_root) / ref.name
+    write_aggregate(agg, out)
+    if not quiet:
+        counts = ", ".join(f"{n} {s}" for s, n in agg.counts.items())
+        print(f"{ref.name}: {len(agg.runs)} runs ({counts}) -> {out}/")
+        problems = format_problems(agg.runs)
+        if problems:
+            print("not in the statistics:\n" + problems)
+        print(format_summary(agg.summary))
+    return agg
