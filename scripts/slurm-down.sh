@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Stop the single-node cluster started by scripts/slurm-up.sh: each daemon by its pid file
+# (slurmd, slurmctld, slurmdbd, mariadbd, munged, in that order), waiting until it exits.
+set -euo pipefail
+
+stop() {  # stop NAME PIDFILE
+  local name=$1 pidfile=$2 pid
+  [ -s "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid"
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "slurm-down: $name (pid $pid) ignored SIGTERM for 30 s; sending SIGKILL" >&2
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    echo "slurm-down: stopped $name (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+[ "$(id -u)" = 0 ] || { echo "slurm-down: error: must run as root" >&2; exit 1; }
+stop slurmd /run/slurm/slurmd.pid
+stop slurmctld /run/slurm/slurmctld.pid
+stop slurmdbd /run/slurm/slurmdbd.pid
+stop mariadbd /run/mysqld/mysqld.pid
+stop munged /run/munge/munged.pid
