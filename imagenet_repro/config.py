@@ -145,8 +145,11 @@ def _merge_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     return ConfigError(text)
 
 
-def build_config(*layers: DictConfig | dict) -> DictConfig:
-    """Merge layers (dicts or DictConfigs) over the structured defaults and validate."""
+def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictConfig:
+    """Merge layers (dicts or DictConfigs) over the structured defaults and validate.
+
+    ``check_paths=False`` skips the data-path existence checks (a sweep's dry run plans
+    cluster paths that need not exist on the submitting machine)."""
     from imagenet_repro.optim.registry import optimizer_config_class
 
     raw = OmegaConf.merge(*[OmegaConf.create(layer) for layer in layers]) if layers else OmegaConf.create()
@@ -173,7 +176,7 @@ def build_config(*layers: DictConfig | dict) -> DictConfig:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         raise _merge_error(exc) from None
-    validate(cfg)
+    validate(cfg, check_paths=check_paths)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
