@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import imagenet_repro  # noqa: F401  (torchvision compatibility shim first)
 
+import functools
+
 import torch
 from torch import nn
 
@@ -53,6 +55,7 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+@functools.lru_cache(maxsize=None)  # listing torchvision's models takes ~20 ms; sweeps validate hundreds of points
 def known_model(name: str) -> bool:
     if name == SMALL:
         return True
