@@ -1,0 +1,97 @@
+"""PyTorch ImageFolder layout (``root/<class>/<image>``) and Fashion-MNIST idx files.
+
+Both backends read their sources through this module, so a bad folder gives the same
+one-line :class:`~imagenet_repro.config.ConfigError` whether it is being written to a
+``.beton`` or loaded by the torchvision fallback.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from imagenet_repro.config import ConfigError
+
+# torchvision.datasets.folder.IMG_EXTENSIONS
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def scan_imagefolder(root: str | Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted folder names) and ``(path, label)`` samples, as torchvision's ImageFolder.
+
+    Raises ConfigError for a missing root, a root without class folders, or a class
+    folder without images, so nothing is written from a half-valid tree.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"image folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ConfigError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    samples: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        files = sorted(str(p) for p in (root / name).rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        if not files:
+            raise ConfigError(f"class folder has no images: {root / name}")
+        samples.extend((f, label) for f in files)
+    return classes, samples
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode one image to RGB like torchvision's default loader; ConfigError names the file."""
+    try:
+        with open(path, "rb") as fh:
+            img = Image.open(fh)
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"unreadable image {path}: {reason}") from None
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    if not path.is_file():
+        raise ConfigError(f"Fashion-MNIST file not found: {path} (install Debian's dataset-fashion-mnist)")
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise ConfigError(f"{path}: not a readable gzip file ({exc})") from None
+    ndim = magic & 0xFF
+    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
+        raise ConfigError(f"{path}: not an idx file with magic {magic}")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ConfigError(f"{path}: truncated idx file ({body.size} bytes for shape {shape})")
+    return body.reshape(shape)
+
+
+def read_fashion_mnist(split: str, source: str | Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 [N, 28, 28], labels int64 [N])`` of the ``train`` or ``val`` (t10k) split."""
+    source = Path(source)
+    if not source.is_dir():
+        raise ConfigError(f"Fashion-MNIST folder not found: {source} (install Debian's dataset-fashion-mnist)")
+    img_name, lbl_name = FASHION_MNIST_FILES[split]
+    images = _read_idx(source / img_name, 2051)
+    labels = _read_idx(source / lbl_name, 2049).astype(np.int64)
+    if len(images) != len(labels):
+        raise ConfigError(f"{source}: {len(images)} images but {len(labels)} labels in the {split} split")
+    return images, labels
+
+
+def fashion_mnist_rgb(images: np.ndarray, size: int) -> np.ndarray:
+    """Grey 28x28 -> RGB ``size`` x ``size`` uint8 [N, size, size, 3] (bilinear resize, channel copy)."""
+    if size <= 0:
+        raise ConfigError(f"--size must be > 0 (got {size})")
+    if images.shape[1:] != (size, size):
+        images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in images])
+    return np.ascontiguousarray(np.repeat(images[..., None], 3, axis=-1))

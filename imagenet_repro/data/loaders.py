@@ -1,0 +1,114 @@
+"""``build_loaders``: the train and val loaders of a run, FFCV or torchvision.
+
+Interface used by the trainer::
+
+    train, val = build_loaders(cfg, device, rank, world_size)
+    len(train)                      # batches per epoch on this rank (drop_last)
+    for x, y in train.epoch(e, skip=k): ...   # deterministic in (cfg.seed, e); skips k batches
+    train.resolution(e)             # progressive resizing, as ffcv-imagenet
+    for x, y in val: ...            # whole val set (or data.val_subset), fixed order
+
+Images are float32, normalised, NCHW on ``device`` (channels_last on CUDA); labels are
+int64 1-D on ``device``.  ``data.batch_size`` is global: each rank gets
+``batch_size // world_size``.  ``data.backend=torchvision`` selects the fallback, which
+is also used (with a warning) when ffcv cannot be imported.
+
+Only one epoch iterator of a TrainLoader may be live at a time; FFCV batches live in
+buffers that are reused a few batches later, so clone what you keep.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from imagenet_repro.config import ConfigError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+# Fashion-MNIST train-set pixel statistics in [0, 1] (grey, copied to 3 channels).
+FASHION_MNIST_MEAN = np.array([0.286] * 3) * 255
+FASHION_MNIST_STD = np.array([0.353] * 3) * 255
+VAL_CROP_RATIO = 224 / 256
+RES_STEP = 32  # progressive resolutions are rounded to a multiple of this, as ffcv-imagenet
+
+
+class TrainLoader(Protocol):
+    num_examples: int
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def resolution(self, epoch: int) -> int: ...
+
+
+class ValLoader(Protocol):
+    num_examples: int
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def mean_std(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel normalisation constants on the 0..255 scale for ``data.dataset``."""
+    if dataset == "fashion_mnist":
+        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def train_resolution(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
+    """ffcv-imagenet's progressive resizing: ``min_res`` until ``start_ramp``, linear to
+    ``max_res`` at ``end_ramp`` (rounded to a multiple of 32); ``end_ramp <= 0``: fixed ``max_res``."""
+    if end_ramp <= 0:
+        return max_res
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    interp = np.interp([epoch], [start_ramp, end_ramp], [min_res, max_res])[0]
+    return int(min(max(round(interp / RES_STEP) * RES_STEP, min_res), max_res))
+
+
+def per_rank_batch_size(global_batch: int, world_size: int) -> int:
+    bs = global_batch // world_size
+    if bs < 1:
+        raise ConfigError(f"data.batch_size={global_batch} is smaller than the world size {world_size}")
+    return bs
+
+
+def subset_indices(n: int, subset: int) -> np.ndarray:
+    return np.arange(min(n, subset) if subset > 0 else n, dtype=np.int64)
+
+
+def shard_length(n: int, world_size: int) -> int:
+    return -(-n // world_size) if world_size > 1 else n
+
+
+def ffcv_available() -> bool:
+    try:
+        import ffcv.loader  # noqa: F401
+    except Exception:  # ImportError, or a broken compiled extension
+        return False
+    return True
+
+
+def build_loaders(cfg: DictConfig, device: torch.device, rank: int = 0,
+                  world_size: int = 1) -> tuple[TrainLoader, ValLoader]:
+    """Train and val loaders for ``cfg`` (the whole RunConfig) on ``device``, for DDP rank ``rank``."""
+    device = torch.device(device)
+    backend = cfg.data.backend
+    if backend == "ffcv" and not ffcv_available():
+        warnings.warn("ffcv cannot be imported: falling back to data.backend=torchvision", RuntimeWarning)
+        backend = "torchvision"
+    if backend == "ffcv":
+        from imagenet_repro.data.ffcv_backend import build_ffcv_loaders
+
+        return build_ffcv_loaders(cfg, device, rank, world_size)
+    from imagenet_repro.data.torchvision_backend import build_torchvision_loaders
+
+    return build_torchvision_loaders(cfg, device, rank, world_size)
