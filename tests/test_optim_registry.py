@@ -1,0 +1,121 @@
+"""A new optimizer is one registered class + config dataclass, selected by ``optim.name``."""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagenet_repro.config import ConfigError, build_config
+from imagenet_repro.models import build_model
+from imagenet_repro.optim import (
+    OptimConfig,
+    available_optimizers,
+    build_optimizer,
+    predicted_ratio,
+    register_optimizer,
+    unregister_optimizer,
+)
+
+
+@dataclass
+class SignSGDConfig(OptimConfig):
+    name: str = "test_signsgd"
+    scale: float = 1.0
+
+
+class SignSGD(torch.optim.Optimizer):
+    """x <- x - lr * scale * sign(g) - lr * λ_t x   (a throw-away optimizer for this test)."""
+
+    def __init__(self, params, lr: float = 0.1, weight_decay: float = 0.0, scale: float = 1.0) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, scale=scale, lr_max=lr, normalized=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(torch.sign(p.grad), alpha=-group["lr"] * group["scale"])
+
+
+@contextmanager
+def registered(name: str, cls: type, config: type):
+    """Register for the duration of a test only, so nothing leaks into other tests."""
+    register_optimizer(name, config=config)(cls)
+    try:
+        yield
+    finally:
+        unregister_optimizer(name)
+
+
+@pytest.fixture
+def data_paths(tmp_path: Path) -> dict:
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.beton").write_bytes(b"x")
+    return {"train_path": str(tmp_path / "train.beton"), "val_path": str(tmp_path / "val.beton"), "num_classes": 10}
+
+
+def small_config(data_paths: dict, optim: dict):
+    return build_config({"model": {"name": "small_resnet"}, "data": data_paths, "optim": optim})
+
+
+def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def test_registered_optimizer_is_built_from_config_and_trains(data_paths):
+    with registered("test_signsgd", SignSGD, SignSGDConfig):
+        assert "test_signsgd" in available_optimizers()
+        cfg = small_config(data_paths, {"name": "test_signsgd", "lr": 0.05, "weight_decay": 0.0, "scale": 2.0})
+        assert cfg.optim.scale == 2.0
+        torch.manual_seed(0)
+        model = build_model(cfg.model, num_classes=10)
+        opt = build_optimizer(model, cfg.optim)
+        assert isinstance(opt, SignSGD)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        one_step(model, opt)
+        for n, p in model.named_parameters():  # every parameter moved by exactly lr*scale*sign(g)
+            expected = before[n] - 0.05 * 2.0 * torch.sign(p.grad)
+            torch.testing.assert_close(p.detach(), expected)
+        assert math.isnan(predicted_ratio(opt, opt.param_groups[0]))  # no predicted_ratio: NaN
+        with pytest.raises(ConfigError, match="unknown config key: optim.momentum"):
+            small_config(data_paths, {"name": "test_signsgd", "momentum": 0.9})
+    assert "test_signsgd" not in available_optimizers()
+    with pytest.raises(ConfigError, match="unknown optimizer name"):
+        small_config(data_paths, {"name": "test_signsgd"})
+
+
+def test_registering_a_taken_name_is_refused():
+    with registered("test_signsgd", SignSGD, SignSGDConfig):
+        with pytest.raises(ValueError, match="already registered"):
+            register_optimizer("test_signsgd", config=SignSGDConfig)(type("Other", (SignSGD,), {}))
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgdc", "adamw", "adamc"])
+def test_builtin_optimizers_build_from_config(data_paths, name):
+    extra = {"momentum": 0.8, "nesterov": True} if name.startswith("sgd") else {"betas": [0.8, 0.99], "eps": 1e-6}
+    cfg = small_config(data_paths, {"name": name, "lr": 0.2, "weight_decay": 1e-3, "decay_norm_and_bias": False,
+                                    **extra})
+    model = build_model(cfg.model, num_classes=10)
+    opt = build_optimizer(model, cfg.optim)
+    assert type(opt).__name__.lower() == name
+    kinds = {g["group"]: g for g in opt.param_groups}
+    assert kinds["normalized"]["normalized"] and not kinds["other"]["normalized"]
+    assert all(g["lr_max"] == 0.2 and g["lr"] == 0.2 for g in opt.param_groups)
+    assert kinds["normalized"]["weight_decay"] == 1e-3 and kinds["other"]["weight_decay"] == 1e-3
+    assert kinds["bias"]["weight_decay"] == 0.0 and kinds["norm-affine"]["weight_decay"] == 0.0
+    if name.startswith("sgd"):
+        assert opt.param_groups[0]["momentum"] == 0.8 and opt.param_groups[0]["nesterov"] is True
+    else:
+        assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["eps"] == 1e-6
+    before = [p.detach().clone() for p in model.parameters()]
+    one_step(model, opt)
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
