@@ -84,14 +84,12 @@ class Trainer:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.cuda else None)
 
-        group_of = {}
-        for group in self.optimizer.param_groups:
-            for name in group.get("names", []):
-                group_of[name] = group
+        # index, not the dict: optimizer.load_state_dict() replaces the group dicts on resume
+        group_index = {name: i for i, g in enumerate(self.optimizer.param_groups) for name in g.get("names", [])}
         normalized = {n for g in self.optimizer.param_groups if g.get("normalized") for n in g["names"]}
         self.telemetry = Telemetry(
             list(model.named_parameters()), normalized,
-            predicted=lambda name: predicted_ratio(self.optimizer, group_of[name]),
+            predicted=lambda name: predicted_ratio(self.optimizer, self.optimizer.param_groups[group_index[name]]),
             layer_every=cfg.telemetry.layer_every, flush_every=cfg.telemetry.flush_every, device=self.device)
         self.eval_rows: list[list] = []
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -257,7 +255,10 @@ class Trainer:
             manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
             manifest["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
-        extra = {"reason": f"non-finite loss or gradient at step {self.step}"} if state == "diverged" else {}
+        extra = {}
+        if state == "diverged":
+            at = self.telemetry.diverged_at
+            extra["reason"] = f"non-finite loss or gradient at step {at}" if at is not None else "non-finite eval loss"
         self._status(state, **extra)
         return state
 

@@ -46,6 +46,7 @@ class Telemetry:
         self._window_start = time.perf_counter()
         self._window_images = 0
         self.diverged = False  # sticky: set by the first flush that sees a non-finite value
+        self.diverged_at: int | None = None  # the first step with a non-finite loss or norm
 
     @torch.no_grad()
     def record(self, step: int, epoch: int, lr: float, loss: torch.Tensor, batch_images: int) -> None:
@@ -87,6 +88,7 @@ class Telemetry:
                     self.layer_rows.append([step, name, gn, xn, gn / xn if xn > 0 else math.nan, predicted[name]])
             if finite and not all(math.isfinite(v) for v in values[i]):
                 finite = False
+                self.diverged_at = step
                 del self.pending[i + 1:]  # keep everything up to the first non-finite step
                 break
         self.pending.clear()
