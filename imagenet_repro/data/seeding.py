@@ -87,3 +87,12 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int = 0, world
         perm = np.resize(perm, total)  # wrap-around padding, as DistributedSampler
         perm = perm[rank::world_size]
     return perm
+
+
+@njit
+def sample_keys(key, indices):
+    """:func:`sample_key` of every index (vectorised, for the torchvision backend)."""
+    out = np.empty(len(indices), dtype=np.uint64)
+    for k in range(len(indices)):
+        out[k] = sample_key(np.uint64(key), np.uint64(indices[k]))
+    return out

@@ -1,0 +1,158 @@
+"""Torchvision fallback: ImageFolder (or Fashion-MNIST idx arrays) + transforms.v2 + DataLoader.
+
+Same augmentations as the FFCV pipelines (RandomResizedCrop + horizontal flip for
+train; centre crop of 224/256 of the short side resized to ``data.val_res`` for val;
+normalisation on the 0..255 scale), same epoch orders (:func:`seeding.epoch_order`),
+and the same determinism contract: each sample's transforms run under a torch RNG
+seeded from ``(seed, epoch, sample index)``, so ``epoch(e, skip=k)`` reproduces the
+tail of an uninterrupted epoch whatever the number of workers.
+
+``data.train_path``/``val_path`` are ImageFolder roots; for ``fashion_mnist`` they may be
+folders holding the idx ``.gz`` files, otherwise Debian's copy is read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from imagenet_repro.config import ConfigError
+from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_rgb, load_rgb,
+                                             read_fashion_mnist, scan_imagefolder)
+from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, per_rank_batch_size, shard_length,
+                                         subset_indices, train_resolution)
+from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
+
+FASHION_MNIST_SIZE = 32  # the writer's default size, so both backends see the same pixels
+_MASK63 = (1 << 63) - 1
+
+
+class _Images(Dataset):
+    """Items are ``(index, sample seed or -1, resolution)``; returns ``(float image, label)``."""
+
+    def __init__(self, load, labels: np.ndarray, train: bool, scale_min: float, mean, std):
+        self.load, self.labels, self.train, self.scale_min = load, labels, train, scale_min
+        self.normalize = v2.Normalize(list(map(float, mean)), list(map(float, std)))
+        self.flip = v2.RandomHorizontalFlip()
+        self._crops: dict[int, v2.RandomResizedCrop] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _augment(self, img: torch.Tensor, res: int) -> torch.Tensor:
+        crop = self._crops.setdefault(res, v2.RandomResizedCrop(res, scale=(self.scale_min, 1.0), antialias=True))
+        return self.flip(crop(img))
+
+    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        index, seed, res = item
+        img = self.load(index)  # uint8 CHW tensor
+        if self.train:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                img = self._augment(img, res)
+        else:
+            c = int(VAL_CROP_RATIO * min(img.shape[-2:]))
+            img = F.resize(F.center_crop(img, [c, c]), [res, res], antialias=True)
+        return self.normalize(img.float()), int(self.labels[index])
+
+
+def _folder_source(root: str):
+    _, samples = scan_imagefolder(root)
+    paths = [p for p, _ in samples]
+    labels = np.array([lbl for _, lbl in samples], dtype=np.int64)
+    return (lambda i: F.pil_to_tensor(load_rgb(paths[i]))), labels
+
+
+def _fmnist_source(path: str, split: str):
+    folder = Path(path) if Path(path).is_dir() and (Path(path) / FASHION_MNIST_FILES[split][0]).is_file() \
+        else Path(FASHION_MNIST_DIR)
+    images, labels = read_fashion_mnist(split, folder)
+    rgb = torch.from_numpy(fashion_mnist_rgb(images, FASHION_MNIST_SIZE)).permute(0, 3, 1, 2)
+    return (lambda i: rgb[i]), labels
+
+
+def _source(d: DictConfig, split: str):
+    path = str(d.train_path if split == "train" else d.val_path)
+    if d.dataset == "fashion_mnist":
+        return _fmnist_source(path, split)
+    if path.endswith(".beton"):
+        raise ConfigError(f"data.backend=torchvision needs an ImageFolder root, got the .beton file {path}")
+    return _folder_source(path)
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device):
+    if device.type == "cuda":
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+    return images, labels
+
+
+class TorchvisionTrainLoader:
+    def __init__(self, cfg: DictConfig, device: torch.device, rank: int, world_size: int):
+        d = cfg.data
+        self.cfg, self.device, self.seed, self.rank, self.world_size = d, device, int(cfg.seed), rank, world_size
+        load, labels = _source(d, "train")
+        self.dataset = _Images(load, labels, True, d.rrc_scale_min, *mean_std(d.dataset))
+        self.indices = subset_indices(len(labels), d.train_subset)
+        self.num_examples = len(self.indices)
+        self.batch_size = per_rank_batch_size(d.batch_size, world_size)
+        self._len = shard_length(self.num_examples, world_size) // self.batch_size
+        if self._len == 0:
+            raise ConfigError(f"{d.train_path}: {self.num_examples} training images give no full batch of "
+                              f"{self.batch_size} per rank (data.batch_size / world size)")
+
+    def __len__(self) -> int:
+        return self._len
+
+    def resolution(self, epoch: int) -> int:
+        d = self.cfg
+        return train_resolution(epoch, d.min_res, d.max_res, d.start_ramp, d.end_ramp)
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        order = epoch_order(self.indices, self.seed, epoch, self.rank, self.world_size)
+        return order[: self._len * self.batch_size]
+
+    def epoch(self, epoch: int, skip: int = 0):
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0 (got {skip})")
+        res, key = self.resolution(epoch), epoch_key(self.seed, epoch)
+        order = self.epoch_indices(epoch)
+        order = order[skip * self.batch_size:]
+        seeds = (sample_keys(key & _MASK63, order.astype(np.int64)) & np.uint64(_MASK63)).tolist()
+        items = [(int(i), s, res) for i, s in zip(order.tolist(), seeds)]
+        batches = [items[k:k + self.batch_size] for k in range(0, len(items), self.batch_size)]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.cfg.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        for images, labels in loader:
+            yield _to_device(images, labels, self.device)
+
+
+class TorchvisionValLoader:
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        d = cfg.data
+        self.device, self.res = device, d.val_res
+        load, labels = _source(d, "val")
+        self.dataset = _Images(load, labels, False, d.rrc_scale_min, *mean_std(d.dataset))
+        self.indices = subset_indices(len(labels), d.val_subset)
+        self.num_examples = len(self.indices)
+        self.batch_size, self.num_workers = d.val_batch_size, d.num_workers
+
+    def __len__(self) -> int:
+        return -(-self.num_examples // self.batch_size)
+
+    def __iter__(self):
+        items = [(int(i), -1, self.res) for i in self.indices]
+        batches = [items[k:k + self.batch_size] for k in range(0, len(items), self.batch_size)]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        for images, labels in loader:
+            yield _to_device(images, labels, self.device)
+
+
+def build_torchvision_loaders(cfg: DictConfig, device: torch.device, rank: int, world_size: int):
+    return TorchvisionTrainLoader(cfg, device, rank, world_size), TorchvisionValLoader(cfg, device)
