@@ -71,16 +71,3 @@ def binned_means(columns: dict[str, np.ndarray], max_points: int) -> dict[str, n
         with np.errstate(invalid="ignore", divide="ignore"):
             out[key] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return out
-
-
-def ema(values: np.ndarray, alpha: float) -> np.ndarray:
-    """Exponential moving average with bias correction (the first point is the first value)."""
-    values = np.asarray(values, dtype=np.float64)
-    out = np.empty_like(values)
-    acc, weight = 0.0, 0.0
-    for i, v in enumerate(values):
-        if np.isfinite(v):
-            acc = (1 - alpha) * acc + alpha * v
-            weight = (1 - alpha) * weight + alpha
-        out[i] = acc / weight if weight > 0 else np.nan
-    return out

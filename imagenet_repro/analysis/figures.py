@@ -1,0 +1,245 @@
+"""The paper's figures from a sweep's aggregated tables, as PNG and PDF.
+
+``make_figures(spec)`` reads ``results/<sweep>/runs.parquet`` and ``curves.parquet``
+(running ``aggregate_sweep`` first if they are missing) and writes to
+``results/<sweep>/figures/``:
+
+    fig5_training_curves   test top-1 vs epoch, ||g|| vs step, ||x|| vs step and the
+                           normalized-layer ||g||/||x|| with the theory, per optimizer at its
+                           best (lr, wd): mean over seeds with a ±1 std band
+    heatmap_top1           final top-1 over the lr x wd grid, one panel per optimizer;
+                           configs with a diverged seed are marked D, the best is boxed
+    fig2_layer_ratios      per-layer ||g||/||x|| (EMA-smoothed) with the theory line, for the
+                           best config of each optimizer (its lowest done seed), log y
+
+and ``results/<sweep>/theory_agreement.csv`` (per optimizer, seed and normalized layer) and
+``theory_summary.csv`` (per optimizer, over layers), which are also printed.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from imagenet_repro import rundir  # noqa: E402
+from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best  # noqa: E402
+from imagenet_repro.analysis.sweepref import sweep_ref  # noqa: E402
+from imagenet_repro.analysis.theory import format_summary, summarize_agreement, theory_agreement  # noqa: E402
+
+FORMATS = ("png", "pdf")
+EMA_POINTS = 0.05  # EMA time constant as a fraction of the logged points
+
+
+def _log_label(v: float) -> str:
+    """Tick label for a log-spaced value: plain for 0.01..100, mantissa·10^k otherwise."""
+    if v == 0 or not np.isfinite(v):
+        return f"{v:g}"
+    if 0.01 <= abs(v) < 100:
+        return f"{v:g}"
+    exp = int(math.floor(math.log10(abs(v))))
+    mant = v / 10**exp
+    mant_s = "" if math.isclose(mant, 1.0) else f"{mant:.3g}\\cdot"
+    return f"${mant_s}10^{{{exp}}}$"
+
+
+def _save(fig: plt.Figure, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        rundir.atomic_write(path, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=150))
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _best_runs(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """The done runs of each optimizer's best config, with a ``label`` column for legends."""
+    picked = runs[runs["state"] == "done"].merge(best[["optimizer", "lr", "wd"]], on=["optimizer", "lr", "wd"])
+    picked = picked.copy()
+    picked["label"] = [f"{o} (lr={lr:g}, wd={wd:g})" for o, lr, wd in zip(picked["optimizer"], picked["lr"], picked["wd"])]
+    return picked.sort_values(["optimizer", "seed"])
+
+
+def _mean_band(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, color, label: str) -> None:
+    """Mean over runs of ``y`` at each ``x`` with a ±1 (sample) std band; seeds share their x."""
+    if frame.empty:
+        return
+    stats = frame.groupby(x, sort=True)[y].agg(["mean", "std"])
+    xs, mean, std = stats.index.to_numpy(), stats["mean"].to_numpy(), stats["std"].fillna(0).to_numpy()
+    ax.plot(xs, mean, color=color, linewidth=1.6, label=label)
+    ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+
+
+def fig_training_curves(curves: pd.DataFrame, picked: pd.DataFrame) -> plt.Figure:
+    """Fig. 5: accuracy, gradient norm, weight norm and normalized ||g||/||x|| (with theory)."""
+    labels = picked[["run_id", "label", "optimizer"]]
+    data = curves.merge(labels, on="run_id")
+    train, ev = data[data["source"] == "train"], data[data["source"] == "eval"].copy()
+    ev["top1_pct"] = 100 * ev["top1"]
+    order = list(dict.fromkeys(picked["label"]))
+    palette = dict(zip(order, sns.color_palette("deep", len(order))))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    panels = [(axes[0, 0], ev, "epoch", "top1_pct", "Test accuracy", "epoch", "top-1 accuracy (%)", False),
+              (axes[0, 1], train, "step", "grad_norm", "Gradient norm ||g||", "step", "||g|| (log scale)", True),
+              (axes[1, 0], train, "step", "weight_norm", "Weight norm ||x||", "step", "||x||", False),
+              (axes[1, 1], train, "step", "ratio_normalized", "Normalized layers ||g||/||x|| vs theory",
+               "step", "||g|| / ||x|| (log scale)", True)]
+    for ax, frame, x, y, title, xl, yl, logy in panels:
+        for label in order:
+            _mean_band(ax, frame[frame["label"] == label], x, y, palette[label], label)
+        ax.set(title=title, xlabel=xl, ylabel=yl)
+        if logy:
+            ax.set_yscale("log")
+    ax = axes[1, 1]
+    if "predicted_ratio" in train.columns:
+        for label, part in train.groupby("label", sort=False):
+            pred = part.groupby("step")["predicted_ratio"].mean()
+            ax.plot(pred.index, pred.to_numpy(), linestyle="--", color=palette[label], linewidth=1.4)
+    ax.plot([], [], linestyle="--", color="0.3", label="theory (dashed)")
+    handles, texts = axes[1, 1].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="lower center", ncol=len(texts), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    seeds = picked.groupby("label").size()
+    fig.suptitle("Best config per optimizer: mean over seeds ± 1 std  (" +
+                 ", ".join(f"{lab.split()[0]}: {n} seeds" for lab, n in seeds.items()) + ")")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
+    """Final top-1 (%) over the lr x wd grid, one panel per optimizer; D marks divergence."""
+    opts = sorted(configs["optimizer"].unique())
+    lrs, wds = sorted(configs["lr"].unique()), sorted(configs["wd"].unique())
+    values = 100 * configs["final_top1_mean"]
+    vmin, vmax = (np.nanpercentile(values, 10), np.nanmax(values)) if values.notna().any() else (0, 1)
+    fig, axes = plt.subplots(1, len(opts), figsize=(0.9 * len(lrs) * len(opts) + 3, 0.6 * len(wds) + 2.2),
+                             squeeze=False)
+    for i, (ax, opt) in enumerate(zip(axes[0], opts)):
+        mine = configs[configs["optimizer"] == opt]
+        grid = mine.pivot(index="wd", columns="lr", values="final_top1_mean").reindex(index=wds, columns=lrs) * 100
+        div = mine.pivot(index="wd", columns="lr", values="n_diverged").reindex(index=wds, columns=lrs).fillna(0)
+        annot = np.empty(grid.shape, dtype=object)
+        for r in range(grid.shape[0]):
+            for c in range(grid.shape[1]):
+                v, d = grid.iat[r, c], int(div.iat[r, c])
+                annot[r, c] = ("D" if not np.isfinite(v) else f"{v:.1f}\nD{d}") if d else ("" if not np.isfinite(v) else f"{v:.1f}")
+        sns.heatmap(grid, annot=annot, fmt="", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax, cbar=i == len(opts) - 1,
+                    cbar_kws={"label": "final top-1 (%)"}, linewidths=0.5, linecolor="white", annot_kws={"size": 8})
+        ax.set_facecolor("0.85")
+        ax.invert_yaxis()
+        ax.set_xticklabels([_log_label(v) for v in lrs], rotation=0)
+        ax.set_yticklabels([_log_label(v) for v in wds], rotation=0)
+        ax.set(xlabel="peak learning rate γ_max (log grid)", ylabel="weight decay λ (log grid)" if i == 0 else "",
+               title=f"{opt}: final top-1 (%), mean over seeds")
+        pick = best[best["optimizer"] == opt]
+        if len(pick):
+            r, c = wds.index(pick["wd"].iloc[0]), lrs.index(pick["lr"].iloc[0])
+            ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    fig.text(0.01, 0.0, "D/Dk: config with k diverged seeds (not eligible); grey: no finished run; red box: best",
+             fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def _read_layers(run_dir: str | Path) -> pd.DataFrame:
+    table = pq.read_table(Path(run_dir) / rundir.LAYERS, columns=["step", "layer", "grad_norm", "weight_norm",
+                                                                  "predicted_ratio"])
+    frame = table.to_pandas()
+    frame["ratio"] = frame["grad_norm"] / frame["weight_norm"]
+    return frame
+
+
+def fig_layer_ratios(picked: pd.DataFrame, ema_fraction: float = EMA_POINTS) -> plt.Figure:
+    """Fig. 2/3: per-layer ||g||/||x|| (EMA) coloured by depth, theory dashed, log y."""
+    first = picked.groupby("optimizer", sort=True).head(1)
+    fig, axes = plt.subplots(1, max(len(first), 1), figsize=(6.5 * max(len(first), 1), 4.8), squeeze=False,
+                             sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, (_, run) in zip(axes[0], first.iterrows()):
+        layers = _read_layers(run["run_dir"])
+        order = list(dict.fromkeys(layers["layer"]))
+        wide = layers.pivot_table(index="step", columns="layer", values="ratio", aggfunc="mean")[order]
+        alpha = min(0.5, 1.0 / max(ema_fraction * len(wide), 1.0))
+        smooth = wide.ewm(alpha=alpha, adjust=True, ignore_na=True).mean()
+        for j, name in enumerate(order):
+            ax.plot(smooth.index, smooth[name], color=cmap(j / max(len(order) - 1, 1)), linewidth=0.8, alpha=0.85)
+        theory = layers.groupby("step")["predicted_ratio"].median()
+        ax.plot(theory.index, theory.to_numpy(), "k--", linewidth=2, label="theory: steady-state ratio")
+        ax.set_yscale("log")
+        ax.set(title=f"{run['label']}, seed {int(run['seed'])}", xlabel="step",
+               ylabel="||g|| / ||x|| per layer (EMA, log scale)")
+        ax.legend(loc="upper left")
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(order) - 1))
+        fig.colorbar(sm, ax=ax, label="layer depth (index of normalized layer)")
+    fig.suptitle("Per-layer gradient-to-weight norm ratio against the steady-state prediction")
+    fig.tight_layout()
+    return fig
+
+
+def theory_tables(picked: pd.DataFrame, window: tuple[float, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-(optimizer, seed, layer) agreement and the per-optimizer summary over layers.
+
+    The summary uses each layer's error averaged over the best config's seeds.
+    """
+    parts = []
+    for _, run in picked.iterrows():
+        table = theory_agreement(run["run_dir"], window)
+        a, b = table.attrs["window"]
+        table.insert(0, "seed", int(run["seed"]))
+        table.insert(0, "optimizer", run["optimizer"])
+        table["window_start"], table["window_end"] = a, b
+        parts.append(table)
+    per_layer = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    rows = []
+    for opt, part in (per_layer.groupby("optimizer", sort=True) if len(per_layer) else []):
+        mean_err = part.groupby("layer", sort=False)["rel_err"].mean().rename("rel_err").to_frame()
+        summary = summarize_agreement(mean_err)
+        rows.append({"optimizer": opt, "n_seeds": int(part["seed"].nunique()), **summary,
+                     "window_start": part["window_start"].iloc[0], "window_end": part["window_end"].iloc[0]})
+    return per_layer, pd.DataFrame(rows)
+
+
+def make_figures(spec: str | Path, results_root: str | Path = "results", theory_window: tuple[float, float] | None = None,
+                 formats: Sequence[str] = FORMATS, quiet: bool = False) -> list[Path]:
+    """Draw every figure of the sweep of ``spec``; returns the files written."""
+    ref = sweep_ref(spec)
+    res = Path(results_root) / ref.name
+    if not (res / "runs.parquet").is_file() or not (res / "curves.parquet").is_file():
+        aggregate_sweep(spec, results_root=results_root, quiet=quiet)
+    runs = pd.read_parquet(res / "runs.parquet")
+    curves = pd.read_parquet(res / "curves.parquet")
+    configs = config_table(runs)
+    best = select_best(configs)
+    picked = _best_runs(runs, best)
+    out = res / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="notebook")
+    written: list[Path] = []
+    if len(configs):
+        written += _save(fig_heatmaps(configs, best), out, "heatmap_top1", formats)
+    if len(picked):
+        written += _save(fig_training_curves(curves, picked), out, "fig5_training_curves", formats)
+        have_layers = picked[[Path(d, rundir.LAYERS).is_file() for d in picked["run_dir"]]]
+        if len(have_layers):
+            written += _save(fig_layer_ratios(have_layers), out, "fig2_layer_ratios", formats)
+            per_layer, summary = theory_tables(have_layers, theory_window)
+            for name, frame in (("theory_agreement.csv", per_layer), ("theory_summary.csv", summary)):
+                rundir.atomic_write(res / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+                written.append(res / name)
+            if not quiet:
+                print("theory agreement (rel. error of sqrt(mean ||g||²)/||x|| vs prediction, best configs):")
+                for _, r in summary.iterrows():
+                    print(f"  {r['optimizer']} ({r['n_seeds']} seeds, window {r['window_start']:g}-{r['window_end']:g}):"
+                          f" {format_summary(r.to_dict())}")
+    if not quiet:
+        print(f"{ref.name}: {len(written)} files -> {out}/")
+    return written
