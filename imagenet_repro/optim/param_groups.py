@@ -7,10 +7,11 @@ and weight decay alone sets its norm.  Detection reads the model graph:
 
 1. ``torch.fx`` symbolic tracing (conv/linear/norm modules kept as leaves): a layer is
    normalized when every use of its output is a norm layer (module or ``F.*_norm``).
-2. Models fx cannot trace: one forward pass in eval mode on an example input with
-   forward hooks on every leaf module, recording execution order; a layer is normalized
-   when its output tensor is the input of the next norm module to run (every call of a
-   shared layer must qualify).
+2. Models fx cannot trace: one forward pass in eval mode on an example input, with
+   forward hooks on every conv/linear/norm module recording, in execution order, the
+   autograd node of each call's output.  The consumers of a node are read off the
+   autograd graph; a layer is normalized when every consumer of its output is a norm
+   module's node (every call of a shared layer must qualify).
 
 Groups (each a dict for ``torch.optim``): ``normalized`` (decay λ, corrected to
 λ·γ_t/γ_max by SGDC/AdamC), ``other`` (λ), ``norm-affine`` and ``bias`` (λ if
@@ -72,28 +73,54 @@ def _example_input(model: nn.Module) -> torch.Tensor:
     raise ConfigError("cannot guess an example input for this model; pass example_input")
 
 
+def _tensors(obj: object) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
 def _normalized_by_hooks(model: nn.Module, example_input: Optional[torch.Tensor]) -> set[str]:
     x = _example_input(model) if example_input is None else example_input
-    order: list[tuple[str, nn.Module, tuple, object]] = []
+    calls: list[tuple[str, nn.Module, object]] = []  # (name, module, autograd node of its output), in order
     names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: order.append((names[mod], mod, inp, out)))
-             for m in model.modules() if not list(m.children())]
+
+    def record(mod: nn.Module, inputs: tuple, out: object) -> None:
+        outs = _tensors(out)
+        # read the node now: a later in-place op (ReLU(inplace=True), +=) rebinds the tensor's grad_fn
+        calls.append((names[mod], mod, outs[0].grad_fn if len(outs) == 1 else None))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, LAYERS + NORMS)]
     was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
+        model.eval()  # no running-stat updates
+        with torch.enable_grad():
+            roots = [t.grad_fn for t in _tensors(model(x)) if t.grad_fn is not None]
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    verdict: dict[str, bool] = {}
-    for i, (name, mod, _, out) in enumerate(order):
-        if not isinstance(mod, LAYERS):
+    consumers: dict[object, list[object]] = {}  # autograd node -> the nodes that use its output
+    seen, stack = set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node in seen:
             continue
-        consumer = next((o for o in order[i + 1:] if any(t is out for t in o[2])), None)
-        ok = consumer is not None and isinstance(consumer[1], NORMS)
-        verdict[name] = verdict.get(name, True) and ok
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                consumers.setdefault(child, []).append(node)
+                stack.append(child)
+    norm_nodes = {node for _, mod, node in calls if isinstance(mod, NORMS) and node is not None}
+    verdict: dict[str, bool] = {}
+    for name, mod, node in calls:
+        if isinstance(mod, LAYERS):
+            users = consumers.get(node, []) if node is not None else []
+            ok = bool(users) and all(u in norm_nodes for u in users)
+            verdict[name] = verdict.get(name, True) and ok
     return {name for name, ok in verdict.items() if ok}
 
 
