@@ -1,0 +1,77 @@
+"""What a sweep job runs: one training run (SLURM array task) or a lane of runs (local).
+
+Both are ``submitit.helpers.Checkpointable``: on preemption or at the time limit
+submitit sends SIGUSR2; the trainer checkpoints at the next step boundary and calls the
+previous handler (submitit's), which calls :meth:`checkpoint` and requeues the job with
+the same arguments; the requeued job calls ``run_training`` again, which resumes from
+``checkpoints/last.pt``.  A run already done is not trained again.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import submitit
+from submitit.helpers import DelayedSubmission
+
+from imagenet_repro.sweep import claims
+
+Trainer = Callable[[Any, Path], str]
+
+
+def _default_trainer(cfg, run_dir: Path) -> str:
+    from imagenet_repro.train import run_training
+
+    return run_training(cfg, run_dir)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """``TrainJob()(cfg_yaml, run_dir)``: train (or resume) one run; DDP across the job's tasks."""
+
+    def __init__(self, trainer: Optional[Trainer] = None) -> None:
+        self.trainer = trainer  # None: imagenet_repro.train.run_training (tests may pass another)
+
+    def __call__(self, cfg_yaml: str, run_dir: str) -> str:
+        from omegaconf import OmegaConf
+
+        from imagenet_repro.config import build_config
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed's env://;
+            # every task keeps all GPUs visible and picks cuda:LOCAL_RANK.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        cfg = build_config(OmegaConf.create(cfg_yaml))
+        return (self.trainer or _default_trainer)(cfg, Path(run_dir))
+
+    def checkpoint(self, cfg_yaml: str, run_dir: str) -> DelayedSubmission:
+        """Requeue: the same job again (the trainer has saved its checkpoint)."""
+        return DelayedSubmission(self, cfg_yaml, run_dir)
+
+
+class RunLane(submitit.helpers.Checkpointable):
+    """A local job running several runs one after the other (``local.parallelism`` lanes).
+
+    A failed run does not stop the lane; after each run the lane drops that run's claim,
+    so the run is seen as finished (done, diverged or failed) while the lane goes on.
+    """
+
+    def __init__(self, trainer: Optional[Trainer] = None) -> None:
+        self.trainer = trainer
+
+    def __call__(self, items: list[tuple[str, str]]) -> list[str]:
+        import traceback
+
+        job_id = submitit.JobEnvironment().job_id
+        states = []
+        for cfg_yaml, run_dir in items:
+            try:
+                states.append(TrainJob(self.trainer)(cfg_yaml, run_dir))
+            except Exception:  # the trainer marked the run failed; go on with the next
+                traceback.print_exc()
+                states.append("failed")
+            claims.release(Path(run_dir), job_id)
+        return states
+
+    def checkpoint(self, items: list[tuple[str, str]]) -> DelayedSubmission:
+        return DelayedSubmission(self, items)

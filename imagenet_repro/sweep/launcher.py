@@ -1,0 +1,246 @@
+"""``repro sweep SPEC``: validate the whole grid, then submit what is missing, once.
+
+1. Parse the spec and resolve every grid point (one bad point: a one-line ConfigError,
+   nothing submitted).  Data paths are checked too: an error for a real submission, a
+   warning for ``--dry-run`` (cluster paths need not exist on this machine).
+2. Under the sweep lock, classify every run (:mod:`.state`): done/diverged are skipped,
+   queued/running (a live job) are left alone, failed and pending ones are claimed
+   (``job.json``, O_EXCL) and submitted: one SLURM job array with the spec's resources
+   (``executor.batch()``), or ``local.parallelism`` lanes on submitit's local executor.
+3. With ``wait`` (the default) follow the runs with a tqdm bar until none is queued or
+   running, print the counts, and return 0 iff every selected run is done or diverged.
+
+``cluster="auto"`` picks SLURM when ``sbatch`` is on PATH and the controller answers,
+else the local executor.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+from imagenet_repro.config import ConfigError
+from imagenet_repro.sweep import claims
+from imagenet_repro.sweep.spec import (PlannedRun, SweepSpec, grid_points, load_spec, missing_data_paths,
+                                       resolve_runs, run_hours, select_points)
+from imagenet_repro.sweep.state import (RunRef, RunState, classify_all, counts, format_counts, run_refs,
+                                        save_plan_cache, summary_of)
+
+SUBMIT_STATES = ("pending", "failed")
+LIVE_STATES = ("queued", "running", "unknown")
+POLL_S = 2.0
+
+
+def slurm_available() -> bool:
+    """``sbatch`` is installed and the controller answers."""
+    if shutil.which("sbatch") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pick_cluster(cluster: str) -> str:
+    if cluster not in ("auto", "slurm", "local", "debug"):
+        raise ConfigError(f"--cluster must be auto, slurm, local or debug (got {cluster!r})")
+    if cluster == "auto":
+        return "slurm" if slurm_available() else "local"
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("--cluster slurm: sbatch is not on PATH (try --cluster local, or `make slurm-up`)")
+    return cluster
+
+
+def _ref(run: PlannedRun) -> RunRef:
+    return RunRef(run.run_id, run.run_dir, run.point, summary_of(run.config))
+
+
+# ---------------------------------------------------------------------------- plan
+def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], cluster: str,
+               missing: list[str], show_runs: bool = True) -> None:
+    to_submit = [s for s in states if s.state in SUBMIT_STATES]
+    c = counts(states)
+    axes = " x ".join(f"{len(v)} {k}" for k, v in spec.axes.items()) or "no axes"
+    print(f"sweep {spec.name}: {len(runs)} runs ({axes}) in {spec.sweep_dir}, cluster {cluster}")
+    print(f"  to submit: {len(to_submit)} (new {c.get('pending', 0)}, failed {c.get('failed', 0)});"
+          f" already done: {c.get('done', 0) + c.get('diverged', 0)} (diverged {c.get('diverged', 0)});"
+          f" running: {c.get('running', 0)}; queued: {c.get('queued', 0)}"
+          + (f"; unknown (SLURM unreachable, left alone): {c['unknown']}" if c.get("unknown") else ""))
+    by_id = {r.run_id: r for r in runs}
+    hours = [run_hours(spec, by_id[s.ref.run_id]) for s in to_submit]
+    if to_submit and all(h is not None for h in hours):
+        total = sum(hours)
+        print(f"  cost estimate: {total:,.1f} GPU-hours for the {len(to_submit)} runs to submit"
+              f" ({total / len(to_submit):,.2f} per run; whole grid {sum(run_hours(spec, r) for r in runs):,.1f})")
+    elif to_submit:
+        s = spec.slurm
+        bound = len(to_submit) * s.nodes * max(s.gpus_per_node, 0) * s.timeout_min / 60
+        print(f"  cost estimate: none in the spec (gpu_hours_per_run); upper bound from the time limit: {bound:,.1f} GPU-hours")
+    for path in missing:
+        print(f"  warning: data path missing here: {path} (must exist where the jobs run)")
+    if show_runs:
+        from imagenet_repro.sweep.status import run_table
+
+        action = {"pending": "submit", "failed": "resubmit", "done": "skip", "diverged": "skip",
+                  "running": "leave", "queued": "leave", "unknown": "leave"}
+        table = run_table(states).splitlines()
+        print("  " + "action    " + table[0])
+        for st, line in zip(states, table[1:]):
+            print("  " + action[st.state].ljust(10) + line)
+
+
+# ---------------------------------------------------------------------------- submission
+def _slurm_executor(spec: SweepSpec):
+    import submitit
+
+    s = spec.slurm
+    ex = submitit.SlurmExecutor(folder=spec.sweep_dir / ".submitit" / "%j", max_num_timeout=s.max_timeout_requeues)
+    params = dict(job_name=f"repro-{spec.name}", time=s.timeout_min, nodes=s.nodes, ntasks_per_node=s.tasks,
+                  array_parallelism=s.array_parallelism, signal_delay_s=s.signal_delay_s,
+                  stderr_to_stdout=True)
+    optional = dict(partition=s.partition, account=s.account, qos=s.qos, constraint=s.constraint,
+                    gpus_per_node=s.gpus_per_node or None, cpus_per_task=s.cpus_per_task or None,
+                    mem=f"{int(s.mem_gb * 1024)}MB" if s.mem_gb else None,
+                    setup=list(s.setup) or None, additional_parameters=dict(s.additional_parameters) or None)
+    params.update({k: v for k, v in optional.items() if v is not None})
+    ex.update_parameters(**params)
+    return ex
+
+
+def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None) -> list:
+    from imagenet_repro.sweep.job import TrainJob
+
+    ex = _slurm_executor(spec)
+    with ex.batch():
+        jobs = [ex.submit(TrainJob(trainer), run.config_yaml(), str(run.run_dir)) for run in runs]
+    for run, job in zip(runs, jobs):
+        claims.record_job(run.run_dir, "slurm", job.job_id, job.paths.folder)
+    return jobs
+
+
+def _submit_local(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) -> list:
+    import submitit
+
+    from imagenet_repro.sweep.job import RunLane
+
+    folder = spec.sweep_dir / ".submitit" / "%j"
+    lanes = max(1, min(spec.local.parallelism, len(runs)))
+    items = [[(r.config_yaml(), str(r.run_dir)) for r in runs[i::lanes]] for i in range(lanes)]
+    if cluster == "debug":
+        ex = submitit.DebugExecutor(folder=folder)
+        job = ex.submit(RunLane(trainer), [it for lane in items for it in lane])
+        for run in runs:
+            claims.record_job(run.run_dir, "debug", str(os.getpid()), job.paths.folder, pid=os.getpid())
+        return [job]
+    ex = submitit.LocalExecutor(folder=folder, max_num_timeout=spec.slurm.max_timeout_requeues)
+    jobs = []
+    for i, lane in enumerate(items):
+        # a lane runs its runs in turn: its time limit is the sum of theirs
+        ex.update_parameters(timeout_min=spec.slurm.timeout_min * len(lane), signal_delay_s=spec.slurm.signal_delay_s)
+        job = ex.submit(RunLane(trainer), lane)
+        for r in runs[i::lanes]:
+            claims.record_job(r.run_dir, "local", job.job_id, job.paths.folder, pid=int(job.job_id))
+        jobs.append(job)
+    return jobs
+
+
+def submit(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) -> list:
+    """Claim and submit ``runs`` (the caller holds the sweep lock); claims are released on failure."""
+    claimed = []
+    try:
+        for run in runs:
+            if not claims.try_claim(run.run_dir, cluster):
+                raise ConfigError(f"run {run.run_id} ({run.label()}) was claimed by another launcher")
+            claimed.append(run)
+        if cluster == "slurm":
+            return _submit_slurm(spec, runs, trainer)
+        return _submit_local(spec, runs, cluster, trainer)
+    except BaseException:
+        for run in claimed:
+            claim = claims.read_claim(run.run_dir) or {}
+            if claim.get("state") == "submitting":
+                claims.release(run.run_dir)
+        raise
+
+
+# ---------------------------------------------------------------------------- waiting
+def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S) -> list[RunState]:
+    """Follow ``refs`` until none is queued or running; a tqdm bar counts finished runs."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(refs), desc="runs finished", unit="run", dynamic_ncols=True, file=sys.stderr)
+    try:
+        while True:
+            for job in jobs:  # local jobs: poll reaps the finished processes
+                if hasattr(job, "_process") and job._process is not None:
+                    job._process.poll()
+            states = classify_all(refs)
+            finished = sum(s.state not in LIVE_STATES for s in states)
+            bar.n = finished
+            bar.set_postfix_str(format_counts(states), refresh=False)
+            bar.refresh()
+            if finished == len(refs) or all(s.state == "unknown" for s in states if s.state in LIVE_STATES):
+                return states
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------- entry point
+def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only: Iterable[str] = (),
+           wait: bool = True, trainer=None, poll_s: float = POLL_S) -> int:
+    """Plan, submit and (optionally) wait for a sweep; the exit code of ``repro sweep``."""
+    sweep = load_spec(spec)
+    points = select_points(sweep, grid_points(sweep), only)
+    runs = resolve_runs(sweep, points)
+    missing = missing_data_paths(runs)
+    if missing and not dry_run:
+        raise ConfigError(f"data path does not exist: {missing[0]} (grid of {sweep.name}; --dry-run to plan anyway)")
+    chosen = pick_cluster(cluster) if not dry_run else (cluster if cluster != "auto" else
+                                                         ("slurm" if slurm_available() else "local"))
+    refs = [_ref(r) for r in runs]
+    if dry_run:
+        states = classify_all(refs)
+        print_plan(sweep, runs, states, chosen, missing)
+        return 0
+
+    with claims.sweep_lock(sweep.sweep_dir):
+        if not only:
+            save_plan_cache(sweep, refs)
+        else:  # the cache lists the whole grid: refresh it when it is stale
+            run_refs(sweep)
+        states = classify_all(refs, stale_submitting=True)
+        by_id = {r.run_id: r for r in runs}
+        todo = [by_id[s.ref.run_id] for s in states if s.state in SUBMIT_STATES]
+        for st in states:
+            if st.state == "failed" and st.claim is not None:
+                claims.release(st.ref.run_dir)  # dead job (or a launcher that died): the run is claimed anew
+        print_plan(sweep, runs, states, chosen, [], show_runs=False)
+        jobs = submit(sweep, todo, chosen, trainer) if todo else []
+    if jobs:
+        first = jobs[0].job_id
+        where = f"SLURM job {first.split('_')[0]} ({len(todo)} array tasks)" if chosen == "slurm" else \
+            f"{len(jobs)} {chosen} job(s)"
+        print(f"submitted {len(todo)} runs: {where}; logs in {sweep.sweep_dir / '.submitit'}", flush=True)
+    else:
+        print("submitted 0 runs", flush=True)
+    if chosen == "debug" and jobs:
+        try:
+            jobs[0].result()
+        except Exception as exc:  # the runs' own states tell what failed
+            print(f"debug job raised {type(exc).__name__}: {exc}", file=sys.stderr)
+        for run in todo:
+            claims.release(run.run_dir, str(os.getpid()))
+    if not wait:
+        return 0
+    states = wait_for(refs, jobs, poll_s) if refs else []
+    print(f"sweep {sweep.name}: {format_counts(states)}")
+    bad = [s for s in states if s.state not in ("done", "diverged")]
+    for st in bad[:10]:
+        reason = st.status.get("reason", "")
+        print(f"  {st.state}: {st.ref.run_id} ({' '.join(f'{k}={v}' for k, v in st.ref.point.items())}) {reason}")
+    return 0 if not bad else 1

@@ -1,0 +1,125 @@
+"""The state of every run of a sweep, from its run folder and the scheduler.
+
+A run's state comes from ``status.json`` (written by the trainer) and its job claim
+(``job.json``, see :mod:`.claims`), never from the parquet tables, so a sweep of
+hundreds of runs is classified in a fraction of a second:
+
+=========  ===============================================================
+done       status.json says done          (final; never resubmitted)
+diverged   status.json says diverged      (final; never resubmitted)
+running    its job runs and the trainer has started
+queued     its job is pending, starting, or requeued after a preemption
+failed     not final and its job is gone (crashed, killed, time limit)
+pending    never submitted (no status, no claim)
+unknown    its job's fate cannot be told (SLURM unreachable): left alone
+=========  ===============================================================
+
+The list of runs and their ids is cached in ``<sweep_dir>/.plan.json`` under a
+fingerprint of the spec, its base config and the config code, so ``repro status``
+does not resolve hundreds of configs again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from imagenet_repro import rundir
+from imagenet_repro.sweep import claims
+from imagenet_repro.sweep.spec import SweepSpec, resolve_runs
+
+ORDER = ("done", "diverged", "running", "queued", "failed", "pending", "unknown")
+PLAN_CACHE = ".plan.json"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """What status needs of a planned run."""
+
+    run_id: str
+    run_dir: Path
+    point: dict
+    summary: dict  # optimizer, lr, wd, seed, epochs
+
+
+@dataclass(frozen=True)
+class RunState:
+    ref: RunRef
+    state: str
+    status: dict
+    claim: Optional[dict]
+    job_state: str
+
+    @property
+    def job_id(self) -> str:
+        return str((self.claim or {}).get("job_id") or self.status.get("job_id") or "")
+
+
+def summary_of(config: dict) -> dict:
+    return {"optimizer": config["optim"]["name"], "lr": config["optim"]["lr"],
+            "wd": config["optim"]["weight_decay"], "seed": config["seed"], "epochs": config["train"]["epochs"]}
+
+
+def run_refs(spec: SweepSpec, use_cache: bool = True) -> list[RunRef]:
+    """Every run of the spec's grid, from the plan cache when it is current."""
+    cache = spec.sweep_dir / PLAN_CACHE
+    fingerprint = spec.fingerprint()
+    if use_cache:
+        cached = rundir.read_json(cache)
+        if cached and cached.get("fingerprint") == fingerprint:
+            return [RunRef(r["run_id"], spec.sweep_dir / r["run_id"], r["point"], r["summary"]) for r in cached["runs"]]
+    runs = resolve_runs(spec)
+    refs = [RunRef(r.run_id, r.run_dir, r.point, summary_of(r.config)) for r in runs]
+    if spec.sweep_dir.is_dir():
+        save_plan_cache(spec, refs, fingerprint)
+    return refs
+
+
+def save_plan_cache(spec: SweepSpec, refs: list[RunRef], fingerprint: Optional[str] = None) -> None:
+    rundir.atomic_write_json(spec.sweep_dir / PLAN_CACHE, {
+        "fingerprint": fingerprint or spec.fingerprint(),
+        "runs": [{"run_id": r.run_id, "point": r.point, "summary": r.summary} for r in refs]})
+
+
+def needs_slurm(refs: list[RunRef]) -> bool:
+    """Whether any run has a SLURM claim (then one squeue call is worth making)."""
+    return any((claims.read_claim(r.run_dir) or {}).get("cluster") == "slurm" for r in refs)
+
+
+def classify(ref: RunRef, slurm_jobs: Optional[dict[str, str]], stale_submitting: bool = False) -> RunState:
+    """The state of one run.  ``stale_submitting``: the caller holds the sweep lock, so a
+    claim still saying "submitting" was left by a launcher that died."""
+    status = rundir.read_json(ref.run_dir / rundir.STATUS) or {}
+    written = status.get("state", "pending")
+    claim = claims.read_claim(ref.run_dir)
+    live = claims.claim_liveness(claim, slurm_jobs)
+    if stale_submitting and live.job_state == "SUBMITTING":
+        live = claims.Liveness(False)
+    if written in rundir.FINAL_STATES:
+        state = written
+    elif live.alive:
+        running = written == "running" and live.job_state in ("RUNNING", "COMPLETING")
+        state = "running" if running else "queued"
+    elif live.alive is None:
+        state = "unknown"
+    elif claim is None and written == "pending":
+        state = "pending"
+    else:
+        state = "failed"
+    return RunState(ref, state, status, claim, live.job_state)
+
+
+def classify_all(refs: list[RunRef], stale_submitting: bool = False) -> list[RunState]:
+    slurm_jobs = claims.live_slurm_jobs() if needs_slurm(refs) else {}
+    return [classify(r, slurm_jobs, stale_submitting) for r in refs]
+
+
+def counts(states: list[RunState]) -> dict[str, int]:
+    out = {s: 0 for s in ORDER}
+    for st in states:
+        out[st.state] += 1
+    return {s: n for s, n in out.items() if n}
+
+
+def format_counts(states: list[RunState]) -> str:
+    return ", ".join(f"{s} {n}" for s, n in counts(states).items()) or "no runs"
