@@ -1,0 +1,153 @@
+"""Fashion-MNIST .beton files, deterministic/resumable epochs, CPU pipeline order, torchvision fallback."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imagenet_repro.config import build_config
+from imagenet_repro.data import build_loaders
+from imagenet_repro.data.beton import check_beton
+from imagenet_repro.data.loaders import train_resolution
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def fmnist(tmp_path_factory) -> Path:
+    from imagenet_repro.data.writer import write_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fmnist")
+    write_fashion_mnist(out, num_workers=2)
+    return out
+
+
+def cfg_for(folder: Path, **data):
+    base = {"dataset": "fashion_mnist", "train_path": str(folder / "train.beton"), "val_path": str(folder / "val.beton"),
+            "num_classes": 10, "batch_size": 32, "val_batch_size": 250, "num_workers": 1, "min_res": 24,
+            "max_res": 32, "val_res": 32, "train_subset": 320, "val_subset": 500, "rrc_scale_min": 0.35}
+    seed = data.pop("seed", 0)
+    return build_config({"seed": seed, "data": {**base, **data}, "model": {"name": "small_resnet"}})
+
+
+def digest(batches) -> str:
+    h = hashlib.sha256()
+    for x, y in batches:
+        h.update(x.numpy().tobytes())
+        h.update(y.numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def train_loader(fmnist):
+    # CPU pipeline order (NormalizeImage before ToTensor): the loader must build; the
+    # ffcv-imagenet order would make Loader() spin forever (libffcv/ffcv#396).
+    train, _ = build_loaders(cfg_for(fmnist), torch.device("cpu"))
+    return train
+
+
+def test_fashion_mnist_betons(fmnist):
+    from ffcv.reader import Reader
+
+    for split, n in (("train", 60000), ("val", 10000)):
+        assert check_beton(fmnist / f"{split}.beton") == n
+        reader = Reader(str(fmnist / f"{split}.beton"))
+        labels = reader.metadata["f1"]
+        assert Counter(labels.tolist()) == {c: n // 10 for c in range(10)}
+        assert set(reader.metadata["f0"]["height"].tolist()) == {32}
+
+
+@pytest.mark.timeout(180)  # a regression to the GPU op order on CPU hangs here instead of failing
+def test_cpu_pipeline_builds_and_yields(train_loader):
+    x, y = next(iter(train_loader.epoch(0)))
+    assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and x.is_contiguous()
+    assert y.shape == (32,) and y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) <= 9
+    assert abs(float(x.mean())) < 0.5 and 0.6 < float(x.std()) < 1.4  # normalised with FMNIST constants
+    assert len(train_loader) == 10 and train_loader.num_examples == 320
+
+
+@pytest.mark.timeout(180)
+def test_same_seed_same_batches_and_skip_resumes(train_loader, fmnist):
+    full = [(x.clone(), y.clone()) for x, y in train_loader.epoch(1)]
+    assert len(full) == 10
+    again = [(x.clone(), y.clone()) for x, y in train_loader.epoch(1)]
+    assert digest(full) == digest(again)
+    resumed = [(x.clone(), y.clone()) for x, y in train_loader.epoch(1, skip=4)]
+    assert digest(full[4:]) == digest(resumed)
+    other_epoch = [(x.clone(), y.clone()) for x, y in train_loader.epoch(2)]
+    assert digest(other_epoch) != digest(full)
+    # order: a permutation of the subset, changed by the seed, not by the process
+    order = train_loader.epoch_indices(1)
+    assert sorted(order.tolist()) == list(range(320))
+    assert not np.array_equal(order, train_loader.epoch_indices(2))
+    # a fresh process, with 2 numba threads instead of 1, sees the same epoch 1 from batch 4 on:
+    # crops and flips do not depend on threads, processes or what ran before
+    script = (
+        "import sys, torch, hashlib; sys.path.insert(0, %r); from test_data_loaders import cfg_for, digest; "
+        "from imagenet_repro.data import build_loaders; from pathlib import Path; "
+        "tr, _ = build_loaders(cfg_for(Path(%r), num_workers=2), torch.device('cpu')); "
+        "print(digest([(x.clone(), y.clone()) for x, y in tr.epoch(1, skip=4)]))"
+    ) % (str(Path(__file__).parent), str(fmnist))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=170)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == digest(resumed)
+
+
+def test_seed_changes_order(fmnist):
+    from imagenet_repro.data.seeding import epoch_order
+
+    idx = np.arange(320)
+    assert np.array_equal(epoch_order(idx, 0, 3), epoch_order(idx, 0, 3))
+    assert not np.array_equal(epoch_order(idx, 0, 3), epoch_order(idx, 1, 3))
+    shards = [epoch_order(idx, 0, 3, rank=r, world_size=3) for r in range(3)]
+    assert all(len(s) == 107 for s in shards) and set(np.concatenate(shards).tolist()) == set(range(320))
+
+
+def test_progressive_resolution():
+    assert [train_resolution(e, 160, 192, 0, 0) for e in (0, 5)] == [192, 192]
+    assert [train_resolution(e, 160, 224, 2, 6) for e in (0, 2, 4, 6, 9)] == [160, 160, 192, 224, 224]
+
+
+@pytest.mark.timeout(180)
+def test_resolution_follows_epoch(train_loader):
+    train_loader.start_ramp, train_loader.end_ramp = 0, 2  # ramp 24 -> 32 px over epochs 0..2
+    try:
+        assert next(iter(train_loader.epoch(0)))[0].shape[-1] == 24
+        assert next(iter(train_loader.epoch(2)))[0].shape[-1] == 32
+    finally:
+        train_loader.start_ramp, train_loader.end_ramp = 0, 0
+
+
+@pytest.mark.timeout(120)
+def test_torchvision_backend(fmnist):
+    cfg = cfg_for(fmnist, backend="torchvision", num_workers=0, seed=3)
+    train, val = build_loaders(cfg, torch.device("cpu"))
+    full = [(x.clone(), y.clone()) for x, y in train.epoch(0)]
+    assert len(full) == len(train) == 10
+    assert full[0][0].shape == (32, 3, 32, 32) and full[0][0].dtype == torch.float32
+    assert digest(full[6:]) == digest(train.epoch(0, skip=6))
+    xs, ys = zip(*val)
+    assert sum(len(y) for y in ys) == 500 and xs[0].shape == (250, 3, 32, 32) and ys[0].dtype == torch.int64
+    # the same epoch order as the ffcv backend for the same seed
+    assert torch.equal(torch.cat([y for _, y in full]),
+                       torch.from_numpy(np.asarray(
+                           __import__("imagenet_repro.data.imagefolder", fromlist=["x"]).read_fashion_mnist("train")[1]
+                       )[train.epoch_indices(0)]))
+
+
+def test_fallback_when_ffcv_missing(fmnist, monkeypatch):
+    import imagenet_repro.data.loaders as loaders
+
+    monkeypatch.setattr(loaders, "ffcv_available", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, _ = loaders.build_loaders(cfg_for(fmnist, num_workers=0), torch.device("cpu"))
+    assert type(train).__name__ == "TorchvisionTrainLoader"
+    assert any("falling back to data.backend=torchvision" in str(w.message) for w in caught)
