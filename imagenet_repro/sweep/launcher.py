@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 
 from imagenet_repro.config import ConfigError
 from imagenet_repro.sweep import claims
-from imagenet_repro.sweep.spec import (PlannedRun, SweepSpec, grid_points, load_spec, missing_data_paths,
+from imagenet_repro.sweep.spec import (SHORT_NAMES, PlannedRun, SweepSpec, grid_points, load_spec, missing_data_paths,
                                        resolve_runs, run_hours, select_points)
 from imagenet_repro.sweep.state import (RunRef, RunState, classify_all, counts, format_counts, run_refs,
                                         save_plan_cache, summary_of)
@@ -64,7 +64,7 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], 
                missing: list[str], show_runs: bool = True) -> None:
     to_submit = [s for s in states if s.state in SUBMIT_STATES]
     c = counts(states)
-    axes = " x ".join(f"{len(v)} {k}" for k, v in spec.axes.items()) or "no axes"
+    axes = " x ".join(f"{len(v)} {SHORT_NAMES.get(k, k)}" for k, v in spec.axes.items()) or "no axes"
     print(f"sweep {spec.name}: {len(runs)} runs ({axes}) in {spec.sweep_dir}, cluster {cluster}")
     print(f"  to submit: {len(to_submit)} (new {c.get('pending', 0)}, failed {c.get('failed', 0)});"
           f" already done: {c.get('done', 0) + c.get('diverged', 0)} (diverged {c.get('diverged', 0)});"

@@ -9,7 +9,7 @@ FIXED = ("optimizer", "lr", "wd", "seed")
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.6g}"
     return "-" if value is None or value == "" else str(value)
 
 
