@@ -1,9 +1,6 @@
 """Normalized-layer detection (fx, and forward hooks for untraceable models), groups, inspect-model."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
@@ -134,9 +131,8 @@ def test_inspect_model_resnet50_table(capsys):
     assert "normalized     53 tensors" in out
 
 
-def test_inspect_model_unknown_model_is_a_one_line_error():
-    proc = subprocess.run([sys.executable, "-m", "imagenet_repro.cli", "inspect-model", "no_such_net"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "repro: error: unknown model name: 'no_such_net'"
-    assert proc.stdout == ""
+def test_inspect_model_unknown_model_is_a_one_line_error(capsys):
+    assert cli.main(["inspect-model", "no_such_net"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "repro: error: unknown model name: 'no_such_net'"
+    assert captured.out == ""
