@@ -24,23 +24,26 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
 from imagenet_repro import rundir
 from imagenet_repro.analysis.metrics import binned_means, tail_ratio
 from imagenet_repro.analysis.sweepref import sweep_ref
-from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_from_layers, default_window
+from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
 from imagenet_repro.config import ConfigError
 
 STEP_READ_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
                      "grad_norm_normalized", "weight_norm_normalized"]
 EVAL_READ_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
 CURVE_POINTS = 200
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 STATE_ORDER = ["done", "diverged", "running", "pending", "failed", "corrupt"]
 AXES = ["optimizer", "lr", "wd"]
 METRICS = ["final_top1", "final_top5", "best_top1", "best_top5", "grad_norm_tail_ratio",
@@ -62,16 +65,30 @@ class Aggregate:
 
 # ---------------------------------------------------------------------------- one run
 
+Columns = dict[str, np.ndarray]
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame | None:
-    """The table at ``path`` (only ``columns``), None if absent; CorruptRun if unreadable."""
+def _read_parquet(path: Path, columns: list[str]) -> Columns | None:
+    """``columns`` of the table at ``path`` as numpy arrays (string columns as integer codes
+    plus ``<name>__names``); None if absent; CorruptRun if unreadable."""
     if not path.is_file():
         return None
     try:
-        return pq.read_table(path, columns=columns, use_threads=False).to_pandas()
+        table = pq.read_table(path, columns=columns, use_threads=False)
+        out: Columns = {}
+        for name in columns:
+            col = table.column(name)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type):
+                encoded = pc.dictionary_encode(col.combine_chunks())
+                out[name] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+                out[f"{name}__names"] = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+            else:
+                out[name] = col.to_numpy()
+        return out
     except Exception as exc:
         raise CorruptRun(f"{path.name}: {_first_line(exc)}") from None
 
@@ -86,41 +103,53 @@ def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
         out[f"cfg.{prefix}"] = node
 
 
+def _select(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
 def _read_config(run_dir: Path) -> dict[str, Any]:
+    """Axes and every leaf of the run's resolved config.yaml (plain YAML: no interpolation)."""
     path = run_dir / rundir.CONFIG
     if not path.is_file():
         raise CorruptRun(f"{rundir.CONFIG} is missing")
     try:
-        cfg = OmegaConf.load(path)
-        if not isinstance(cfg, DictConfig):
+        tree = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+        if not isinstance(tree, dict):
             raise ValueError("not a mapping")
-        container = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:
         raise CorruptRun(f"{rundir.CONFIG}: {_first_line(exc)}") from None
     row: dict[str, Any] = {}
     for key, dotted in (("optimizer", "optim.name"), ("lr", "optim.lr"), ("wd", "optim.weight_decay"),
                         ("seed", "seed")):
-        value = OmegaConf.select(cfg, dotted, default=None)
+        value = _select(tree, dotted)
         if value is None:
             raise CorruptRun(f"{rundir.CONFIG} has no {dotted}")
         row[key] = value
-    row["lr"], row["wd"], row["seed"] = float(row["lr"]), float(row["wd"]), int(row["seed"])
+    try:
+        row["lr"], row["wd"], row["seed"] = float(row["lr"]), float(row["wd"]), int(row["seed"])
+    except (TypeError, ValueError) as exc:
+        raise CorruptRun(f"{rundir.CONFIG}: {_first_line(exc)}") from None
     row["optimizer"] = str(row["optimizer"])
-    row["schedule"] = OmegaConf.select(cfg, "schedule.name", default=None)
+    row["schedule"] = _select(tree, "schedule.name")
     flat: dict[str, Any] = {}
-    _flatten(container, "", flat)
+    _flatten(tree, "", flat)
     row.update(flat)
     return row
 
 
-def _step_metrics(steps: pd.DataFrame, row: dict[str, Any]) -> dict[str, np.ndarray]:
-    steps = steps.sort_values("step", kind="stable")
-    step = steps["step"].to_numpy(np.int64)
-    cols = {c: steps[c].to_numpy(np.float64) for c in STEP_READ_COLUMNS if c != "step"}
+def _step_metrics(steps: Columns, row: dict[str, Any]) -> Columns:
+    order = np.argsort(steps["step"], kind="stable")
+    step = steps["step"][order].astype(np.int64)
+    cols = {c: steps[c][order].astype(np.float64) for c in STEP_READ_COLUMNS if c != "step"}
     with np.errstate(invalid="ignore", divide="ignore"):
         cols["ratio_normalized"] = cols["grad_norm_normalized"] / cols["weight_norm_normalized"]
     row["n_steps"] = int(step.size)
-    row["last_step"] = int(step[-1]) if step.size else -1
+    row["last_step"] = int(step[-1])
     row["grad_norm_tail_ratio"] = tail_ratio(step, cols["grad_norm"])
     row["ratio_tail_ratio"] = tail_ratio(step, cols["ratio_normalized"])
     row["weight_norm_tail_ratio"] = tail_ratio(step, cols["weight_norm"])
@@ -128,24 +157,33 @@ def _step_metrics(steps: pd.DataFrame, row: dict[str, Any]) -> dict[str, np.ndar
     return cols
 
 
-def _eval_metrics(ev: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
-    ev = ev.sort_values("epoch", kind="stable")
-    row["epochs_evaluated"] = int(len(ev))
-    if len(ev):
-        row["final_top1"], row["final_top5"] = float(ev["top1"].iloc[-1]), float(ev["top5"].iloc[-1])
-        row["best_top1"], row["best_top5"] = float(ev["top1"].max()), float(ev["top5"].max())
-        row["final_eval_loss"] = float(ev["loss"].iloc[-1])
+def _eval_metrics(ev: Columns, row: dict[str, Any]) -> Columns:
+    order = np.argsort(ev["epoch"], kind="stable")
+    ev = {k: v[order].astype(np.float64) for k, v in ev.items()}
+    row["epochs_evaluated"] = int(order.size)
+    if order.size:
+        row["final_top1"], row["final_top5"] = float(ev["top1"][-1]), float(ev["top5"][-1])
+        row["best_top1"], row["best_top5"] = float(np.nanmax(ev["top1"])), float(np.nanmax(ev["top5"]))
+        row["final_eval_loss"] = float(ev["loss"][-1])
     return ev
 
 
-def _predicted_per_step(layers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Median over layers of the theory's ratio, per logged step."""
-    per_step = layers.groupby("step", sort=True)["predicted_ratio"].median()
-    return per_step.index.to_numpy(np.float64), per_step.to_numpy(np.float64)
+def _predicted_per_step(layers: Columns) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over layers of the theory's finite ratio, per logged step."""
+    pred = layers["predicted_ratio"].astype(np.float64)
+    ok = np.isfinite(pred)
+    steps, inverse = np.unique(layers["step"][ok], return_inverse=True)
+    sums = np.bincount(inverse, weights=pred[ok], minlength=steps.size)
+    counts = np.bincount(inverse, minlength=steps.size)
+    return steps.astype(np.float64), sums / np.maximum(counts, 1)
 
 
-def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, Any], pd.DataFrame | None]:
-    """One run folder -> (row of runs.parquet, its curves or None). Never raises on bad files."""
+def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, Any], Columns | None]:
+    """One run folder -> (row of runs.parquet, its curve columns or None). Never raises on bad files.
+
+    Curve columns: the binned step curves (``source`` "train") followed by the eval rows
+    (``source`` "eval"); a column missing from one part is NaN there.
+    """
     run_dir = Path(run_dir)
     row: dict[str, Any] = {"run_id": run_dir.name, "run_dir": str(run_dir), "problem": None}
     status_path = run_dir / rundir.STATUS
@@ -171,32 +209,35 @@ def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[
         row["state"], row["problem"] = "corrupt", str(exc)
         return row, None
 
-    parts = []
-    if steps is not None and len(steps):
-        cols = _step_metrics(steps, row)
-        binned = binned_means(cols, max_points)
-        curve = pd.DataFrame(binned)
-        curve.insert(0, "bin", np.arange(len(curve), dtype=np.int64))
-        if layers is not None and len(layers):
+    train: Columns = {}
+    if steps is not None and steps["step"].size:
+        train = binned_means(_step_metrics(steps, row), max_points)
+        train["bin"] = np.arange(train["step"].size, dtype=np.float64)
+        if layers is not None and layers["step"].size:
             xs, ys = _predicted_per_step(layers)
-            ok = np.isfinite(ys)
-            curve["predicted_ratio"] = np.interp(curve["step"], xs[ok], ys[ok]) if ok.any() else np.nan
-        curve["source"] = "train"
-        parts.append(curve)
+            train["predicted_ratio"] = np.interp(train["step"], xs, ys) if xs.size else np.full(train["step"].size, np.nan)
+    evals: Columns = {}
     if ev is not None:
         ev = _eval_metrics(ev, row)
-        parts.append(pd.DataFrame({"epoch": ev["epoch"].to_numpy(np.float64), "step": ev["step"].to_numpy(np.float64),
-                                   "top1": ev["top1"].to_numpy(np.float64), "top5": ev["top5"].to_numpy(np.float64),
-                                   "eval_loss": ev["loss"].to_numpy(np.float64), "source": "eval"}))
-    if layers is not None and len(layers):
+        evals = {"epoch": ev["epoch"], "step": ev["step"], "top1": ev["top1"], "top5": ev["top5"], "eval_loss": ev["loss"]}
+    if layers is not None and layers["step"].size:
         total = row["last_step"] + 1 if row.get("last_step", -1) >= 0 else None
-        table = agreement_from_layers(layers, default_window(row.get("schedule")), total_steps=total)
-        if len(table):
-            row["theory_median_abs_err"] = float(np.median(np.abs(table["rel_err"])))
-            row["theory_mean_err"] = float(table["rel_err"].mean())
-    curves = pd.concat(parts, ignore_index=True) if parts else None
-    if curves is not None:
-        curves.insert(0, "run_id", row["run_id"])
+        n, _, _, rel_err = agreement_arrays(layers["step"], layers["layer"], layers["grad_norm"], layers["weight_norm"],
+                                            layers["predicted_ratio"], default_window(row.get("schedule")), total)
+        err = rel_err[n > 0]
+        if err.size:
+            row["theory_median_abs_err"] = float(np.median(np.abs(err)))
+            row["theory_mean_err"] = float(err.mean())
+    n_train = train["step"].size if train else 0
+    n_eval = evals["step"].size if evals else 0
+    if n_train + n_eval == 0:
+        return row, None
+    curves: Columns = {}
+    for key in dict.fromkeys([*train, *evals]):
+        parts = [train.get(key, np.full(n_train, np.nan)), evals.get(key, np.full(n_eval, np.nan))]
+        curves[key] = np.concatenate(parts)
+    curves["source"] = np.array(["train"] * n_train + ["eval"] * n_eval, dtype=object)
+    curves["run_id"] = np.full(n_train + n_eval, row["run_id"], dtype=object)
     return row, curves
 
 
@@ -215,12 +256,29 @@ def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINT
     front = ["run_id", "state", "problem", "optimizer", "lr", "wd", "seed", "schedule", *METRICS,
              "theory_mean_err", "n_steps", "last_step", "epochs_evaluated", "final_eval_loss", "reported_state", "run_dir"]
     runs = runs[front + sorted(c for c in runs.columns if c not in front)]
-    frames = [c for _, c in results if c is not None]
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "source", "step"])
+    curves = _concat_curves([c for _, c in results if c is not None])
     configs = config_table(runs)
     summary = summarize(runs, configs)
     counts = {s: int((runs["state"] == s).sum()) for s in STATE_ORDER if (runs["state"] == s).any()}
     return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts)
+
+
+CURVE_COLUMNS = ["run_id", "source", "bin", "step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
+                 "grad_norm_normalized", "weight_norm_normalized", "ratio_normalized", "predicted_ratio",
+                 "top1", "top5", "eval_loss"]
+
+
+def _concat_curves(parts: list[Columns]) -> pd.DataFrame:
+    """One frame from many runs' curve columns (NaN where a run lacks a column)."""
+    sizes = [p["run_id"].size for p in parts]
+    data = {}
+    for key in CURVE_COLUMNS:
+        data[key] = (np.concatenate([p.get(key, np.full(n, np.nan)) for p, n in zip(parts, sizes)])
+                     if parts else np.array([], dtype=np.float64))
+    frame = pd.DataFrame(data)
+    for key in ("run_id", "source"):
+        frame[key] = frame[key].astype("category")
+    return frame
 
 
 def config_table(runs: pd.DataFrame) -> pd.DataFrame:

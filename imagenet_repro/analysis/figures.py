@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from imagenet_repro import rundir  # noqa: E402
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best  # noqa: E402
@@ -50,6 +51,12 @@ def _log_label(v: float) -> str:
     mant = v / 10**exp
     mant_s = "" if math.isclose(mant, 1.0) else f"{mant:.3g}\\cdot"
     return f"${mant_s}10^{{{exp}}}$"
+
+
+def _steps_axis(ax: plt.Axes) -> None:
+    """Step axis in thousands ("5k") so large step counts stay legible."""
+    ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"))
 
 
 def _save(fig: plt.Figure, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
@@ -107,11 +114,13 @@ def fig_training_curves(curves: pd.DataFrame, picked: pd.DataFrame) -> plt.Figur
             ax.plot(pred.index, pred.to_numpy(), linestyle="--", color=palette[label], linewidth=1.4)
     ax.plot([], [], linestyle="--", color="0.3", label="theory (dashed)")
     handles, texts = axes[1, 1].get_legend_handles_labels()
-    fig.legend(handles, texts, loc="lower center", ncol=len(texts), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles, texts, loc="lower center", ncol=len(texts), frameon=False, bbox_to_anchor=(0.5, 0.0))
     seeds = picked.groupby("label").size()
     fig.suptitle("Best config per optimizer: mean over seeds ± 1 std  (" +
                  ", ".join(f"{lab.split()[0]}: {n} seeds" for lab, n in seeds.items()) + ")")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    for ax in (axes[0, 1], axes[1, 0], axes[1, 1]):
+        _steps_axis(ax)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
@@ -144,9 +153,9 @@ def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
         if len(pick):
             r, c = wds.index(pick["wd"].iloc[0]), lrs.index(pick["lr"].iloc[0])
             ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-    fig.text(0.01, 0.0, "D/Dk: config with k diverged seeds (not eligible); grey: no finished run; red box: best",
-             fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.text(0.01, 0.005, "D/Dk: config with k diverged seeds (not eligible); grey: no finished run; red box: best",
+             fontsize=8, color="0.3", va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
@@ -178,6 +187,7 @@ def fig_layer_ratios(picked: pd.DataFrame, ema_fraction: float = EMA_POINTS) -> 
         ax.set(title=f"{run['label']}, seed {int(run['seed'])}", xlabel="step",
                ylabel="||g|| / ||x|| per layer (EMA, log scale)")
         ax.legend(loc="upper left")
+        _steps_axis(ax)
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(order) - 1))
         fig.colorbar(sm, ax=ax, label="layer depth (index of normalized layer)")
     fig.suptitle("Per-layer gradient-to-weight norm ratio against the steady-state prediction")

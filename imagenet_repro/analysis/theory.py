@@ -46,37 +46,44 @@ def _check_window(window: tuple[float, float]) -> tuple[float, float]:
     return a, b
 
 
+def agreement_arrays(step: np.ndarray, codes: np.ndarray, grad_norm: np.ndarray, weight_norm: np.ndarray,
+                     predicted: np.ndarray, window: tuple[float, float], total_steps: int | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer code 0..max(codes): (n_points, measured, predicted, rel_err); NaN where no point.
+
+    Rows outside ``window`` or whose prediction is NaN/non-positive are left out.
+    """
+    a, b = _check_window(window)
+    n_codes = int(codes.max()) + 1 if codes.size else 0
+    keep = window_mask(positions(step, total_steps), (a, b))
+    g, x, r = (np.asarray(v, dtype=np.float64) for v in (grad_norm, weight_norm, predicted))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        measured_sq = (g / x) ** 2
+        scaled_sq = measured_sq / r**2
+    ok = keep & np.isfinite(scaled_sq) & np.isfinite(r) & (r > 0)
+    c = codes[ok]
+    n = np.bincount(c, minlength=n_codes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        measured = np.sqrt(np.bincount(c, weights=measured_sq[ok], minlength=n_codes) / n)
+        pred = np.sqrt(np.bincount(c, weights=r[ok] ** 2, minlength=n_codes) / n)
+        rel_err = np.sqrt(np.bincount(c, weights=scaled_sq[ok], minlength=n_codes) / n) - 1.0
+    return n, measured, pred, rel_err
+
+
 def agreement_from_layers(layers: pd.DataFrame, window: tuple[float, float],
                           total_steps: int | None = None) -> pd.DataFrame:
     """Per-layer table (layer, n_points, measured, predicted, rel_err) from a layers table.
 
     Layers whose prediction is NaN (no theory for that optimizer) are left out.
     """
-    a, b = _check_window(window)
-    cols = ["layer", "n_points", "measured", "predicted", "rel_err"]
-    if layers.empty:
-        return pd.DataFrame(columns=cols)
-    step = layers["step"].to_numpy()
-    keep = window_mask(positions(step, total_steps), (a, b))
-    g = layers["grad_norm"].to_numpy(np.float64)[keep]
-    x = layers["weight_norm"].to_numpy(np.float64)[keep]
-    r = layers["predicted_ratio"].to_numpy(np.float64)[keep]
-    names = layers["layer"].to_numpy()[keep]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        measured_sq = (g / x) ** 2
-        scaled_sq = measured_sq / r**2
-    ok = np.isfinite(scaled_sq) & np.isfinite(r) & (r > 0)
-    frame = pd.DataFrame({"layer": names[ok], "m": measured_sq[ok], "s": scaled_sq[ok], "p": r[ok] ** 2})
-    if frame.empty:
-        return pd.DataFrame(columns=cols)
-    grouped = frame.groupby("layer", sort=False)
-    out = pd.DataFrame({
-        "n_points": grouped.size(),
-        "measured": np.sqrt(grouped["m"].mean()),
-        "predicted": np.sqrt(grouped["p"].mean()),
-        "rel_err": np.sqrt(grouped["s"].mean()) - 1.0,
-    }).reset_index()
-    return out[cols]
+    _check_window(window)
+    codes, names = pd.factorize(layers["layer"], sort=False)
+    n, measured, pred, rel_err = agreement_arrays(
+        layers["step"].to_numpy(), codes, layers["grad_norm"].to_numpy(), layers["weight_norm"].to_numpy(),
+        layers["predicted_ratio"].to_numpy(), window, total_steps)
+    present = n > 0
+    return pd.DataFrame({"layer": np.asarray(names, dtype=object)[present], "n_points": n[present].astype(np.int64),
+                         "measured": measured[present], "predicted": pred[present], "rel_err": rel_err[present]})
 
 
 def _total_steps(run_dir: Path) -> int | None:
