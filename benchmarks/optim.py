@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "rounds": rounds,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],  # a shared CPU host reads noisy
         "params": sum(p.numel() for p in model.parameters()),
         "tensors": sum(1 for _ in model.parameters()),
         "median_step_ms": {n: round(1e3 * med[n], 4) for n in opts},
