@@ -1,0 +1,158 @@
+"""Sweeps that really train: submitit's local executor, and a real single-node SLURM
+cluster (scripts/slurm-up.sh, root only) with job arrays, idempotent re-sweeps and a
+requeued array task that resumes from its checkpoint."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from imagenet_repro import cli, rundir
+from imagenet_repro.sweep import claims
+from imagenet_repro.sweep.launcher import launch
+from imagenet_repro.sweep.spec import load_spec
+from imagenet_repro.sweep.state import classify_all, run_refs
+
+REPO = Path(__file__).resolve().parents[1]
+FMNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist (idx files)
+
+# Tiny runs: a few hundred Fashion-MNIST images through the torchvision backend, seconds each.
+TINY = f"""
+runs_root: RUNS
+base: {REPO}/experiments/demo.yaml
+overrides:
+  data.backend: torchvision
+  data.train_path: {FMNIST}
+  data.val_path: {FMNIST}
+  data.train_subset: 256
+  data.val_subset: 128
+  data.batch_size: 64
+  data.num_workers: 0
+  train.epochs: EPOCHS
+  train.progress: false
+  train.threads: 1
+  telemetry.layer_every: 2
+  telemetry.flush_every: 2
+slurm: {{cpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}}
+"""
+
+
+def tiny_spec(tmp_path: Path, name: str, axes: str, epochs: int = 2, extra: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + TINY.replace("RUNS", str(tmp_path / "runs")).replace("EPOCHS", str(epochs))
+                    + f"axes:\n{axes}\n{extra}")
+    return path
+
+
+needs_data = pytest.mark.skipif(not Path(FMNIST).is_dir(), reason=f"{FMNIST} missing (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.mark.slow
+@needs_data
+def test_local_executor_runs_the_grid_then_submits_nothing(tmp_path, capsys):
+    spec = tiny_spec(tmp_path, "loc", "  optimizer: [sgd, sgdc]\n", extra="local: {parallelism: 2}\n")
+    assert cli.main(["sweep", str(spec), "--cluster", "local"]) == 0
+    out = capsys.readouterr().out
+    assert "submitted 2 runs: 2 local job(s)" in out and "sweep loc: done 2" in out
+    for st in classify_all(run_refs(load_spec(spec))):
+        assert st.state == "done" and st.claim is None  # the lane released its claims
+        assert len(pd.read_parquet(st.ref.run_dir / rundir.EVAL)) == 2
+    assert cli.main(["sweep", str(spec), "--cluster", "local"]) == 0
+    assert "submitted 0 runs" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- SLURM
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM tests start a cluster with scripts/slurm-up.sh, which needs root")
+    t0 = time.monotonic()
+    proc = subprocess.run([str(REPO / "scripts/slurm-up.sh")], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/slurm-up.sh failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    print(f"slurm-up: {time.monotonic() - t0:.1f} s")
+    return True
+
+
+def sacct_jobs(name: str) -> set[str]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", f"repro-{name}", "-o", "JobID"],
+                         capture_output=True, text=True, check=True).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@needs_data
+def test_slurm_job_array_end_to_end_then_no_new_jobs(slurm_cluster, tmp_path, capsys):
+    name = f"e2e{os.getpid()}"
+    spec = tiny_spec(tmp_path, name, "  optimizer: [sgd, sgdc]\n  optim.lr: [0.05, 0.2]\n  seed: [0, 1]\n", epochs=1)
+    t0 = time.monotonic()
+    assert launch(spec, cluster="slurm", poll_s=1.0) == 0
+    print(f"8-run array submit -> all done: {time.monotonic() - t0:.1f} s")
+    out = capsys.readouterr().out
+    assert "submitted 8 runs: SLURM job" in out and "(8 array tasks)" in out
+    states = classify_all(run_refs(load_spec(spec)))
+    assert [s.state for s in states] == ["done"] * 8
+    array_ids = {s.claim["job_id"].split("_")[0] for s in states}
+    assert len(array_ids) == 1 and {s.status["job_id"] for s in states} == {s.claim["job_id"] for s in states}
+    jobs_before = sacct_jobs(name)
+    assert len(jobs_before) == 8
+
+    assert launch(spec, cluster="slurm", poll_s=1.0) == 0
+    assert "submitted 0 runs" in capsys.readouterr().out
+    assert sacct_jobs(name) == jobs_before
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@needs_data
+def test_requeued_array_task_resumes_from_its_checkpoint(slurm_cluster, tmp_path, capsys):
+    # the same single run twice: in "ref" undisturbed, in "rq" requeued mid-training
+    axes = "  optimizer: [sgdc]\n  seed: [3, 4]\n"  # two runs: a real array, requeue task 0 only
+    ref, rq = (tiny_spec(tmp_path, f"{n}{os.getpid()}", axes, epochs=3) for n in ("ref", "rq"))
+    assert launch(ref, cluster="slurm", wait=False) == 0
+    assert launch(rq, cluster="slurm", wait=False) == 0
+    target = run_refs(load_spec(rq))[0]
+    deadline = time.monotonic() + 300
+    while (rundir.read_status(target.run_dir).get("epoch") or 0) < 1:  # a checkpoint exists, still training
+        assert rundir.read_status(target.run_dir).get("state") != "done", "finished before it could be requeued"
+        assert time.monotonic() < deadline, "run never reached epoch 1"
+        time.sleep(0.2)
+    job_id = claims.read_claim(target.run_dir)["job_id"]
+    t0 = time.monotonic()
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    assert launch(rq, cluster="slurm", poll_s=1.0) == 0  # nothing new submitted: the requeued task is live
+    out = capsys.readouterr().out
+    assert "submitted 0 runs" in out
+    print(f"requeue -> done: {time.monotonic() - t0:.1f} s")
+    assert launch(ref, cluster="slurm", poll_s=1.0) == 0
+
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "done" and status["job_id"] == job_id
+    assert (status.get("resumed_from_step") or 0) > 0
+    a = pd.read_parquet(run_refs(load_spec(ref))[0].run_dir / rundir.EVAL)
+    b = pd.read_parquet(target.run_dir / rundir.EVAL)
+    assert len(b) == 3
+    pd.testing.assert_frame_equal(a, b)
+    sa = pd.read_parquet(run_refs(load_spec(ref))[0].run_dir / rundir.STEPS)
+    sb = pd.read_parquet(target.run_dir / rundir.STEPS)
+    pd.testing.assert_frame_equal(sa[["step", "loss", "grad_norm"]], sb[["step", "loss", "grad_norm"]])
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_multi_gpu_submission_asks_one_task_per_gpu(slurm_cluster, tmp_path):
+    """The sbatch script of a 2-GPU run: --gpus-per-node=2 and 2 tasks (DDP), accepted by SLURM."""
+    from imagenet_repro.sweep.launcher import _slurm_executor
+
+    spec = load_spec(tiny_spec(tmp_path, "gpu", "  seed: [0]\n"))
+    spec = spec.__class__(**{**spec.__dict__, "slurm": spec.slurm.__class__(gpus_per_node=2, timeout_min=5)})
+    ex = _slurm_executor(spec)
+    assert ex.parameters["gpus_per_node"] == 2 and ex.parameters["ntasks_per_node"] == 2
+    job = ex.submit(shutil.which, "sh")  # a trivial callable: checks placement, not training
+    assert job.results() == [shutil.which("sh")] * 2  # one result per task
