@@ -1,5 +1,7 @@
 """imagenet_repro: reproduce the ImageNet claims of Defazio (2025),
 "Why Gradients Rapidly Increase Near the End of Training", and test optimizers the same way."""
-from imagenet_repro import _torchvision_compat  # noqa: F401  (must run before torchvision/timm)
+from imagenet_repro import _torchvision_compat
+
+_torchvision_compat.arm()  # fixes `import torchvision` beside a CPU-only torch, lazily
 
 __version__ = "0.1.0"

@@ -13,12 +13,16 @@ compiled ops (``torchvision.ops.nms``, ``torchvision.io.decode_jpeg``) stay unav
 which this project never uses.  Where ``_C`` loads (a matching CUDA torch on a cluster,
 or a CPU torchvision build) this is a no-op.
 
-Import it before torchvision or timm: ``import imagenet_repro`` does so.
+``import imagenet_repro`` arms it lazily: a meta-path hook runs :func:`install` just
+before the first ``import torchvision`` (timm's included), so commands that never touch
+torchvision (``repro status``, ``repro --help``) do not pay for importing torch.
 """
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import os
+import sys
 
 _LIBRARY = None  # keeps the torch.library.Library alive (dropping it unregisters the ops)
 
@@ -54,4 +58,19 @@ def install() -> bool:
     return True
 
 
-install()
+class _InstallBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs install() when torchvision is first imported, then steps aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            install()
+        return None  # the normal finders do the actual import
+
+
+def arm() -> None:
+    if "torchvision" in sys.modules:
+        return
+    if not any(isinstance(f, _InstallBeforeTorchvision) for f in sys.meta_path):
+        sys.meta_path.insert(0, _InstallBeforeTorchvision())
