@@ -220,10 +220,11 @@ class Trainer:
                         break
                     self._train_step(images, labels)
                     bar.update(1)
-                    if self.step % self.telemetry.flush_every == 0:
-                        if not self.telemetry.flush():
-                            return self._finish("diverged")
+                    if self.step % self.telemetry.flush_every == 0:  # (record() flushes a full buffer itself)
+                        self.telemetry.flush()
                         self._progress(bar)
+                    if self.telemetry.diverged:
+                        return self._finish("diverged")
                     if self._pending_signal is not None:
                         self._handle_pending_signal()
                     if every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s:

@@ -72,7 +72,7 @@ class Telemetry:
     def flush(self) -> bool:
         """Copy the pending rows to the host. Returns False if a loss or norm is non-finite."""
         if not self.pending:
-            return True
+            return not self.diverged
         n = len(self.pending)
         values = self.buf[:n].cpu().tolist()
         layers = self.layer_buf[:n].cpu() if any(p[3] for p in self.pending) else None

@@ -1,0 +1,135 @@
+"""The trainer end to end on the real FFCV files: the run-directory contract, exact resume
+after SIGKILL, divergence, and a 2-process DDP run over gloo."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from imagenet_repro import rundir
+from imagenet_repro.config import load_config
+from imagenet_repro.train import run_training
+
+DEMO = "experiments/demo.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def train(out: Path, overrides: list[str]) -> str:
+    return run_training(load_config(ROOT / DEMO, overrides), out)
+
+
+def tables(run: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(run / f"{name}.parquet") for name in ("steps", "layers", "eval")}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, fmnist_tiny) -> Path:
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert train(out, fmnist_tiny) == "done"
+    return out
+
+
+def test_run_directory_contract(finished_run):
+    out = finished_run
+    for name in ("config.yaml", "manifest.json", "status.json", "steps.parquet", "layers.parquet",
+                 "eval.parquet", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "done" and status["step"] == status["total_steps"] == 32 and status["epoch"] == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_size"] == 1 and manifest["packages"]["torch"] and manifest["end_time"]
+    assert load_config(out / "config.yaml").optim.name == "sgd"
+
+    t = tables(out)
+    steps = t["steps"]
+    assert list(steps.step) == list(range(32)) and set(steps.epoch) == {0, 1}
+    assert steps.lr.iloc[0] == pytest.approx(0.1) and steps.lr.is_monotonic_decreasing and steps.lr.iloc[-1] > 0
+    assert (steps[["loss", "grad_norm", "weight_norm", "images_per_s"]] > 0).all().all()
+    assert (steps.grad_norm_normalized <= steps.grad_norm).all()
+    assert (steps.weight_norm_normalized <= steps.weight_norm).all()
+    assert steps.loss.iloc[-8:].mean() < steps.loss.iloc[:4].mean()
+
+    layers = t["layers"]
+    assert sorted(layers.step.unique()) == list(range(0, 32, 4))
+    assert layers.layer.nunique() == 9 and "fc.weight" not in set(layers.layer)  # 9 convs feed a BatchNorm
+    assert (layers.ratio - layers.grad_norm / layers.weight_norm).abs().max() < 1e-9
+    first = layers[layers.step == 0].iloc[0]
+    assert first.predicted_ratio == pytest.approx((2 * 0.005 * (1 - 0.9) / 0.1) ** 0.5)  # sqrt(2λ(1-β)/γ_0)
+
+    ev = t["eval"]
+    assert list(ev.epoch) == [1, 2] and list(ev.step) == [16, 32]
+    assert ev.top1.iloc[-1] > 0.3  # chance is 0.1
+    assert ((ev.top5 >= ev.top1) & (ev.top5 <= 1)).all()
+
+
+def test_finished_run_is_not_trained_again(finished_run, fmnist_tiny):
+    before = (finished_run / "steps.parquet").stat().st_mtime_ns
+    assert train(finished_run, fmnist_tiny) == "done"
+    assert (finished_run / "steps.parquet").stat().st_mtime_ns == before
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, finished_run, fmnist_tiny):
+    killed = tmp_path / "killed"
+    overrides = fmnist_tiny + ["checkpoint.every_minutes=0.005"]  # a checkpoint every ~0.3 s
+    proc = subprocess.Popen([sys.executable, "-m", "imagenet_repro", "train", str(ROOT / DEMO), *overrides,
+                             "--out", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = killed / rundir.LAST_CHECKPOINT
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 16, f"killed at step {step}: not mid-epoch 1"
+    assert json.loads((killed / "status.json").read_text())["state"] == "running"
+
+    assert train(killed, overrides) == "done"
+    assert json.loads((killed / "status.json").read_text())["resumed_from_step"] == step
+    a, b = tables(finished_run), tables(killed)
+    pd.testing.assert_frame_equal(a["steps"].drop(columns="images_per_s"), b["steps"].drop(columns="images_per_s"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(a["layers"], b["layers"], check_exact=True)
+    pd.testing.assert_frame_equal(a["eval"], b["eval"], check_exact=True)
+
+
+def test_huge_lr_ends_diverged_with_metrics_kept(tmp_path, fmnist_tiny):
+    out = tmp_path / "div"
+    code = subprocess.run([sys.executable, "-m", "imagenet_repro", "train", str(ROOT / DEMO), *fmnist_tiny,
+                           "optim.lr=1e3", "train.epochs=1", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert code.returncode == 0, code.stderr[-2000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "diverged" and "non-finite" in status["reason"]
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert len(steps) > 0 and steps.step.tolist() == list(range(len(steps)))
+    last = steps.iloc[-1]
+    assert not all(map(torch.isfinite, torch.tensor(last[["loss", "grad_norm"]].astype(float).values)))
+    assert steps.iloc[:-1][["loss", "grad_norm"]].map(lambda v: v == v and abs(v) != float("inf")).all().all()
+
+
+def test_two_process_ddp_over_gloo(tmp_path, fmnist_tiny):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "imagenet_repro", "train", str(ROOT / DEMO), *fmnist_tiny, "train.epochs=1",
+                           "train.progress=true", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+    steps = pd.read_parquet(out / "steps.parquet")
+    # global batch 128 = 2 x 64: 2048 images give 16 steps, each logged once (rank 0 only)
+    assert steps.step.tolist() == list(range(16))
+    assert (proc.stdout + proc.stderr).count("epoch 1: top1") == 1  # one progress/eval line, from rank 0
+    assert pd.read_parquet(out / "eval.parquet").top1.iloc[-1] > 0.2
