@@ -55,6 +55,7 @@ class ModelConfig:
     name: str = "resnet50"  # torchvision name, "timm:<name>", or "small_resnet"
     widths: list[int] = field(default_factory=lambda: [8, 16, 32])  # small_resnet only
     blocks_per_stage: int = 1  # small_resnet only
+    head_norm: bool = False  # small_resnet only: classifier = bias-free linear -> BatchNorm1d
     channels_last: bool = True  # used on CUDA only
 
 

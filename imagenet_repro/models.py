@@ -36,9 +36,13 @@ class BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """ResNet for small images: 3x3 stem, one stage per width (stride 2 after the first),
     global average pooling and a linear classifier.  Every conv is followed by BatchNorm,
-    so every conv weight is a 'normalized' weight in the paper's sense; ``fc`` is not."""
+    so every conv weight is a 'normalized' weight in the paper's sense; ``fc`` is not,
+    unless ``head_norm``: then the classifier is a bias-free linear layer followed by
+    BatchNorm1d, which makes ``fc.weight`` normalized too (the logit scale is then carried by
+    that BatchNorm's affine weight)."""
 
-    def __init__(self, num_classes: int, widths: list[int] = (8, 16, 32), blocks_per_stage: int = 1) -> None:
+    def __init__(self, num_classes: int, widths: list[int] = (8, 16, 32), blocks_per_stage: int = 1,
+                 head_norm: bool = False) -> None:
         super().__init__()
         widths = list(widths)
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
@@ -48,11 +52,12 @@ class SmallResNet(nn.Module):
                 layers.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
                 cin = w
         self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(cin, num_classes, bias=not head_norm)
+        self.head_norm = nn.BatchNorm1d(num_classes) if head_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.stem(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return self.head_norm(self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
 
 
 @functools.lru_cache(maxsize=None)  # listing torchvision's models takes ~20 ms; sweeps validate hundreds of points
@@ -71,7 +76,7 @@ def known_model(name: str) -> bool:
 def build_model(cfg, num_classes: int) -> nn.Module:
     """Model from a model config section (``name``, ``widths``, ``blocks_per_stage``)."""
     if cfg.name == SMALL:
-        return SmallResNet(num_classes, list(cfg.widths), cfg.blocks_per_stage)
+        return SmallResNet(num_classes, list(cfg.widths), cfg.blocks_per_stage, cfg.head_norm)
     if cfg.name.startswith("timm:"):
         import timm
 

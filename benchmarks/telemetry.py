@@ -1,0 +1,101 @@
+"""Telemetry overhead: a ResNet-50 training step with vs without norm telemetry.
+
+The same model, optimizer and batch run alternately with and without
+``Telemetry.record`` (layer_every=1: per-layer norms on every step, the worst case;
+flushed every ``flush_every`` steps as in training).  Rounds are interleaved in random
+order so drift in machine load hits both arms alike; the ratio of the medians is the
+overhead.  Target: <= 1.02.  Writes results/bench/telemetry.json.
+
+On CUDA the step uses bf16 autocast and channels_last, as the trainer does, and times
+with a synchronize at the end of each round (telemetry itself never synchronizes).
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import imagenet_repro  # noqa: F401  (torchvision shim)
+import torch
+import torch.nn.functional as F
+
+from imagenet_repro.models import build_model
+from imagenet_repro.optim import build_optimizer, predicted_ratio
+from imagenet_repro.train.telemetry import Telemetry
+
+OUT = Path("results/bench/telemetry.json")
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    batch, res, rounds, steps_per_round = (128, 224, 30, 10) if cuda else (8, 128, 12, 2)
+    torch.manual_seed(0)
+
+    class M:  # model config
+        name, widths, blocks_per_stage, head_norm = "resnet50", [], 1, False
+
+    class O:  # optim config
+        name, lr, weight_decay, decay_norm_and_bias, momentum, dampening, nesterov = "sgd", 0.1, 5e-5, True, 0.9, 0.0, False
+
+    model = build_model(M, 1000).to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    opt = build_optimizer(model, O, example_input=torch.zeros(2, 3, res, res, device=device))
+    for g in opt.param_groups:
+        g["lr_max"] = g["lr"]
+    index = {n: i for i, g in enumerate(opt.param_groups) for n in g["names"]}
+    normalized = {n for g in opt.param_groups if g["normalized"] for n in g["names"]}
+    tel = Telemetry(list(model.named_parameters()), normalized,
+                    predicted=lambda n: predicted_ratio(opt, opt.param_groups[index[n]]),
+                    layer_every=1, flush_every=50, device=device)
+    x = torch.randn(batch, 3, res, res, device=device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    step_no = 0
+
+    def run(with_telemetry: bool) -> float:
+        nonlocal step_no
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps_per_round):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if with_telemetry:
+                tel.record(step_no, 0, 0.1, loss, batch)
+                step_no += 1
+            opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps_per_round
+
+    run(False), run(True)  # warm-up
+    times: dict[bool, list[float]] = {False: [], True: []}
+    order = [False, True] * rounds
+    random.Random(0).shuffle(order)
+    for arm in order:
+        times[arm].append(run(arm))
+    tel.flush()
+    base, with_tel = statistics.median(times[False]), statistics.median(times[True])
+    result = {
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "model": "resnet50", "batch": batch, "resolution": res, "rounds": rounds, "steps_per_round": steps_per_round,
+        "layer_every": 1, "flush_every": 50, "normalized_layers": len(normalized),
+        "step_s_without": base, "step_s_with": with_tel, "ratio": with_tel / base,
+        "target_ratio": 1.02, "target_met": with_tel / base <= 1.02,
+        "torch": torch.__version__,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(OUT.read_text()) if OUT.exists() else {}
+    previous["cuda" if cuda else "cpu"] = result
+    OUT.write_text(json.dumps(previous, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
