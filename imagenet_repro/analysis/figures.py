@@ -83,6 +83,9 @@ def _mean_band(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, color, label: 
         return
     stats = frame.groupby(x, sort=True)[y].agg(["mean", "std"])
     xs, mean, std = stats.index.to_numpy(), stats["mean"].to_numpy(), stats["std"].fillna(0).to_numpy()
+    if len(xs) < 30:  # sparse (e.g. one eval per epoch over few epochs): points with ±1 std bars
+        ax.errorbar(xs, mean, yerr=std, color=color, linewidth=1.6, marker="o", capsize=4, label=label)
+        return
     ax.plot(xs, mean, color=color, linewidth=1.6, label=label)
     ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
 
