@@ -218,6 +218,9 @@ class Trainer:
                 for images, labels in self.train_loader.epoch(self.epoch, skip=skip):
                     if self.batch_in_epoch >= self.steps_per_epoch:
                         break
+                    threads = self.cfg.train.threads
+                    if threads > 0 and torch.get_num_threads() != threads:
+                        torch.set_num_threads(threads)  # ffcv's Loader sets its own count each epoch
                     self._train_step(images, labels)
                     bar.update(1)
                     if self.step % self.telemetry.flush_every == 0:  # (record() flushes a full buffer itself)
