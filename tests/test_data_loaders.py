@@ -21,12 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def fmnist(tmp_path_factory) -> Path:
-    from imagenet_repro.data.writer import write_fashion_mnist
-
-    out = tmp_path_factory.mktemp("fmnist")
-    write_fashion_mnist(out, num_workers=2)
-    return out
+def fmnist(fmnist_betons) -> Path:
+    """The session's real Fashion-MNIST .beton files (tests/conftest.py), written once."""
+    return fmnist_betons
 
 
 def cfg_for(folder: Path, **data):
