@@ -82,18 +82,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import runpy
+    import subprocess
 
     folder = Path(args.dir)
     scripts = [folder / f"{n}.py" for n in args.names] if args.names else sorted(folder.glob("*.py"))
     for script in scripts:
         if not script.is_file():
             raise ConfigError(f"no such benchmark: {script}")
-    for script in scripts:
+    failed = []
+    for script in scripts:  # one process each: no thread-count or memory state leaks between them
         print(f"== {script}", flush=True)
-        sys.argv = [str(script)]
-        runpy.run_path(str(script), run_name="__main__")
-    return 0
+        if subprocess.run([sys.executable, str(script)]).returncode != 0:
+            failed.append(script.name)
+    if failed:
+        print(f"repro bench: failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
