@@ -31,9 +31,19 @@ from imagenet_repro.config import ConfigError
 from imagenet_repro.data.beton import check_beton
 from imagenet_repro.data.ffcv_ops import (EpochKey, PlannedOrder, SeededRandomHorizontalFlip,
                                           SeededRandomResizedCropRGBImageDecoder, TorchNormalizeImage)
-from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, per_rank_batch_size, shard_length,
-                                         subset_indices, train_resolution)
+from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
+                                         train_resolution)
 from imagenet_repro.data.seeding import epoch_key, epoch_order
+
+
+def _batches(loader: Loader):
+    """(images, labels) of one pass; the epoch iterator is closed even if the caller stops early."""
+    it = iter(loader)
+    try:
+        for images, labels in it:
+            yield images, labels.view(-1)
+    finally:
+        it.close()
 
 
 def _cupy_available() -> bool:
@@ -80,11 +90,7 @@ class FFCVTrainLoader:
         n = check_beton(d.train_path)
         self.indices = subset_indices(n, d.train_subset)
         self.num_examples = len(self.indices)
-        self.batch_size = per_rank_batch_size(d.batch_size, world_size)
-        self._len = shard_length(self.num_examples, world_size) // self.batch_size
-        if self._len == 0:
-            raise ConfigError(f"{d.train_path}: {self.num_examples} training images give no full batch of "
-                              f"{self.batch_size} per rank (data.batch_size / world size)")
+        self.batch_size, self._len = train_geometry(d, self.num_examples, world_size)
         self.key = EpochKey()
         res = self.resolution(0)
         self.decoder = SeededRandomResizedCropRGBImageDecoder((res, res), self.key, scale=(d.rrc_scale_min, 1.0))
@@ -128,12 +134,7 @@ class FFCVTrainLoader:
         self.key.set(epoch_key(self.seed, epoch))
         if len(self.order.planned) == 0:
             return
-        it = iter(self.loader)
-        try:
-            for images, labels in it:
-                yield images, labels.view(-1)
-        finally:
-            it.close()
+        yield from _batches(self.loader)
 
 
 class FFCVValLoader:
@@ -155,12 +156,7 @@ class FFCVValLoader:
         return -(-self.num_examples // self.loader.batch_size)
 
     def __iter__(self):
-        it = iter(self.loader)
-        try:
-            for images, labels in it:
-                yield images, labels.view(-1)
-        finally:
-            it.close()
+        yield from _batches(self.loader)
 
 
 def build_ffcv_loaders(cfg: DictConfig, device: torch.device, rank: int, world_size: int):

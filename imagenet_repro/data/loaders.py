@@ -89,6 +89,16 @@ def shard_length(n: int, world_size: int) -> int:
     return -(-n // world_size) if world_size > 1 else n
 
 
+def train_geometry(d: DictConfig, num_examples: int, world_size: int) -> tuple[int, int]:
+    """(per-rank batch size, full batches per epoch on each rank); drop_last semantics."""
+    batch_size = per_rank_batch_size(d.batch_size, world_size)
+    length = shard_length(num_examples, world_size) // batch_size
+    if length == 0:
+        raise ConfigError(f"{d.train_path}: {num_examples} training images give no full batch of "
+                          f"{batch_size} per rank (data.batch_size / world size)")
+    return batch_size, length
+
+
 def ffcv_available() -> bool:
     try:
         import ffcv.loader  # noqa: F401

@@ -24,8 +24,8 @@ from torchvision.transforms.v2 import functional as F
 from imagenet_repro.config import ConfigError
 from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_rgb, load_rgb,
                                              read_fashion_mnist, scan_imagefolder)
-from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, per_rank_batch_size, shard_length,
-                                         subset_indices, train_resolution)
+from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
+                                         train_resolution)
 from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
 
 FASHION_MNIST_SIZE = 32  # the writer's default size, so both backends see the same pixels
@@ -100,11 +100,7 @@ class TorchvisionTrainLoader:
         self.dataset = _Images(load, labels, True, d.rrc_scale_min, *mean_std(d.dataset))
         self.indices = subset_indices(len(labels), d.train_subset)
         self.num_examples = len(self.indices)
-        self.batch_size = per_rank_batch_size(d.batch_size, world_size)
-        self._len = shard_length(self.num_examples, world_size) // self.batch_size
-        if self._len == 0:
-            raise ConfigError(f"{d.train_path}: {self.num_examples} training images give no full batch of "
-                              f"{self.batch_size} per rank (data.batch_size / world size)")
+        self.batch_size, self._len = train_geometry(d, self.num_examples, world_size)
 
     def __len__(self) -> int:
         return self._len
