@@ -95,3 +95,24 @@ def test_checkpoint_round_trip_restores_rng_and_state(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_beton_fresh_run_writes_nothing_but_an_existing_run_records_the_failure(tmp_path):
+    from imagenet_repro.config import ConfigError, build_config
+    from imagenet_repro.rundir import read_status
+    from imagenet_repro.train import run_training
+
+    bad = tmp_path / "bad.beton"
+    bad.write_bytes(b"not an ffcv file")
+    cfg = build_config({"data": {"dataset": "fashion_mnist", "num_classes": 10, "train_path": str(bad),
+                                 "val_path": str(bad)}, "model": {"name": "small_resnet"}})
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError):
+        run_training(cfg, fresh)
+    assert not fresh.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(ConfigError):
+        run_training(cfg, existing)
+    status = read_status(existing)
+    assert status["state"] == "failed" and status["reason"].startswith("ConfigError: ")

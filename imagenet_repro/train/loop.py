@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from imagenet_repro import rundir
-from imagenet_repro.config import to_yaml
+from imagenet_repro.config import ConfigError, to_yaml
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import build_optimizer, predicted_ratio
 from imagenet_repro.train.checkpoint import load_checkpoint, save_checkpoint
@@ -267,6 +267,11 @@ class Trainer:
         return state
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def run_training(cfg: DictConfig, out_dir: str | Path) -> str:
     """Train (or resume) the run in ``out_dir``; return its final state.
 
@@ -277,13 +282,20 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> str:
     state = rundir.read_status(out).get("state")
     if state in rundir.FINAL_STATES:
         return state
-    trainer = Trainer(cfg, out)
+    try:
+        trainer = Trainer(cfg, out)
+    except BaseException as exc:
+        # bad input for a fresh run leaves nothing behind; anything else is recorded
+        fresh_bad_input = isinstance(exc, ConfigError) and not out.exists()
+        if not fresh_bad_input and int(os.environ.get("RANK", "0")) == 0:
+            rundir.write_status(out, "failed", reason=f"{type(exc).__name__}: {_first_line(exc)}", updated=time.time())
+        raise
     try:
         return trainer.fit()
     except SystemExit:
         raise
     except BaseException as exc:
-        trainer._status("failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        trainer._status("failed", reason=f"{type(exc).__name__}: {_first_line(exc)}")
         raise
     finally:
         shutdown(trainer.dist)
