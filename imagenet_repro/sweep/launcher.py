@@ -75,7 +75,8 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], 
     if to_submit and all(h is not None for h in hours):
         total = sum(hours)
         print(f"  cost estimate: {total:,.1f} GPU-hours for the {len(to_submit)} runs to submit"
-              f" ({total / len(to_submit):,.2f} per run; whole grid {sum(run_hours(spec, r) for r in runs):,.1f})")
+              f" ({total / len(to_submit):,.2f} per run; all {len(runs)} selected runs"
+              f" {sum(run_hours(spec, r) for r in runs):,.1f})")
     elif to_submit:
         s = spec.slurm
         bound = len(to_submit) * s.nodes * max(s.gpus_per_node, 0) * s.timeout_min / 60
