@@ -121,10 +121,11 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"bad override: {_one_line(exc)}") from None
 
 
-def _read_yaml(path: str | Path) -> DictConfig:
+def read_yaml(path: str | Path, what: str = "config file") -> DictConfig:
+    """A YAML mapping from ``path``; a missing file, bad YAML or a non-mapping is a ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:  # yaml.YAMLError and friends
@@ -185,7 +186,7 @@ def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictCo
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     layers: list[Any] = []
     if path is not None:
-        layers.append(_read_yaml(path))
+        layers.append(read_yaml(path))
     layers.append(_parse_overrides(list(overrides)))
     return build_config(*layers)
 

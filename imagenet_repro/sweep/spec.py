@@ -34,7 +34,7 @@ from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from imagenet_repro.config import ConfigError, build_config, validate
+from imagenet_repro.config import ConfigError, build_config, read_yaml, validate
 
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}
@@ -225,15 +225,7 @@ def _parse_overrides(path: Path, raw: Any) -> dict:
 def load_spec(path: str | Path) -> SweepSpec:
     """Parse and check a sweep spec; any problem raises a one-line ConfigError."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep spec not found: {path}")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors of all kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise _fail(path, f"not valid YAML: {first}") from None
-    if not isinstance(loaded, DictConfig):
-        raise _fail(path, "expected a mapping at the top level")
+    loaded = read_yaml(path, what="sweep spec")
     try:
         raw = OmegaConf.to_container(loaded, resolve=True)
     except Exception as exc:
