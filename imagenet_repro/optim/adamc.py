@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imagenet_repro.optim.adamw import AdamW, AdamWConfig
+from imagenet_repro.optim.param_groups import corrected_weight_decay
 from imagenet_repro.optim.registry import register_optimizer
 
 
@@ -29,6 +30,4 @@ class AdamC(AdamW):
     """AdamW whose decay on normalized groups follows the LR schedule: λ·γ_t/γ_max."""
 
     def decay(self, group: dict) -> float:
-        if not group["normalized"]:
-            return group["weight_decay"]
-        return group["weight_decay"] * (group["lr"] / group["lr_max"])
+        return corrected_weight_decay(group)

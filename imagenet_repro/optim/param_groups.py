@@ -209,3 +209,13 @@ def print_param_table(model_name: str, num_classes: int = 1000, decay_norm_and_b
         sel = [p for _, p, k in classified if k == kind]
         print(f"  {kind:<12} {len(sel):4d} tensors {sum(p.numel() for p in sel):>12,d} values"
               f"  decay {_rule(kind, decay_norm_and_bias)}")
+
+
+def corrected_weight_decay(group: dict) -> float:
+    """The paper's corrected decay for a param group: λ·γ_t/γ_max on normalized groups, λ elsewhere.
+
+    The ratio is taken first, so γ_t == γ_max gives exactly λ (λ * 1.0) and the corrected
+    optimizers then equal their plain versions bit for bit."""
+    if not group["normalized"]:
+        return group["weight_decay"]
+    return group["weight_decay"] * (group["lr"] / group["lr_max"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from imagenet_repro.optim.param_groups import corrected_weight_decay
 from imagenet_repro.optim.registry import register_optimizer
 from imagenet_repro.optim.sgd import SGD, SGDConfig
 
@@ -31,10 +32,7 @@ class SGDC(SGD):
     """SGD whose decay on normalized groups follows the LR schedule: λ·γ_t/γ_max."""
 
     def decay(self, group: dict) -> float:
-        if not group["normalized"]:
-            return group["weight_decay"]
-        # ratio first, so that γ_t == γ_max gives exactly λ (λ * 1.0)
-        return group["weight_decay"] * (group["lr"] / group["lr_max"])
+        return corrected_weight_decay(group)
 
     def predicted_ratio(self, group: dict) -> float:
         """sqrt(2 λ_t (1-β) / γ_t) = sqrt(2 λ (1-β) / γ_max), also at γ_t = 0."""
