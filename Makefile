@@ -4,7 +4,7 @@ REPRO := .venv/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test sweep status aggregate figures bench slurm-up slurm-down
+.PHONY: help install demo test rehearse sweep status aggregate figures bench slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> fig
 
 test: install  ## run the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo)
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+rehearse: install  ## run every distinct variant of SPEC small (kill + exact resume + figures) before launching it
+	$(REPRO) sweep $(SPEC) --rehearse
 
 sweep: install  ## launch the grid in SPEC (default sweeps/demo.yaml) on SLURM, or locally
 	$(REPRO) sweep $(SPEC)

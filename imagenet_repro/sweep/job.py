@@ -8,6 +8,8 @@ the same arguments; the requeued job calls ``run_training`` again, which resumes
 """
 from __future__ import annotations
 
+import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -40,7 +42,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed's env://;
             # every task keeps all GPUs visible and picks cuda:LOCAL_RANK.
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                               overwrite=True)
+            # A local lane runs several DDP runs in the same tasks one after the other: each gets
+            # its own rendezvous port (same on every task), so no rank of the next run can reach
+            # the previous run's store while rank 0 still tears it down.
+            os.environ["MASTER_PORT"] = str(20000 + (zlib.crc32(run_dir.encode()) + dist_env.master_port) % 40000)
         cfg = build_config(OmegaConf.create(cfg_yaml))
         return (self.trainer or _default_trainer)(cfg, Path(run_dir))
 

@@ -245,14 +245,12 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
         if announce:
             print_plan(sweep, runs, states, cluster, [], show_runs=False)
         jobs = submit(sweep, todo, cluster, trainer) if todo else []
-    if not announce:
-        pass
-    elif jobs:
+    if announce and jobs:
         first = jobs[0].job_id
         where = f"SLURM job {first.split('_')[0]} ({len(todo)} array tasks)" if cluster == "slurm" else \
             f"{len(jobs)} {cluster} job(s)"
         print(f"submitted {len(todo)} runs: {where}; logs in {sweep.sweep_dir / '.submitit'}", flush=True)
-    else:
+    elif announce:
         print("submitted 0 runs", flush=True)
     if cluster == "debug" and jobs:
         try:

@@ -1,0 +1,76 @@
+"""Rehearsal cost: ``repro sweep sweeps/paper_fig5.yaml --rehearse`` at CPU scale (2 ranks,
+the real ResNet-50, every variant run three times: reference, killed, resumed), end to end
+as a user runs it, through SLURM when a cluster answers, else the local executor.
+
+The synthetic ImageNet-shaped dataset is built once and cached under the rehearsal root:
+the first (cold) rehearsal pays for it, the second (warm) is what a user pays again
+after changing a config.  Target: the warm rehearsal in <= 5 min on 2 cores.  Baseline in
+the same run: one bare 2-rank ``torch.distributed.run`` of ``repro train`` on the same
+shrunk config (one run of the nine process starts a 2-variant rehearsal makes), so the
+JSON also gives the rehearsal as a multiple of one run.
+Writes results/bench/rehearse.json.
+
+    python benchmarks/rehearse.py [--spec sweeps/paper_fig5.yaml]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "results" / "bench" / "rehearse.json"
+
+
+def timed(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, **kw)
+    return time.perf_counter() - t0, proc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default="sweeps/paper_fig5.yaml")
+    args = ap.parse_args()
+    repro = [sys.executable, "-m", "imagenet_repro"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "rehearsal"
+        cold_s, cold = timed([*repro, "sweep", args.spec, "--rehearse", "--rehearse-root", str(root)])
+        if cold.returncode != 0:
+            raise SystemExit(f"rehearsal failed:\n{cold.stdout[-3000:]}{cold.stderr[-3000:]}")
+        warm_s, warm = timed([*repro, "sweep", args.spec, "--rehearse", "--rehearse-root", str(root)])
+        if warm.returncode != 0:
+            raise SystemExit(f"rehearsal failed:\n{warm.stdout[-3000:]}{warm.stderr[-3000:]}")
+        table = [ln for ln in warm.stdout.splitlines() if ln.startswith(("variant", "optimizer=", "seed="))]
+        # baseline: one reference run of the first variant, by hand, 2 ranks over gloo
+        config = next((root / "runs").glob("*/*/config.yaml"))
+        base_s, base = timed([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+                              "imagenet_repro", "train", str(config), "--out", str(Path(tmp) / "one-run")])
+        if base.returncode != 0:
+            raise SystemExit(f"baseline run failed:\n{base.stderr[-3000:]}")
+    cluster = re.search(r"cluster (\w+);", warm.stdout)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "spec": args.spec,
+        "cluster": cluster.group(1) if cluster else None,
+        "rehearsal_cold_s": round(cold_s, 1),
+        "rehearsal_warm_s": round(warm_s, 1),
+        "target_warm_s": 300,
+        "target_met": warm_s <= 300,
+        "baseline_one_2rank_run_s": round(base_s, 1),
+        "warm_over_one_run": round(warm_s / base_s, 2),
+        "table": table,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
