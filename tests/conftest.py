@@ -1,18 +1,38 @@
-"""Shared fixtures: the real Fashion-MNIST .beton files, written once per test session."""
+"""Shared fixtures: the real Fashion-MNIST idx folder and .beton files, found/written once per session."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fmnist_folder() -> Path:
+    """Fashion-MNIST's idx folder, by the package's one lookup ($FASHION_MNIST_DIR, Debian's
+    folder, else torchvision's download into the repo's data/); a test needing it fails with
+    the lookup's one-line error when there is none."""
+    from imagenet_repro.config import ConfigError
+    from imagenet_repro.data.imagefolder import fashion_mnist_source
+
+    try:
+        return fashion_mnist_source(download_root=REPO / "data")
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
 
 @pytest.fixture(scope="session")
-def fmnist_betons(tmp_path_factory) -> Path:
-    """train.beton (60000) and val.beton (10000), 32x32 RGB, from Debian's dataset-fashion-mnist."""
+def fmnist_dir() -> Path:
+    return fmnist_folder()
+
+
+@pytest.fixture(scope="session")
+def fmnist_betons(tmp_path_factory, fmnist_dir) -> Path:
+    """train.beton (60000) and val.beton (10000), 32x32 RGB, from the real Fashion-MNIST."""
     from imagenet_repro.data.writer import write_fashion_mnist
 
     out = tmp_path_factory.mktemp("fmnist")
-    write_fashion_mnist(out, num_workers=2)
+    write_fashion_mnist(out, source=fmnist_dir, num_workers=2)
     return out
 
 
