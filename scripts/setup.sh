@@ -32,11 +32,17 @@ eval "$env_lines"   # PKG_CONFIG_PATH (conda/module folders it found), LDFLAGS (
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install -q)
 "${pip[@]}" --upgrade pip setuptools wheel
-# torch first and pinned, so nothing later can pull another torch; the same pin from
-# TORCH_INDEX_URL gives e.g. 2.13.0+cu126, which the package's torch==2.13.0 accepts.
+# torch first and pinned, so nothing later can pull another torch. From a PyTorch index
+# .../whl/<variant> the pins get that local label (torch==2.13.0+cu126), so an installed
+# other variant is replaced; the package's own torch==2.13.0 accepts any of them.
 if [ -n "$TORCH_INDEX_URL" ]; then
-  echo "setup: ${TORCH_PINS[*]} from $TORCH_INDEX_URL"
-  "${pip[@]}" "${TORCH_PINS[@]}" --index-url "$TORCH_INDEX_URL"
+  variant=${TORCH_INDEX_URL%/}; variant=${variant##*/}
+  case $variant in
+    cpu|cu[0-9]*|rocm[0-9]*|xpu) pins=("${TORCH_PINS[@]/%/+$variant}") ;;
+    *) pins=("${TORCH_PINS[@]}") ;;
+  esac
+  echo "setup: ${pins[*]} from $TORCH_INDEX_URL"
+  "${pip[@]}" "${pins[@]}" --index-url "$TORCH_INDEX_URL"
 else
   "${pip[@]}" "${TORCH_PINS[@]}"
 fi

@@ -183,7 +183,8 @@ def test_setup_passes_torch_index_url_to_pip_and_restamps_when_it_changes(fake_v
     res = run([SETUP], path, VENV=str(venv), TORCH_INDEX_URL=url)
     assert res.returncode == 0, res.stderr
     calls = log.read_text().splitlines()
-    assert f"-m pip install -q {_pins()} --index-url {url}" in calls
+    cu126 = " ".join(f"{pin}+cu126" for pin in _pins().split())  # that variant, replacing another one
+    assert f"-m pip install -q {cu126} --index-url {url}" in calls
     assert "-m pip install -q -e .[dev]" in calls
     assert f"from {url}" in res.stdout and (venv / ".setup-stamp").is_file()
     (venv / "bin" / "repro").write_text("")
