@@ -1,11 +1,42 @@
 """Shared fixtures: the real Fashion-MNIST idx folder and .beton files, found/written once per session."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def slurm_answers() -> bool:
+    """A SLURM cluster answers here and its node takes jobs (any user can submit to it)."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(s.strip() in ("idle", "mixed", "allocated", "completing") for s in out.splitlines())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slurm` use a running cluster, else start one with scripts/slurm-up.sh --
+    the only part of the suite that needs root (and apt-get). Where neither is possible they
+    are skipped with one reason, which pytest -ra folds into one line per file."""
+    slurm = [item for item in items if item.get_closest_marker("slurm")]
+    if not slurm or slurm_answers():
+        return
+    if os.geteuid() != 0:
+        reason = "SLURM tests: no cluster answers sinfo, and starting one (scripts/slurm-up.sh) needs root"
+    elif shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        reason = "SLURM tests: no cluster answers sinfo, and scripts/slurm-up.sh installs SLURM with apt-get (absent)"
+    else:
+        return
+    for item in slurm:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def fmnist_folder() -> Path:
