@@ -22,21 +22,32 @@ def slurm_answers() -> bool:
     return any(s.strip() in ("idle", "mixed", "allocated", "completing") for s in out.splitlines())
 
 
+SLURM_SKIP = "SLURM tests: no cluster answers sinfo, and "
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `slurm` use a running cluster, else start one with scripts/slurm-up.sh --
     the only part of the suite that needs root (and apt-get). Where neither is possible they
-    are skipped with one reason, which pytest -ra folds into one line per file."""
+    are skipped with one reason, reported in one line (below)."""
     slurm = [item for item in items if item.get_closest_marker("slurm")]
     if not slurm or slurm_answers():
         return
     if os.geteuid() != 0:
-        reason = "SLURM tests: no cluster answers sinfo, and starting one (scripts/slurm-up.sh) needs root"
+        reason = SLURM_SKIP + "starting one (scripts/slurm-up.sh) needs root"
     elif shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
-        reason = "SLURM tests: no cluster answers sinfo, and scripts/slurm-up.sh installs SLURM with apt-get (absent)"
+        reason = SLURM_SKIP + "scripts/slurm-up.sh installs SLURM with apt-get (absent)"
     else:
         return
     for item in slurm:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_logreport(report):
+    """Drop the line number from those skips, so that -ra's summary folds them into one line
+    per file ("SKIPPED [3] tests/test_sweep_cluster.py: SLURM tests: ...")."""
+    if report.skipped and isinstance(report.longrepr, tuple) and str(report.longrepr[2]).startswith(
+            ("Skipped: " + SLURM_SKIP, SLURM_SKIP)):
+        report.longrepr = (report.longrepr[0], None, report.longrepr[2])
 
 
 def fmnist_folder() -> Path:
