@@ -80,11 +80,12 @@ pkgs() {  # pkgs TABLE: the table's packages for the missing keys, each once
 
 if ((${#missing[@]})); then
   if [ "${1:-}" = --install ] && [ "$(id -u)" = 0 ]; then
+    exec 3>&1 1>&2  # the package managers' chatter goes to stderr: stdout is for setup.sh's exports
     if command -v apt-get >/dev/null; then
       say "installing with apt-get: $(pkgs APT)"
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(pkgs APT) >/dev/null \
         || { say "apt-get install failed"; exit 1; }
-      exec "$0"
+      exec "$0" 1>&3 3>&-
     elif command -v dnf >/dev/null; then
       say "installing with dnf: $(pkgs DNF)"
       if ! dnf install -y -q $(pkgs DNF); then  # RHEL-family: OpenCV and turbojpeg-devel live in EPEL / CRB
@@ -92,7 +93,7 @@ if ((${#missing[@]})); then
         dnf config-manager --set-enabled crb 2>/dev/null || dnf config-manager --set-enabled powertools 2>/dev/null || true
         dnf install -y -q $(pkgs DNF) || { say "dnf install failed"; exit 1; }
       fi
-      exec "$0"
+      exec "$0" 1>&3 3>&-
     fi
   fi
   for k in "${missing[@]}"; do say "missing: ${what[$k]}"; done

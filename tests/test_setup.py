@@ -130,7 +130,7 @@ def test_root_installs_what_is_missing_with_its_package_manager(no_dpkg_path, tm
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
     fake(bin_dir, "id", 'if [ "$1" = -u ]; then echo 0; else exec /usr/bin/id "$@"; fi')
-    fake(bin_dir, manager, f'echo "{manager} $*" >> {log}')
+    fake(bin_dir, manager, f'echo "{manager} $*" >> {log}; echo "{manager} chatter"')
     hide_turbojpeg(bin_dir)  # still hidden after the "install": the re-check reports it
     res = run([CHECK, "--install"], f"{bin_dir}:{no_dpkg_path}")
     assert res.returncode == 1
@@ -140,6 +140,7 @@ def test_root_installs_what_is_missing_with_its_package_manager(no_dpkg_path, tm
     else:
         assert calls.splitlines()[0] == "dnf install -y -q turbojpeg-devel"
     assert f"installing with {manager}" in res.stderr and "missing: libjpeg-turbo" in res.stderr
+    assert "chatter" in res.stderr and "chatter" not in res.stdout  # stdout is only for setup.sh's exports
 
 
 @pytest.mark.parametrize("var", ["PKG_CONFIG_PATH", "CONDA_PREFIX", "LIBRARY_PATH", "CPATH"])
