@@ -1,6 +1,7 @@
 # Thin wrapper: every target calls scripts/setup.sh or `repro <verb>`; the logic lives in the package.
 .DEFAULT_GOAL := help
-REPRO := .venv/bin/repro
+VENV ?= .venv
+REPRO := $(VENV)/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 
@@ -9,14 +10,14 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install:  ## set up system packages, .venv, torch and the package (fast when done)
-	@scripts/setup.sh
+install:  ## check (as root: install) the build's libraries, make the venv (VENV=DIR, default .venv), torch, the package
+	@VENV='$(VENV)' scripts/setup.sh
 
 demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures in results/demo/
 	$(REPRO) demo
 
 test: install  ## run the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo)
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 rehearse: install  ## run every distinct variant of SPEC small (kill + exact resume + figures) before launching it
 	$(REPRO) sweep $(SPEC) --rehearse

@@ -37,7 +37,7 @@ def _data_write(args: argparse.Namespace) -> int:
         writer.write_imagefolder(args.src, args.out, max_resolution=args.max_res, jpeg_quality=args.jpeg_quality,
                                  compress_probability=args.compress_probability, num_workers=args.num_workers)
     else:
-        writer.write_fashion_mnist(args.out, source=args.src or writer.FASHION_MNIST_DIR, size=args.size,
+        writer.write_fashion_mnist(args.out, source=args.src, size=args.size,
                                    num_workers=args.num_workers)
     return 0
 
@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     w = dsub.add_parser("write", help="write an ImageFolder or Fashion-MNIST to FFCV .beton files")
     w.add_argument("--source", choices=["imagefolder", "fashion-mnist"], required=True)
-    w.add_argument("src", nargs="?", help="imagefolder: the class-folder root; fashion-mnist: idx folder (default: Debian's)")
+    w.add_argument("src", nargs="?", help="imagefolder: the class-folder root; fashion-mnist: idx folder "
+                   "(default: $FASHION_MNIST_DIR, else Debian's, else torchvision's download into data/)")
     w.add_argument("--out", required=True, help="imagefolder: FILE.beton; fashion-mnist: folder for train.beton and val.beton")
     w.add_argument("--max-res", type=int, default=256, help="longest image side kept (imagefolder)")
     w.add_argument("--jpeg-quality", type=int, default=90)

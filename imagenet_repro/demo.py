@@ -1,6 +1,7 @@
 """``repro demo``: the whole path on the embedded default, on CPU.
 
-Fashion-MNIST (Debian's ``dataset-fashion-mnist``) -> FFCV ``.beton`` files -> the grid in
+Fashion-MNIST (``$FASHION_MNIST_DIR``, Debian's ``dataset-fashion-mnist`` or torchvision's
+download: :func:`~imagenet_repro.data.imagefolder.fashion_mnist_source`) -> FFCV ``.beton`` files -> the grid in
 ``sweeps/demo.yaml`` through ``repro sweep`` (SLURM if ``sbatch`` is on PATH, else
 submitit's local executor) -> ``repro aggregate`` -> ``repro figures`` into ``results/demo/``.
 Each stage is skipped when its output is already there, so a re-run only redoes what is missing.
@@ -22,7 +23,7 @@ def run_demo(spec: str, cluster: str = "auto") -> int:
     t0 = time.monotonic()
     if not all((DATA_DIR / f).exists() for f in ("train.beton", "val.beton")):
         print(f"demo: writing Fashion-MNIST to {DATA_DIR}/ (train.beton, val.beton)", flush=True)
-        writer.write_fashion_mnist(DATA_DIR, source=writer.FASHION_MNIST_DIR, size=32, num_workers=2)
+        writer.write_fashion_mnist(DATA_DIR, source=None, size=32, num_workers=2)  # fashion_mnist_source()
     print(f"demo: sweep {spec}", flush=True)
     code = launch(spec, cluster=cluster, dry_run=False, only=[], wait=True)
     print("demo: aggregate and figures", flush=True)

@@ -1,18 +1,80 @@
-"""Shared fixtures: the real Fashion-MNIST .beton files, written once per test session."""
+"""Shared fixtures: the real Fashion-MNIST idx folder and .beton files, found/written once per session."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def slurm_answers() -> bool:
+    """A SLURM cluster answers here and its node takes jobs (any user can submit to it)."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(s.strip() in ("idle", "mixed", "allocated", "completing") for s in out.splitlines())
+
+
+SLURM_SKIP = "SLURM tests: no cluster answers sinfo, and "
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slurm` use a running cluster, else start one with scripts/slurm-up.sh --
+    the only part of the suite that needs root (and apt-get). Where neither is possible they
+    are skipped with one reason, reported in one line (below)."""
+    slurm = [item for item in items if item.get_closest_marker("slurm")]
+    if not slurm or slurm_answers():
+        return
+    if os.geteuid() != 0:
+        reason = SLURM_SKIP + "starting one (scripts/slurm-up.sh) needs root"
+    elif shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        reason = SLURM_SKIP + "scripts/slurm-up.sh installs SLURM with apt-get (absent)"
+    else:
+        return
+    for item in slurm:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_runtest_logreport(report):
+    """Drop the line number from those skips, so that -ra's summary folds them into one line
+    per file ("SKIPPED [3] tests/test_sweep_cluster.py: SLURM tests: ...")."""
+    if report.skipped and isinstance(report.longrepr, tuple) and str(report.longrepr[2]).startswith(
+            ("Skipped: " + SLURM_SKIP, SLURM_SKIP)):
+        report.longrepr = (report.longrepr[0], None, report.longrepr[2])
+
+
+def fmnist_folder() -> Path:
+    """Fashion-MNIST's idx folder, by the package's one lookup ($FASHION_MNIST_DIR, Debian's
+    folder, else torchvision's download into the repo's data/); a test needing it fails with
+    the lookup's one-line error when there is none."""
+    from imagenet_repro.config import ConfigError
+    from imagenet_repro.data.imagefolder import fashion_mnist_source
+
+    try:
+        return fashion_mnist_source(download_root=REPO / "data")
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
 
 @pytest.fixture(scope="session")
-def fmnist_betons(tmp_path_factory) -> Path:
-    """train.beton (60000) and val.beton (10000), 32x32 RGB, from Debian's dataset-fashion-mnist."""
+def fmnist_dir() -> Path:
+    return fmnist_folder()
+
+
+@pytest.fixture(scope="session")
+def fmnist_betons(tmp_path_factory, fmnist_dir) -> Path:
+    """train.beton (60000) and val.beton (10000), 32x32 RGB, from the real Fashion-MNIST."""
     from imagenet_repro.data.writer import write_fashion_mnist
 
     out = tmp_path_factory.mktemp("fmnist")
-    write_fashion_mnist(out, num_workers=2)
+    write_fashion_mnist(out, source=fmnist_dir, num_workers=2)
     return out
 
 

@@ -6,7 +6,10 @@ one-line :class:`~imagenet_repro.config.ConfigError` whether it is being written
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import os
 from pathlib import Path
 
 import cv2
@@ -18,11 +21,59 @@ from imagenet_repro.config import ConfigError
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+FASHION_MNIST_ENV = "FASHION_MNIST_DIR"  # environment variable naming a folder of the four idx .gz files
+FASHION_MNIST_DOWNLOAD_ROOT = "data"  # torchvision downloads into <root>/FashionMNIST/raw/
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+
+
+def _has_idx_files(folder: Path) -> bool:
+    return all((folder / name).is_file() for pair in FASHION_MNIST_FILES.values() for name in pair)
+
+
+def fashion_mnist_source(given: str | Path | None = None, download_root: str | Path | None = None) -> Path:
+    """The folder holding Fashion-MNIST's four idx ``.gz`` files -- the one lookup used by the
+    writer, ``repro data write``, ``repro demo``, the torchvision backend and the tests.
+
+    In order: a folder the user gives (``given``, i.e. ``repro data write --source fashion-mnist
+    DIR``; else ``$FASHION_MNIST_DIR``) -- never ignored, an unusable one is an error;
+    else Debian's folder (``apt-get install dataset-fashion-mnist``) when present; else
+    a cached or new download by torchvision into ``<download_root>/FashionMNIST/raw``
+    (torchvision checks each file's MD5). ConfigError (one line, naming all three ways)
+    when none works, e.g. offline and absent.
+    """
+    given = given if given not in (None, "") else os.environ.get(FASHION_MNIST_ENV) or None
+    if given is not None:
+        folder = Path(given)
+        if not _has_idx_files(folder):
+            raise ConfigError(f"Fashion-MNIST folder {folder} does not hold the four idx files "
+                              f"({', '.join(n for pair in FASHION_MNIST_FILES.values() for n in pair)})")
+        return folder
+    if _has_idx_files(Path(FASHION_MNIST_DIR)):
+        return Path(FASHION_MNIST_DIR)
+    download_root = Path(download_root if download_root is not None else FASHION_MNIST_DOWNLOAD_ROOT)
+    raw = download_root / "FashionMNIST" / "raw"
+    if _has_idx_files(raw):
+        return raw
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        log = io.StringIO()  # torchvision prints each mirror it tries; keep only the outcome
+        with contextlib.redirect_stdout(log):
+            FashionMNIST(str(download_root), train=True, download=True)  # downloads all four, MD5-checked
+    except Exception as exc:  # offline (URLError), bad checksum (RuntimeError), full disk, ...
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300] or type(exc).__name__
+        raise ConfigError(
+            f"Fashion-MNIST not found: install Debian's dataset-fashion-mnist ({FASHION_MNIST_DIR}), "
+            f"or give its folder (FASHION_MNIST_DIR=DIR, or repro data write --source fashion-mnist DIR), "
+            f"or go online so torchvision can download it into {raw} (download failed: {reason})") from None
+    if not _has_idx_files(raw):
+        raise ConfigError(f"torchvision's Fashion-MNIST download did not leave the idx files in {raw}")
+    print(f"downloaded Fashion-MNIST to {raw} (MD5 checked by torchvision)", flush=True)
+    return raw
 
 
 def scan_imagefolder(root: str | Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -60,7 +111,7 @@ def load_rgb(path: str) -> Image.Image:
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     if not path.is_file():
-        raise ConfigError(f"Fashion-MNIST file not found: {path} (install Debian's dataset-fashion-mnist)")
+        raise ConfigError(f"Fashion-MNIST file not found: {path}")
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError) as exc:
@@ -75,11 +126,14 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     return body.reshape(shape)
 
 
-def read_fashion_mnist(split: str, source: str | Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [N, 28, 28], labels int64 [N])`` of the ``train`` or ``val`` (t10k) split."""
-    source = Path(source)
+def read_fashion_mnist(split: str, source: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 [N, 28, 28], labels int64 [N])`` of the ``train`` or ``val`` (t10k) split.
+
+    ``source`` None: :func:`fashion_mnist_source` finds the folder.
+    """
+    source = fashion_mnist_source() if source is None else Path(source)
     if not source.is_dir():
-        raise ConfigError(f"Fashion-MNIST folder not found: {source} (install Debian's dataset-fashion-mnist)")
+        raise ConfigError(f"Fashion-MNIST folder not found: {source}")
     img_name, lbl_name = FASHION_MNIST_FILES[split]
     images = _read_idx(source / img_name, 2051)
     labels = _read_idx(source / lbl_name, 2049).astype(np.int64)

@@ -8,7 +8,7 @@ seeded from ``(seed, epoch, sample index)``, so ``epoch(e, skip=k)`` reproduces 
 tail of an uninterrupted epoch whatever the number of workers.
 
 ``data.train_path``/``val_path`` are ImageFolder roots; for ``fashion_mnist`` they may be
-folders holding the idx ``.gz`` files, otherwise Debian's copy is read.
+folders holding the idx ``.gz`` files, otherwise ``fashion_mnist_source()`` finds them.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from imagenet_repro.config import ConfigError
-from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_rgb, load_rgb,
+from imagenet_repro.data.imagefolder import (FASHION_MNIST_FILES, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
                                              read_fashion_mnist, scan_imagefolder)
 from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
                                          train_resolution)
@@ -70,7 +70,7 @@ def _folder_source(root: str):
 
 def _fmnist_source(path: str, split: str):
     folder = Path(path) if Path(path).is_dir() and (Path(path) / FASHION_MNIST_FILES[split][0]).is_file() \
-        else Path(FASHION_MNIST_DIR)
+        else fashion_mnist_source()
     images, labels = read_fashion_mnist(split, folder)
     rgb = torch.from_numpy(fashion_mnist_rgb(images, FASHION_MNIST_SIZE)).permute(0, 3, 1, 2)
     return (lambda i: rgb[i]), labels

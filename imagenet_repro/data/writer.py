@@ -23,10 +23,10 @@ import numpy as np
 
 from imagenet_repro.config import ConfigError
 from imagenet_repro.data.beton import check_beton
-from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, fashion_mnist_rgb, load_rgb,
+from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
                                              read_fashion_mnist, scan_imagefolder)
 
-__all__ = ["FASHION_MNIST_DIR", "write_imagefolder", "write_fashion_mnist"]
+__all__ = ["FASHION_MNIST_DIR", "fashion_mnist_source", "write_imagefolder", "write_fashion_mnist"]
 
 _MIN_PAGE = 1 << 23  # ffcv's default page (4 x 2 MiB)
 
@@ -130,19 +130,21 @@ def write_imagefolder(src: str | Path, out: str | Path, max_resolution: int = 25
     return out
 
 
-def write_fashion_mnist(out_dir: str | Path, source: str | Path = FASHION_MNIST_DIR, size: int = 32,
+def write_fashion_mnist(out_dir: str | Path, source: str | Path | None = None, size: int = 32,
                         num_workers: int = 2) -> tuple[Path, Path]:
     """Write ``out_dir/train.beton`` (60000) and ``out_dir/val.beton`` (10000), RGB ``size`` px, raw pixels.
 
-    Small images are stored raw, not JPEG: decoding is a memcpy, and writing takes seconds.
+    ``source``: the idx folder; None looks it up (:func:`fashion_mnist_source`: $FASHION_MNIST_DIR,
+    Debian's folder, torchvision's download). Small images are stored raw, not JPEG: decoding
+    is a memcpy, and writing takes seconds.
     """
-    from ffcv.fields import RGBImageField
-
     _check_knobs(num_workers)
     out_dir = Path(out_dir)
     if out_dir.suffix == ".beton":
         raise ConfigError(f"--out for fashion-mnist is a folder (gets train.beton and val.beton), not {out_dir}")
+    source = fashion_mnist_source(source)
     splits = {split: read_fashion_mnist(split, source) for split in ("train", "val")}  # validate both first
+    from ffcv.fields import RGBImageField
     paths = []
     for split, (images, labels) in splits.items():
         rgb = fashion_mnist_rgb(images, size)
