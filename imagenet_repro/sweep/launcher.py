@@ -61,10 +61,11 @@ def _ref(run: PlannedRun) -> RunRef:
 
 # ---------------------------------------------------------------------------- plan
 def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], cluster: str,
-               missing: list[str], show_runs: bool = True) -> None:
+               missing: list[str], show_runs: bool = True, label: str = "") -> None:
     to_submit = [s for s in states if s.state in SUBMIT_STATES]
     c = counts(states)
     axes = " x ".join(f"{len(v)} {SHORT_NAMES.get(k, k)}" for k, v in spec.axes.items()) or "no axes"
+    axes = f"{label} of the {axes} grid" if label else axes
     print(f"sweep {spec.name}: {len(runs)} runs ({axes}) in {spec.sweep_dir}, cluster {cluster}")
     print(f"  to submit: {len(to_submit)} (new {c.get('pending', 0)}, failed {c.get('failed', 0)});"
           f" already done: {c.get('done', 0) + c.get('diverged', 0)} (diverged {c.get('diverged', 0)});"
@@ -192,12 +193,35 @@ def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S) -> list[Run
 
 
 # ---------------------------------------------------------------------------- entry point
+def _plan_stage(sweep: SweepSpec, stage: Optional[str], only: Iterable[str], dry_run: bool
+                ) -> tuple[Optional[list[PlannedRun]], list[PlannedRun], str]:
+    """A staged spec (or ``--stage``): the selected stage's runs (None: a dry run of a stage
+    that waits), the whole grid (for the plan cache) and the plan's label."""
+    from imagenet_repro.sweep.stages import plan_stage
+
+    grid = resolve_runs(sweep)
+    runs, label = plan_stage(sweep, grid, stage, dry_run)
+    if runs is not None and only:
+        keep = select_points(sweep, [r.point for r in runs], only)
+        runs = [r for r in runs if r.point in keep]
+    return runs, grid, label
+
+
 def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only: Iterable[str] = (),
-           wait: bool = True, trainer=None, poll_s: float = POLL_S) -> int:
-    """Plan, submit and (optionally) wait for a sweep; the exit code of ``repro sweep``."""
+           wait: bool = True, trainer=None, poll_s: float = POLL_S, stage: Optional[str] = None) -> int:
+    """Plan, submit and (optionally) wait for a sweep; the exit code of ``repro sweep``.
+
+    ``stage``: for a spec with ``stages`` (see :mod:`.stages`), "1", "2", a stage name or
+    "all" (the whole grid); None runs stage 1."""
     sweep = load_spec(spec)
-    points = select_points(sweep, grid_points(sweep), only)
-    runs = resolve_runs(sweep, points)
+    grid, label = None, ""
+    if sweep.stages or stage is not None:
+        runs, grid, label = _plan_stage(sweep, stage, only, dry_run)
+        if runs is None:  # dry run of stage 2 while stage 1 runs: plan_stage said what it waits for
+            return 0
+    else:
+        points = select_points(sweep, grid_points(sweep), only)
+        runs = resolve_runs(sweep, points)
     missing = missing_data_paths(runs)
     if missing and not dry_run:
         raise ConfigError(f"data path does not exist: {missing[0]} (grid of {sweep.name}; --dry-run to plan anyway)")
@@ -206,11 +230,13 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
     refs = [_ref(r) for r in runs]
     if dry_run:
         states = classify_all(refs)
-        print_plan(sweep, runs, states, chosen, missing)
+        print_plan(sweep, runs, states, chosen, missing, label=label)
         return 0
 
     with claims.sweep_lock(sweep.sweep_dir):
-        if not only:
+        if grid is not None:  # staged: the cache lists the whole grid, as `repro status` reads it
+            save_plan_cache(sweep, [_ref(r) for r in grid])
+        elif not only:
             save_plan_cache(sweep, refs)
         else:  # the cache lists the whole grid: refresh it when it is stale
             run_refs(sweep)
@@ -220,7 +246,7 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
         for st in states:
             if st.state == "failed" and st.claim is not None:
                 claims.release(st.ref.run_dir)  # dead job (or a launcher that died): the run is claimed anew
-        print_plan(sweep, runs, states, chosen, [], show_runs=False)
+        print_plan(sweep, runs, states, chosen, [], show_runs=False, label=label)
         jobs = submit(sweep, todo, chosen, trainer) if todo else []
     if jobs:
         first = jobs[0].job_id
