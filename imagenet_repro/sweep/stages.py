@@ -118,6 +118,7 @@ def parse_stages(path: Path, raw: Any, axes: dict) -> tuple[Stage, ...]:
 
 def pick_stage(spec: SweepSpec, which: Optional[str]) -> Optional[Stage]:
     """The stage ``--stage`` names (1, 2, a stage name; None: stage 1); None for ``all``."""
+    which = None if which is None else str(which)
     if not spec.stages:
         if which is None or which == ALL:
             return None
