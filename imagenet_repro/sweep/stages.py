@@ -292,7 +292,7 @@ def plan_stage(spec: SweepSpec, grid: list[PlannedRun], which: Optional[str], dr
             print(f"  {reason}")
             return None, reason
         raise ConfigError(reason)
-    print(f"  stage 1's aggregate (runs {', '.join(sorted({str(_seed_of(r)) for r in first}))} of each config):")
+    print(f"  stage 1's aggregate ({_seeds(one.seeds)} of each config):")
     for line in choice.summary.splitlines():
         print(f"    {line}")
     return second, f"{two.title()} at {_seeds(two.seeds)}, best configs of stage 1"
