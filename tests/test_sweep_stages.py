@@ -190,7 +190,9 @@ def test_stage_two_is_refused_while_stage_one_is_incomplete(tmp_path, capsys):
     write_stage_one(spec, skip=3)
     before = sorted(p.name for p in (tmp_path / "runs" / "staged").iterdir())
     assert cli.main(["sweep", str(spec), "--stage", "2", "--cluster", "local", "--no-wait"]) == 2
-    err = capsys.readouterr().err.strip()
+    out, err = capsys.readouterr()
+    err = err.strip()
+    assert out == ""  # the refusal is the one line on stderr
     assert err.startswith("repro: error: stage 2 (confirm) waits for stage 1 (search): 3 of its 18 runs are not "
                           "done or diverged (done 14, diverged 1, pending 3)") and "\n" not in err
     after = sorted(p.name for p in (tmp_path / "runs" / "staged").iterdir())

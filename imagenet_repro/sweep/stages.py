@@ -236,6 +236,8 @@ def plan_stage(spec: SweepSpec, grid: list[PlannedRun], which: Optional[str], dr
     from imagenet_repro.sweep.state import RunRef, classify_all, format_counts, summary_of
 
     stage = pick_stage(spec, which)
+    lines: list[str] = []  # printed once the stage is known to be launchable (a refusal is one line)
+    say = lines.append
     if stage is None:
         print(f"sweep {spec.name}: --stage all: the whole grid, {len(grid)} runs, ignoring the stages")
         return grid, ""
@@ -247,8 +249,8 @@ def plan_stage(spec: SweepSpec, grid: list[PlannedRun], which: Optional[str], dr
     n_opt = len(_axis(spec, "optim.name", None))
     per_config = 1 + (4 if two.neighbours else 0)
     most = n_opt * per_config * len(two.seeds)
-    print(f"sweep {spec.name}: 2 stages over the grid of {len(grid)} runs ({_gpu_h(grid_h)})")
-    print(f"  {one.title()}: {len(first)} runs, the whole lr x wd grid at {_seeds(one.seeds)}: {_gpu_h(first_h)}")
+    say(f"sweep {spec.name}: 2 stages over the grid of {len(grid)} runs ({_gpu_h(grid_h)})")
+    say(f"  {one.title()}: {len(first)} runs, the whole lr x wd grid at {_seeds(one.seeds)}: {_gpu_h(first_h)}")
     what = "each optimizer's best (lr, wd)" + (" and its grid neighbours in lr and in wd" if two.neighbours else "")
     states = classify_all([RunRef(r.run_id, r.run_dir, r.point, summary_of(r.config)) for r in first])
     unfinished = [s for s in states if s.state not in ("done", "diverged")]
@@ -258,43 +260,45 @@ def plan_stage(spec: SweepSpec, grid: list[PlannedRun], which: Optional[str], dr
         choice = choose_stage_two(spec, grid)
         second = stage_two_runs(spec, grid, choice)
         second_h = _hours(spec, second)
-        print(f"  {two.title()}: {len(second)} runs, {_seeds(two.seeds)} at {what} from stage 1: {_gpu_h(second_h)}")
+        say(f"  {two.title()}: {len(second)} runs, {_seeds(two.seeds)} at {what} from stage 1: {_gpu_h(second_h)}")
         for opt, b in choice.best.items():
-            print(f"    {opt}: best lr={b['optim.lr']} wd={b['optim.weight_decay']} "
+            say(f"    {opt}: best lr={b['optim.lr']} wd={b['optim.weight_decay']} "
                   f"(stage-1 final top-1 {100 * b['final_top1']:.2f} %)")
         for note in choice.notes:
-            print(f"    note: {note}")
+            say(f"    note: {note}")
         n_two = len(second)
     else:
         second_h = None if per_run is None else per_run * most
         bound = "at most " if two.neighbours else ""
-        print(f"  {two.title()}: {bound}{most} runs, {_seeds(two.seeds)} at {what} from stage 1: "
+        say(f"  {two.title()}: {bound}{most} runs, {_seeds(two.seeds)} at {what} from stage 1: "
               f"{bound}{_gpu_h(second_h)} (chosen when stage 1 is complete)")
         n_two = most
     if grid_h is not None and first_h is not None and second_h is not None:
         total = first_h + second_h
         saving = grid_h - total
-        print(f"  two stages: {len(first) + n_two} runs, {total:,.1f} GPU-hours; the whole grid: {len(grid)} runs, "
+        say(f"  two stages: {len(first) + n_two} runs, {total:,.1f} GPU-hours; the whole grid: {len(grid)} runs, "
               f"{grid_h:,.1f} GPU-hours; saving {len(grid) - len(first) - n_two} runs, {saving:,.1f} GPU-hours "
               f"({100 * saving / grid_h:.1f} %)")
     else:
-        print(f"  two stages: {len(first) + n_two} runs; the whole grid: {len(grid)} runs")
+        say(f"  two stages: {len(first) + n_two} runs; the whole grid: {len(grid)} runs")
     if stage.number == 1:
         if not unfinished:
-            print(f"  stage 1 is complete: next `repro sweep {spec.path} --stage 2`")
+            say(f"  stage 1 is complete: next `repro sweep {spec.path} --stage 2`")
         elif which is None:
-            print(f"  (no --stage given: stage 1; after it, `repro sweep {spec.path} --stage 2`)")
+            say(f"  (no --stage given: stage 1; after it, `repro sweep {spec.path} --stage 2`)")
+        print("\n".join(lines))
         return first, f"{one.title()} at {_seeds(one.seeds)}"
     if unfinished:
         reason = (f"{two.title()} waits for {one.title()}: {len(unfinished)} of its {len(first)} runs are not done "
                   f"or diverged ({format_counts(states)}); run `repro sweep {spec.path} --stage 1`")
         if dry_run:
-            print(f"  {reason}")
+            print("\n".join([*lines, f"  {reason}"]))
             return None, reason
         raise ConfigError(reason)
-    print(f"  stage 1's aggregate ({_seeds(one.seeds)} of each config):")
+    say(f"  stage 1's aggregate ({_seeds(one.seeds)} of each config):")
     for line in choice.summary.splitlines():
-        print(f"    {line}")
+        say(f"    {line}")
+    print("\n".join(lines))
     return second, f"{two.title()} at {_seeds(two.seeds)}, best configs of stage 1"
 
 
