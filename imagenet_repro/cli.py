@@ -43,6 +43,14 @@ def _data_write(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    if args.rehearse:
+        if args.dry_run or args.only:
+            raise ConfigError("--rehearse picks its own variants and submits nothing of the real sweep: "
+                              "drop --dry-run/--only")
+        from imagenet_repro.sweep.rehearse import rehearse
+
+        return rehearse(args.spec, cluster=args.cluster, ranks=args.ranks, batch_per_rank=args.batch_per_rank,
+                        root=args.rehearse_root, mode=args.variants)
     from imagenet_repro.sweep.launcher import launch
 
     return launch(args.spec, cluster=args.cluster, dry_run=args.dry_run, only=args.only, wait=args.wait,
@@ -131,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-wait", dest="wait", action="store_false", help="return after submitting")
     s.add_argument("--stage", metavar="N", help="a spec with `stages:`: 1 (the default), 2 (after stage 1), a stage "
                                                 "name, or all (the whole grid)")
+    r = s.add_argument_group("rehearsal (--rehearse: run every distinct variant small, kill, resume, aggregate; "
+                             "submits nothing of the real sweep)")
+    r.add_argument("--rehearse", action="store_true", help="rehearse the grid end to end before launching it")
+    r.add_argument("--ranks", type=int, default=2, help="cap on the DDP ranks of each rehearsal run (default 2)")
+    r.add_argument("--batch-per-rank", type=int, default=4, help="images per rank in a rehearsal step (default 4)")
+    r.add_argument("--variants", choices=["cover", "corners"], default="cover",
+                   help="cover: each optimizer and each lr/wd extreme at least once; corners: every optimizer at both")
+    r.add_argument("--rehearse-root", default="rehearsal", help="folder for rehearsal data, runs and results")
     s.set_defaults(fn=_sweep, wait=True)
 
     st = sub.add_parser("status", help="counts by state and a per-run table for a sweep")

@@ -232,6 +232,37 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     _require(cfg.telemetry.flush_every > 0, f"telemetry.flush_every must be > 0 (got {cfg.telemetry.flush_every})")
 
 
+def placement_problems(cfg: Any, world_size: int, has_gpu: bool) -> list[str]:
+    """What a run of ``cfg`` would refuse at start on ``world_size`` ranks (one line each).
+
+    The one source of the rules that depend on where a run is placed, not on the config
+    alone: the trainer raises the first at start, and the sweep planner checks every grid
+    point against the spec's resources (nodes x tasks per node, GPUs) before anything is
+    submitted, so a run that cannot start is never queued.  ``cfg`` is a RunConfig or its
+    plain-container form."""
+    data, train = cfg["data"], cfg["train"]
+    problems = []
+    if data["order"] == "quasi_random" and world_size > 1:
+        problems.append(f"data.order=quasi_random is not available with several ranks (ffcv 1.0; "
+                        f"{world_size} ranks here): use data.order=random")
+    batch = data["batch_size"]
+    if batch < world_size:
+        problems.append(f"data.batch_size={batch} gives a per-rank batch of 0 on {world_size} ranks")
+    elif batch % world_size:
+        problems.append(f"data.batch_size={batch} is not divisible by the {world_size} ranks "
+                        f"(the per-rank batch would be {batch / world_size:g})")
+    if train["device"] == "cuda" and not has_gpu:
+        problems.append("train.device=cuda but the run has no GPU (give the job GPUs, or train.device=cpu)")
+    return problems
+
+
+def check_placement(cfg: Any, world_size: int, has_gpu: bool) -> None:
+    """Raise ConfigError with the first of :func:`placement_problems`."""
+    problems = placement_problems(cfg, world_size, has_gpu)
+    if problems:
+        raise ConfigError(problems[0])
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 

@@ -18,9 +18,12 @@ class SweepRef:
     runs_dir: Path  # <runs_root>/<name>: one sub-folder per run
 
 
-def sweep_ref(spec: str | Path) -> SweepRef:
-    """The sweep name and its runs folder, from the spec YAML at ``spec``."""
+def sweep_ref(spec) -> SweepRef:
+    """The sweep name and its runs folder, from the spec YAML at ``spec`` (or a loaded
+    :class:`~imagenet_repro.sweep.spec.SweepSpec`, e.g. the rehearsal's)."""
     from imagenet_repro.sweep.spec import load_spec
 
+    if hasattr(spec, "sweep_dir"):
+        return SweepRef(name=spec.name, runs_dir=spec.sweep_dir)
     loaded = load_spec(spec)
     return SweepRef(name=loaded.name, runs_dir=loaded.sweep_dir)

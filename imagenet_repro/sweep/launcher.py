@@ -25,8 +25,8 @@ from typing import Iterable, Optional
 
 from imagenet_repro.config import ConfigError
 from imagenet_repro.sweep import claims
-from imagenet_repro.sweep.spec import (SHORT_NAMES, PlannedRun, SweepSpec, grid_points, load_spec, missing_data_paths,
-                                       resolve_runs, run_hours, select_points)
+from imagenet_repro.sweep.spec import (SHORT_NAMES, PlannedRun, SweepSpec, check_placements, grid_points, load_spec,
+                                       missing_data_paths, resolve_runs, run_hours, select_points)
 from imagenet_repro.sweep.state import (RunRef, RunState, classify_all, counts, format_counts, run_refs,
                                         save_plan_cache, summary_of)
 
@@ -138,11 +138,16 @@ def _submit_local(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer
         for run in runs:
             claims.record_job(run.run_dir, "debug", str(os.getpid()), job.paths.folder, pid=os.getpid())
         return [job]
+    if spec.slurm.nodes > 1:
+        raise ConfigError(f"{spec.path}: the {cluster} executor runs on this one machine: slurm.nodes must be 1 "
+                          f"(got {spec.slurm.nodes}); use --cluster slurm")
     ex = submitit.LocalExecutor(folder=folder, max_num_timeout=spec.slurm.max_timeout_requeues)
     jobs = []
     for i, lane in enumerate(items):
-        # a lane runs its runs in turn: its time limit is the sum of theirs
-        ex.update_parameters(timeout_min=spec.slurm.timeout_min * len(lane), signal_delay_s=spec.slurm.signal_delay_s)
+        # a lane runs its runs in turn: its time limit is the sum of theirs; each run is DDP
+        # over the spec's tasks per node, as on SLURM
+        ex.update_parameters(timeout_min=spec.slurm.timeout_min * len(lane), signal_delay_s=spec.slurm.signal_delay_s,
+                             tasks_per_node=spec.slurm.tasks)
         job = ex.submit(RunLane(trainer), lane)
         for r in runs[i::lanes]:
             claims.record_job(r.run_dir, "local", job.job_id, job.paths.folder, pid=int(job.job_id))
@@ -170,11 +175,12 @@ def submit(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) 
 
 
 # ---------------------------------------------------------------------------- waiting
-def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S) -> list[RunState]:
+def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S, progress: bool = True) -> list[RunState]:
     """Follow ``refs`` until none is queued or running; a tqdm bar counts finished runs."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(refs), desc="runs finished", unit="run", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=len(refs), desc="runs finished", unit="run", dynamic_ncols=True, file=sys.stderr,
+               disable=not progress)
     try:
         while True:
             for job in jobs:  # local jobs: poll reaps the finished processes
@@ -200,6 +206,7 @@ def _plan_stage(sweep: SweepSpec, stage: Optional[str], only: Iterable[str], dry
     from imagenet_repro.sweep.stages import plan_stage
 
     grid = resolve_runs(sweep)
+    check_placements(sweep, grid)  # every point of the grid, before anything is printed
     runs, label = plan_stage(sweep, grid, stage, dry_run)
     if runs is not None and only:
         keep = select_points(sweep, [r.point for r in runs], only)
@@ -222,21 +229,40 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
     else:
         points = select_points(sweep, grid_points(sweep), only)
         runs = resolve_runs(sweep, points)
+        check_placements(sweep, runs)
     missing = missing_data_paths(runs)
     if missing and not dry_run:
         raise ConfigError(f"data path does not exist: {missing[0]} (grid of {sweep.name}; --dry-run to plan anyway)")
     chosen = pick_cluster(cluster) if not dry_run else (cluster if cluster != "auto" else
                                                          ("slurm" if slurm_available() else "local"))
-    refs = [_ref(r) for r in runs]
     if dry_run:
-        states = classify_all(refs)
-        print_plan(sweep, runs, states, chosen, missing, label=label)
+        print_plan(sweep, runs, classify_all([_ref(r) for r in runs]), chosen, missing, label=label)
         return 0
+    states = execute(sweep, runs, chosen, whole_grid=not only, wait=wait, trainer=trainer, poll_s=poll_s,
+                     grid=grid, label=label)
+    if not wait:
+        return 0
+    print(f"sweep {sweep.name}: {format_counts(states)}")
+    bad = [s for s in states if s.state not in ("done", "diverged")]
+    for st in bad[:10]:
+        reason = st.status.get("reason", "")
+        print(f"  {st.state}: {st.ref.run_id} ({' '.join(f'{k}={v}' for k, v in st.ref.point.items())}) {reason}")
+    return 0 if not bad else 1
 
+
+def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: bool = True, wait: bool = True,
+            trainer=None, poll_s: float = POLL_S, progress: bool = True, announce: bool = True,
+            grid: Optional[list[PlannedRun]] = None, label: str = "") -> list[RunState]:
+    """Submit what is missing of the planned ``runs`` on ``cluster`` (under the sweep lock) and,
+    with ``wait``, follow them to the end; returns their states (none without ``wait``).
+    ``grid``: the whole grid of a staged sweep (for the plan cache); ``label``: the stage's.
+
+    The one submission path: ``repro sweep`` and the rehearsal (:mod:`.rehearse`) both come here."""
+    refs = [_ref(r) for r in runs]
     with claims.sweep_lock(sweep.sweep_dir):
         if grid is not None:  # staged: the cache lists the whole grid, as `repro status` reads it
             save_plan_cache(sweep, [_ref(r) for r in grid])
-        elif not only:
+        elif whole_grid:
             save_plan_cache(sweep, refs)
         else:  # the cache lists the whole grid: refresh it when it is stale
             run_refs(sweep)
@@ -246,16 +272,19 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
         for st in states:
             if st.state == "failed" and st.claim is not None:
                 claims.release(st.ref.run_dir)  # dead job (or a launcher that died): the run is claimed anew
-        print_plan(sweep, runs, states, chosen, [], show_runs=False, label=label)
-        jobs = submit(sweep, todo, chosen, trainer) if todo else []
-    if jobs:
+        if announce:
+            print_plan(sweep, runs, states, cluster, [], show_runs=False, label=label)
+        jobs = submit(sweep, todo, cluster, trainer) if todo else []
+    if not announce:
+        pass
+    elif jobs:
         first = jobs[0].job_id
-        where = f"SLURM job {first.split('_')[0]} ({len(todo)} array tasks)" if chosen == "slurm" else \
-            f"{len(jobs)} {chosen} job(s)"
+        where = f"SLURM job {first.split('_')[0]} ({len(todo)} array tasks)" if cluster == "slurm" else \
+            f"{len(jobs)} {cluster} job(s)"
         print(f"submitted {len(todo)} runs: {where}; logs in {sweep.sweep_dir / '.submitit'}", flush=True)
     else:
         print("submitted 0 runs", flush=True)
-    if chosen == "debug" and jobs:
+    if cluster == "debug" and jobs:
         try:
             jobs[0].result()
         except Exception as exc:  # the runs' own states tell what failed
@@ -263,11 +292,5 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
         for run in todo:
             claims.release(run.run_dir, str(os.getpid()))
     if not wait:
-        return 0
-    states = wait_for(refs, jobs, poll_s) if refs else []
-    print(f"sweep {sweep.name}: {format_counts(states)}")
-    bad = [s for s in states if s.state not in ("done", "diverged")]
-    for st in bad[:10]:
-        reason = st.status.get("reason", "")
-        print(f"  {st.state}: {st.ref.run_id} ({' '.join(f'{k}={v}' for k, v in st.ref.point.items())}) {reason}")
-    return 0 if not bad else 1
+        return []
+    return wait_for(refs, jobs, poll_s, progress) if refs else []

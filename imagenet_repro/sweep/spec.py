@@ -37,7 +37,7 @@ from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from imagenet_repro.config import ConfigError, build_config, read_yaml, validate
+from imagenet_repro.config import ConfigError, build_config, placement_problems, read_yaml, validate
 
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}
@@ -69,6 +69,11 @@ class SlurmSpec:
     @property
     def tasks(self) -> int:
         return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def world_size(self) -> int:
+        """DDP ranks of one run: nodes x tasks per node."""
+        return self.nodes * self.tasks
 
 
 @dataclass(frozen=True)
@@ -441,6 +446,19 @@ def resolve_runs(spec: SweepSpec, points: Optional[list[dict]] = None) -> list[P
         by_id[run_id] = point
         runs.append(PlannedRun(point, container, run_id, spec.sweep_dir / run_id))
     return runs
+
+
+def check_placements(spec: SweepSpec, runs: list[PlannedRun]) -> None:
+    """Refuse (ConfigError) a grid whose runs would be rejected at start on the spec's resources.
+
+    The rules are :func:`imagenet_repro.config.placement_problems`, the ones the trainer
+    applies at start, evaluated for ``slurm.nodes x tasks`` ranks and ``slurm.gpus_per_node``."""
+    world, has_gpu = spec.slurm.world_size, spec.slurm.gpus_per_node > 0
+    for run in runs:
+        problems = placement_problems(run.config, world, has_gpu)
+        if problems:
+            where = f"{spec.slurm.nodes} node(s) x {spec.slurm.tasks} task(s)"
+            raise ConfigError(f"{spec.path}: grid point {run.label()}: {problems[0]} [resources: {where}]")
 
 
 def missing_data_paths(runs: list[PlannedRun]) -> list[str]:

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import pandas as pd
 import torch
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from imagenet_repro import rundir
-from imagenet_repro.config import ConfigError, to_yaml
+from imagenet_repro.config import ConfigError, check_placement, to_yaml
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import build_optimizer, predicted_ratio
 from imagenet_repro.train.checkpoint import load_checkpoint, save_checkpoint
@@ -53,10 +54,12 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, out_dir: Path, on_step: Optional[Callable[["Trainer"], None]] = None) -> None:
         self.cfg = cfg
+        self.on_step = on_step  # called at every step boundary (the rehearsal's kill hook)
         self.out = Path(out_dir)
         self.dist, self.device = init_from_env(cfg.train.device)
+        check_placement(cfg, self.dist.world_size, self.device.type == "cuda")
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -222,6 +225,8 @@ class Trainer:
                     if threads > 0 and torch.get_num_threads() != threads:
                         torch.set_num_threads(threads)  # ffcv's Loader sets its own count each epoch
                     self._train_step(images, labels)
+                    if self.on_step is not None:
+                        self.on_step(self)
                     bar.update(1)
                     if self.step % self.telemetry.flush_every == 0:  # (record() flushes a full buffer itself)
                         self.telemetry.flush()
@@ -272,7 +277,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def run_training(cfg: DictConfig, out_dir: str | Path) -> str:
+def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callable[[Trainer], None]] = None) -> str:
     """Train (or resume) the run in ``out_dir``; return its final state.
 
     A run already ``done`` or ``diverged`` is not trained again.  An exception marks the
@@ -283,7 +288,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> str:
     if state in rundir.FINAL_STATES:
         return state
     try:
-        trainer = Trainer(cfg, out)
+        trainer = Trainer(cfg, out, on_step=on_step)
     except BaseException as exc:
         # bad input for a fresh run leaves nothing behind; anything else is recorded
         fresh_bad_input = isinstance(exc, ConfigError) and not out.exists()
