@@ -53,7 +53,8 @@ def _sweep(args: argparse.Namespace) -> int:
                         root=args.rehearse_root, mode=args.variants)
     from imagenet_repro.sweep.launcher import launch
 
-    return launch(args.spec, cluster=args.cluster, dry_run=args.dry_run, only=args.only, wait=args.wait)
+    return launch(args.spec, cluster=args.cluster, dry_run=args.dry_run, only=args.only, wait=args.wait,
+                  stage=args.stage)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print the plan and the cost estimate, submit nothing")
     s.add_argument("--only", nargs="+", default=[], metavar="KEY=VAL", help="restrict to grid points with these values")
     s.add_argument("--no-wait", dest="wait", action="store_false", help="return after submitting")
+    s.add_argument("--stage", metavar="N", help="a spec with `stages:`: 1 (the default), 2 (after stage 1), a stage "
+                                                "name, or all (the whole grid)")
     r = s.add_argument_group("rehearsal (--rehearse: run every distinct variant small, kill, resume, aggregate; "
                              "submits nothing of the real sweep)")
     r.add_argument("--rehearse", action="store_true", help="rehearse the grid end to end before launching it")

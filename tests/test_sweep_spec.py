@@ -59,10 +59,11 @@ def test_paper_fig5_grid_and_dry_run(capsys, monkeypatch):
     spec = load_spec(REPO / "sweeps/paper_fig5.yaml")
     assert [len(v) for v in spec.axes.values()] == [2, 7, 8, 5]
     assert spec.axes["optim.lr"] == [2.0 ** -k for k in range(6, -1, -1)]
-    assert cli.main(["sweep", "sweeps/paper_fig5.yaml", "--dry-run", "--cluster", "slurm"]) == 0
+    # the whole grid (the spec's two-stage plan: tests/test_sweep_stages.py)
+    assert cli.main(["sweep", "sweeps/paper_fig5.yaml", "--dry-run", "--cluster", "slurm", "--stage", "all"]) == 0
     out = capsys.readouterr().out
     assert "560 runs (2 optimizer x 7 lr x 8 wd x 5 seed)" in out
-    assert "to submit: 560" in out and "1,120.0 GPU-hours" in out
+    assert "to submit: 560" in out and "14,000.0 GPU-hours" in out
     assert "warning: data path missing here: data/imagenet/train.beton" in out
     run_lines = [line for line in out.splitlines() if line.strip().startswith("submit ")]
     assert len(run_lines) == 560

@@ -300,10 +300,16 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def select_best(configs: pd.DataFrame) -> pd.DataFrame:
-    """Per optimizer, the eligible config with the highest mean final top-1 (ties: smaller lr, wd)."""
+    """Per optimizer, the eligible config with the highest mean final top-1 (ties: smaller lr, wd).
+
+    Only the configs with the most runs of their optimizer compete: after the second stage of
+    a two-stage sweep (:mod:`imagenet_repro.sweep.stages`) the confirmed configs have all the
+    seeds and the others one, and a single lucky seed must not beat a mean over five.  In a
+    plain grid every config has the same number of runs, so this changes nothing there."""
     ok = configs[configs["eligible"] & configs["final_top1_mean"].notna()]
     if ok.empty:
         return ok
+    ok = ok[ok["n_runs"] == ok.groupby("optimizer")["n_runs"].transform("max")]
     ranked = ok.sort_values(["optimizer", "final_top1_mean", "lr", "wd"], ascending=[True, False, True, True])
     return ranked.groupby("optimizer", sort=True).head(1).reset_index(drop=True)
 

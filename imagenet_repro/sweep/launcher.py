@@ -61,10 +61,11 @@ def _ref(run: PlannedRun) -> RunRef:
 
 # ---------------------------------------------------------------------------- plan
 def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], cluster: str,
-               missing: list[str], show_runs: bool = True) -> None:
+               missing: list[str], show_runs: bool = True, label: str = "") -> None:
     to_submit = [s for s in states if s.state in SUBMIT_STATES]
     c = counts(states)
     axes = " x ".join(f"{len(v)} {SHORT_NAMES.get(k, k)}" for k, v in spec.axes.items()) or "no axes"
+    axes = f"{label} of the {axes} grid" if label else axes
     print(f"sweep {spec.name}: {len(runs)} runs ({axes}) in {spec.sweep_dir}, cluster {cluster}")
     print(f"  to submit: {len(to_submit)} (new {c.get('pending', 0)}, failed {c.get('failed', 0)});"
           f" already done: {c.get('done', 0) + c.get('diverged', 0)} (diverged {c.get('diverged', 0)});"
@@ -198,22 +199,47 @@ def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S, progress: b
 
 
 # ---------------------------------------------------------------------------- entry point
+def _plan_stage(sweep: SweepSpec, stage: Optional[str], only: Iterable[str], dry_run: bool
+                ) -> tuple[Optional[list[PlannedRun]], list[PlannedRun], str]:
+    """A staged spec (or ``--stage``): the selected stage's runs (None: a dry run of a stage
+    that waits), the whole grid (for the plan cache) and the plan's label."""
+    from imagenet_repro.sweep.stages import plan_stage
+
+    grid = resolve_runs(sweep)
+    check_placements(sweep, grid)  # every point of the grid, before anything is printed
+    runs, label = plan_stage(sweep, grid, stage, dry_run)
+    if runs is not None and only:
+        keep = select_points(sweep, [r.point for r in runs], only)
+        runs = [r for r in runs if r.point in keep]
+    return runs, grid, label
+
+
 def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only: Iterable[str] = (),
-           wait: bool = True, trainer=None, poll_s: float = POLL_S) -> int:
-    """Plan, submit and (optionally) wait for a sweep; the exit code of ``repro sweep``."""
+           wait: bool = True, trainer=None, poll_s: float = POLL_S, stage: Optional[str] = None) -> int:
+    """Plan, submit and (optionally) wait for a sweep; the exit code of ``repro sweep``.
+
+    ``stage``: for a spec with ``stages`` (see :mod:`.stages`), "1", "2", a stage name or
+    "all" (the whole grid); None runs stage 1."""
     sweep = load_spec(spec)
-    points = select_points(sweep, grid_points(sweep), only)
-    runs = resolve_runs(sweep, points)
-    check_placements(sweep, runs)
+    grid, label = None, ""
+    if sweep.stages or stage is not None:
+        runs, grid, label = _plan_stage(sweep, stage, only, dry_run)
+        if runs is None:  # dry run of stage 2 while stage 1 runs: plan_stage said what it waits for
+            return 0
+    else:
+        points = select_points(sweep, grid_points(sweep), only)
+        runs = resolve_runs(sweep, points)
+        check_placements(sweep, runs)
     missing = missing_data_paths(runs)
     if missing and not dry_run:
         raise ConfigError(f"data path does not exist: {missing[0]} (grid of {sweep.name}; --dry-run to plan anyway)")
     chosen = pick_cluster(cluster) if not dry_run else (cluster if cluster != "auto" else
                                                          ("slurm" if slurm_available() else "local"))
     if dry_run:
-        print_plan(sweep, runs, classify_all([_ref(r) for r in runs]), chosen, missing)
+        print_plan(sweep, runs, classify_all([_ref(r) for r in runs]), chosen, missing, label=label)
         return 0
-    states = execute(sweep, runs, chosen, whole_grid=not only, wait=wait, trainer=trainer, poll_s=poll_s)
+    states = execute(sweep, runs, chosen, whole_grid=not only, wait=wait, trainer=trainer, poll_s=poll_s,
+                     grid=grid, label=label)
     if not wait:
         return 0
     print(f"sweep {sweep.name}: {format_counts(states)}")
@@ -225,14 +251,18 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
 
 
 def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: bool = True, wait: bool = True,
-            trainer=None, poll_s: float = POLL_S, progress: bool = True, announce: bool = True) -> list[RunState]:
+            trainer=None, poll_s: float = POLL_S, progress: bool = True, announce: bool = True,
+            grid: Optional[list[PlannedRun]] = None, label: str = "") -> list[RunState]:
     """Submit what is missing of the planned ``runs`` on ``cluster`` (under the sweep lock) and,
     with ``wait``, follow them to the end; returns their states (none without ``wait``).
+    ``grid``: the whole grid of a staged sweep (for the plan cache); ``label``: the stage's.
 
     The one submission path: ``repro sweep`` and the rehearsal (:mod:`.rehearse`) both come here."""
     refs = [_ref(r) for r in runs]
     with claims.sweep_lock(sweep.sweep_dir):
-        if whole_grid:
+        if grid is not None:  # staged: the cache lists the whole grid, as `repro status` reads it
+            save_plan_cache(sweep, [_ref(r) for r in grid])
+        elif whole_grid:
             save_plan_cache(sweep, refs)
         else:  # the cache lists the whole grid: refresh it when it is stale
             run_refs(sweep)
@@ -243,7 +273,7 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
             if st.state == "failed" and st.claim is not None:
                 claims.release(st.ref.run_dir)  # dead job (or a launcher that died): the run is claimed anew
         if announce:
-            print_plan(sweep, runs, states, cluster, [], show_runs=False)
+            print_plan(sweep, runs, states, cluster, [], show_runs=False, label=label)
         jobs = submit(sweep, todo, cluster, trainer) if todo else []
     if announce and jobs:
         first = jobs[0].job_id

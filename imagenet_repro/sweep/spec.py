@@ -14,6 +14,9 @@ the runs go, the SLURM resources of one run and a cost estimate::
     gpu_hours_per_run: 20            # or gpu_hours_per_epoch (x train.epochs of each run)
     slurm: {partition: gpu, gpus_per_node: 8, timeout_min: 1440}
     local: {parallelism: 2}          # submitit local executor: runs at a time
+    stages:                          # optional two-stage plan (see sweep/stages.py)
+      - {name: search, seeds: [0]}
+      - {name: confirm, seeds: [1], at: best, neighbours: false}
 
 Every grid point becomes a full :class:`~imagenet_repro.config.RunConfig`; its run id is
 :func:`~imagenet_repro.config.config_hash` of that config.  Resolving goes through
@@ -39,7 +42,7 @@ from imagenet_repro.config import ConfigError, build_config, placement_problems,
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}
 TOP_KEYS = {"name", "runs_root", "base", "overrides", "axes", "slurm", "local", "gpu_hours_per_run",
-            "gpu_hours_per_epoch"}
+            "gpu_hours_per_epoch", "stages"}
 DEFAULT_RUNS_ROOT = "runs"
 
 
@@ -92,6 +95,7 @@ class SweepSpec:
     local: LocalSpec
     gpu_hours_per_run: Optional[float] = None
     gpu_hours_per_epoch: Optional[float] = None
+    stages: tuple = ()  # two-stage plan, see :mod:`.stages` (empty: one grid)
 
     @property
     def sweep_dir(self) -> Path:
@@ -262,9 +266,12 @@ def load_spec(path: str | Path) -> SweepSpec:
     if len(cost) > 1:
         raise _fail(path, "give gpu_hours_per_run or gpu_hours_per_epoch, not both")
     cost = {k: _number(path, k, v, float, 0) for k, v in cost.items()}
+    from imagenet_repro.sweep.stages import parse_stages
+
+    stages = parse_stages(path, raw.get("stages"), axes)
     return SweepSpec(path=path, name=name, runs_root=Path(runs_root).resolve(), base=base_path,
                      overrides=overrides, axes=axes, slurm=_parse_slurm(path, raw.get("slurm")),
-                     local=_parse_local(path, raw.get("local")), **cost)
+                     local=_parse_local(path, raw.get("local")), stages=stages, **cost)
 
 
 # ---------------------------------------------------------------------------- grid

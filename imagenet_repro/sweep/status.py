@@ -37,9 +37,13 @@ def run_table(states: list[RunState]) -> str:
 
 
 def print_status(spec_path: str, show_runs: bool = True) -> int:
+    from imagenet_repro.sweep.stages import status_refs
+
     spec = load_spec(spec_path)
-    states = classify_all(run_refs(spec))
-    print(f"sweep {spec.name}: {len(states)} runs in {spec.sweep_dir}: {format_counts(states)}")
+    refs = run_refs(spec)
+    states = classify_all(status_refs(spec, refs))
+    staged = f" (staged: stage 1 and the runs launched of a {len(refs)}-run grid)" if spec.stages else ""
+    print(f"sweep {spec.name}: {len(states)} runs{staged} in {spec.sweep_dir}: {format_counts(states)}")
     if show_runs and states:
         print(run_table(states))
     return 0
