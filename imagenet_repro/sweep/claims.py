@@ -50,14 +50,14 @@ def read_claim(run_dir: Path) -> Optional[dict]:
     treats it as dead and removes it, so the run is never blocked by a broken file."""
     path = run_dir / CLAIM
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         return {"state": "submitting", "unreadable": f"{path}: {exc.strerror or exc}"}
     try:
         claim = json.loads(text)
-    except ValueError:
+    except ValueError:  # bad JSON or bad UTF-8
         claim = None
     if not isinstance(claim, dict):
         return {"state": "submitting", "unreadable": f"{path}: not a JSON object ({len(text)} bytes)"}

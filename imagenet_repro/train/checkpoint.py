@@ -137,10 +137,14 @@ def read_checkpoint(path: str | Path) -> dict:
         expected = side.read_text().strip()
         if expected and _sha256(path) != expected:
             raise CheckpointError(f"checksum mismatch with {side.name} (truncated or corrupted on disk)")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # torch.save's zip container
+        raise CheckpointError(f"not a PyTorch checkpoint (starts with {magic!r})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign file, pickle not allowed by weights_only...
-        raise CheckpointError(f"unreadable ({_first_line(exc)})") from None
+    except Exception as exc:  # truncated zip, objects weights_only refuses...
+        raise CheckpointError(f"unreadable: truncated or corrupted ({_first_line(exc)[:100]})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in KEYS):
         raise CheckpointError(f"not a checkpoint of this suite (keys {sorted(payload) if isinstance(payload, dict) else type(payload).__name__})")
     return payload
