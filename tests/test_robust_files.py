@@ -291,7 +291,7 @@ def _ref(out: Path) -> RunRef:
     return RunRef(out.name, out, {}, {"optimizer": "sgd", "lr": 0.1, "wd": 0.0, "seed": 0, "epochs": 1})
 
 
-@pytest.mark.parametrize("damage,message", [
+RESUME_CASES = [  # damage to a started run -> exit 2 and status.json failed with this reason
     ("checkpoints", "no usable checkpoint in {out}/checkpoints (last.pt: checksum mismatch with last.pt.sha256 "
                     "(truncated or corrupted on disk); prev.pt: missing): the run cannot resume; delete {out} to "
                     "start it over"),
@@ -299,7 +299,10 @@ def _ref(out: Path) -> RunRef:
                       "resume exactly; delete {out} to start it over"),
     ("eval.parquet", "{out}/eval.parquet: unreadable run table (FileNotFoundError) next to a checkpoint: the run "
                      "cannot resume exactly; delete {out} to start it over"),
-])
+]
+
+
+@pytest.mark.parametrize("damage,message", RESUME_CASES, ids=[c[0] for c in RESUME_CASES])
 def test_run_that_cannot_resume_is_failed_with_its_reason(tmp_path, capsys, fmnist_betons, damage, message):
     out, overrides = _started_run(tmp_path, fmnist_betons)
     if damage == "checkpoints":
@@ -319,8 +322,10 @@ def test_run_that_cannot_resume_is_failed_with_its_reason(tmp_path, capsys, fmni
 
 
 # ------------------------------------------------------------------------ claims and reconciliation
-@pytest.mark.parametrize("content", [b"", b'{"state": "subm', b"\x00\xff\x10", b"[1, 2]"],
-                         ids=["empty", "truncated", "binary", "not-an-object"])
+CLAIM_CASES = [b"", b'{"state": "subm', b"\x00\xff\x10", b"[1, 2]"]
+
+
+@pytest.mark.parametrize("content", CLAIM_CASES, ids=["empty", "truncated", "binary", "not-an-object"])
 def test_unreadable_claim_is_dead_under_the_lock_and_never_blocks(tmp_path, content):
     run = tmp_path / "r"
     run.mkdir()

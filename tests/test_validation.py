@@ -1,6 +1,7 @@
 """Every invalid run-config value, one case each: exit code 2, the exact one-line message on
-stderr, and no run directory.  The cases are grouped by config section; ``CASES`` is also
-what ``scripts``-free note generation reads (see ``python tests/test_validation.py``)."""
+stderr, and no run directory.  The cases are grouped by config section.  The issue note's
+table is printed from these parametrisations (and test_robust_files.py's) by
+``python tests/test_validation.py``."""
 from __future__ import annotations
 
 import subprocess
@@ -234,9 +235,37 @@ def test_real_process_exit_code_and_stderr(experiment, tmp_path, overrides, mess
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
 
 
-if __name__ == "__main__":  # the table of the issue note: python tests/test_validation.py
+def note_tables() -> str:
+    """The invalid-input table of the issue note, from the parametrisations themselves."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_robust_files as rf
+
+    lines = ["Every line is one test case; messages are exact (`{path}` etc. stand for the file named).", ""]
+
+    def table(title: str, header: str, rows: list[str]) -> None:
+        lines.extend([f"#### {title}", "", header, "|---|---|", *rows, ""])
+
     for group in dict.fromkeys(c[0] for c in CASES):
-        print(f"\n#### {group}\n\n| overrides | message |\n|---|---|")
-        for g, overrides, message in CASES:
-            if g == group:
-                print(f"| `{' '.join(overrides)}` | `{message}` |")
+        table(f"config: {group}", "| `repro train exp.yaml ...` | stderr (after `repro: error: `), exit 2, no run dir |",
+              [f"| `{' '.join(o)}` | `{m}` |" for g, o, m in CASES if g == group])
+    table("config file", "| file | stderr, exit 2, no run dir |",
+          [f"| {t!r} | `{m}` |" if t is not None else f"| (missing) | `{m}` |" for _, t, m in CLI_CASES])
+    table("data files (through the trainer, before anything is written)", "| file / override | stderr, exit 2, no run dir |",
+          [f"| `data.{w[0]}` = {w[1]} {' '.join(x)} | `{m}` |" for _, w, x, m in rf.FILE_CASES]
+          + ["| ffcv not importable (monkeypatched) | `data.backend=ffcv but ffcv cannot be imported (...): install it "
+             "(make install) or set data.backend=torchvision` |"])
+    table("checkpoint damage to last.pt (falls back to prev.pt with a warning)", "| damage | recorded reason |",
+          [f"| {n} | `{r}` |" for n, _, r in rf.CKPT_CASES])
+    table("runs that cannot resume (exit 2 for `repro train`; status.json failed with `CheckpointError: <msg>`)",
+          "| damage | message |", [f"| {d} | `{m}` |" for d, m in rf.RESUME_CASES])
+    table("job claims (job.json)", "| content | state |",
+          [f"| {c!r} | unknown without the sweep lock; failed (`unreadable job claim ...`) under it, then released |"
+           for c in rf.CLAIM_CASES])
+    total = len(CASES) + len(CLI_CASES) + len(rf.FILE_CASES) + 1 + len(rf.CKPT_CASES) + len(rf.RESUME_CASES) \
+        + len(rf.CLAIM_CASES)
+    lines.append(f"{total} cases.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the table of the issue note: python tests/test_validation.py
+    print(note_tables())
