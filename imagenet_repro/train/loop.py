@@ -156,7 +156,8 @@ class Trainer:
             manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
             manifest.update(build_manifest(self.dist.world_size, self.device, manifest))
             rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
-        extra = {"resumed_from": pos["path"].name, "skipped_checkpoints": pos["skipped"]} if pos and pos["skipped"] else {}
+        # (always written, so a later resume never shows an earlier one's fallback)
+        extra = {"resumed_from": pos["path"].name if pos else None, "skipped_checkpoints": pos["skipped"] if pos else []}
         self._status("running", resumed_from_step=self.step if pos is not None else None, reason=None,
                      pid=os.getpid(), pid_start=process_start(os.getpid()), host=socket.gethostname(), **extra)
 
