@@ -250,8 +250,9 @@ def _in(value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool
 
 
 def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    bounds = ", ".join(str(b) if isinstance(b, int) else f"{b:g}" for b in (lo, hi))
     _require(_in(value, lo, hi, lo_open, hi_open),
-             f"{key} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'} (got {value})")
+             f"{key} must be in {'(' if lo_open else '['}{bounds}{')' if hi_open else ']'} (got {value})")
 
 
 def _at_least(key: str, value: float, lo: float) -> None:

@@ -21,8 +21,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run", ["name=''"], "name must be a non-empty folder name without '/' (got '')"),
     ("run", ["name=a/b"], "name must be a non-empty folder name without '/' (got 'a/b')"),
     ("run", ["name=.."], "name must be a non-empty folder name without '/' (got '..')"),
-    ("run", ["seed=-1"], "seed must be in [0, 4.29497e+09] (got -1)"),
-    ("run", ["seed=4294967296"], "seed must be in [0, 4.29497e+09] (got 4294967296)"),
+    ("run", ["seed=-1"], "seed must be in [0, 4294967295] (got -1)"),
+    ("run", ["seed=4294967296"], "seed must be in [0, 4294967295] (got 4294967296)"),
     ("run", ["seed=1.5"], "bad value for seed: Value '1.5' of type 'float' could not be converted to Integer"),
     ("run", ["trian.epochs=3"], "unknown config key: trian"),
     # ---- data
