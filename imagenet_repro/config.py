@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,10 +27,41 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message is one line."""
 
 
+# Choice fields are StrEnums: OmegaConf rejects any other value when merging (one line,
+# naming the key and the choices), and a member *is* its string, so comparisons, YAML
+# output and the run-id hash are the same as with plain strings.
+class Dataset(StrEnum):
+    imagenet = "imagenet"
+    fashion_mnist = "fashion_mnist"
+    imagefolder = "imagefolder"
+
+
+class Backend(StrEnum):
+    ffcv = "ffcv"
+    torchvision = "torchvision"
+
+
+class Order(StrEnum):
+    random = "random"
+    quasi_random = "quasi_random"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ScheduleName(StrEnum):
+    cosine = "cosine"
+    flat = "flat"
+    step = "step"
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "imagenet"  # imagenet | fashion_mnist | imagefolder (labels from folders)
-    backend: str = "ffcv"  # ffcv | torchvision (ImageFolder + transforms.v2 + DataLoader)
+    dataset: Dataset = Dataset.imagenet  # imagenet | fashion_mnist | imagefolder (labels from folders)
+    backend: Backend = Backend.ffcv  # ffcv | torchvision (ImageFolder + transforms.v2 + DataLoader)
     # ffcv backend: .beton files; torchvision backend: ImageFolder roots (train/ and val/)
     train_path: str = "data/imagenet/train.beton"
     val_path: str = "data/imagenet/val.beton"
@@ -44,7 +77,7 @@ class DataConfig:
     end_ramp: int = 0
     val_res: int = 256  # val images are center-cropped (ratio 224/256) then resized to this
     rrc_scale_min: float = 0.08  # RandomResizedCrop scale lower bound
-    order: str = "random"  # random | quasi_random (ffcv) ; both reseeded per run seed
+    order: Order = Order.random  # random | quasi_random (ffcv) ; both reseeded per run seed
     os_cache: bool = True  # True: rely on the OS page cache; False: ffcv's process cache
     train_subset: int = 0  # >0: train on the first N images only (smoke tests)
     val_subset: int = 0
@@ -61,7 +94,7 @@ class ModelConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"  # cosine | flat | step
+    name: ScheduleName = ScheduleName.cosine  # cosine | flat | step
     warmup_epochs: float = 0.0  # linear warmup from 0, stepped per iteration
     final_lr_fraction: float = 0.0  # cosine ends at lr * final_lr_fraction
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions
@@ -72,7 +105,7 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 16
     label_smoothing: float = 0.0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.auto  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast, CUDA only
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
     steps_per_epoch: int = 0  # >0 caps the steps of each epoch (smoke tests)
@@ -196,40 +229,122 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+CHOICES = {"data.dataset": Dataset, "data.backend": Backend, "data.order": Order, "train.device": Device,
+           "schedule.name": ScheduleName}
+
+
+def _leaves(node: Any, prefix: str = ""):
+    """(dotted key, value) of every leaf of a config, lists included (``model.widths[0]``)."""
+    if isinstance(node, (DictConfig, dict)):
+        for key in node:
+            yield from _leaves(node[key], f"{prefix}{key}.")
+    elif isinstance(node, (ListConfig, list, tuple)):
+        for i, item in enumerate(node):
+            yield from _leaves(item, f"{prefix[:-1]}[{i}].")
+    else:
+        yield prefix[:-1], node
+
+
+def _in(value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> bool:
+    return (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+
+
+def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    bounds = ", ".join(str(b) if isinstance(b, int) else f"{b:g}" for b in (lo, hi))
+    _require(_in(value, lo, hi, lo_open, hi_open),
+             f"{key} must be in {'(' if lo_open else '['}{bounds}{')' if hi_open else ']'} (got {value})")
+
+
+def _at_least(key: str, value: float, lo: float) -> None:
+    _require(value >= lo, f"{key} must be >= {lo:g} (got {value})")
+
+
 def validate(cfg: DictConfig, check_paths: bool = True) -> None:
-    """Semantic checks the type system cannot express. Raises ConfigError."""
+    """Every field of every section: finite numbers, ranges, lengths, cross-field rules.
+
+    Types and the choice fields (StrEnums) are checked by OmegaConf when the layers are
+    merged; this checks what types cannot express.  Raises ConfigError with one line.
+    Rules that depend on the world size (batch vs ranks) are checked where it is known;
+    the contents of the data files (labels vs ``data.num_classes``) by
+    :func:`imagenet_repro.data.loaders.check_data` before any loader is built."""
     from imagenet_repro.models import known_model
+
+    for key, value in _leaves(cfg):
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{key} must be a finite number (got {value})")
+    for key, choices in CHOICES.items():  # OmegaConf checks these on merge; plain containers get it here
+        section, name = key.split(".")
+        value = cfg[section][name]
+        _require(value in set(choices), f"{key} must be one of {', '.join(choices)} (got {value!r})")
+
+    _require(bool(cfg.name.strip()) and "/" not in cfg.name and cfg.name not in (".", ".."),
+             f"name must be a non-empty folder name without '/' (got {cfg.name!r})")
+    _range("seed", cfg.seed, 0, 2**32 - 1)  # numpy's seeds are 32-bit
 
     o = cfg.optim
     _require(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
     _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
     if "momentum" in o:
         _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
+    if "dampening" in o:
+        _range("optim.dampening", o.dampening, 0, 1, hi_open=True)
+    if o.get("nesterov"):
+        _require(o.momentum > 0 and o.dampening == 0,
+                 f"optim.nesterov needs optim.momentum > 0 and optim.dampening = 0 "
+                 f"(got momentum {o.momentum}, dampening {o.dampening})")
     if "betas" in o:
         _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
                  f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})")
+    if "eps" in o:
+        _require(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
+
     t = cfg.train
     _require(t.epochs > 0, f"train.epochs must be > 0 (got {t.epochs})")
-    _require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda (got {t.device!r})")
     _require(t.label_smoothing >= 0 and t.label_smoothing < 1,
              f"train.label_smoothing must be in [0, 1) (got {t.label_smoothing})")
+    _at_least("train.threads", t.threads, 0)
+    _at_least("train.steps_per_epoch", t.steps_per_epoch, 0)
+    _at_least("train.grad_clip", t.grad_clip, 0)
+
     d = cfg.data
-    _require(d.backend in ("ffcv", "torchvision"), f"data.backend must be ffcv or torchvision (got {d.backend!r})")
-    _require(d.dataset in ("imagenet", "fashion_mnist", "imagefolder"),
-             f"data.dataset must be imagenet, fashion_mnist or imagefolder (got {d.dataset!r})")
+    _require(d.num_classes >= 2, f"data.num_classes must be >= 2 (got {d.num_classes})")
     _require(d.batch_size > 0, f"data.batch_size must be > 0 (got {d.batch_size})")
-    _require(d.order in ("random", "quasi_random"), f"data.order must be random or quasi_random (got {d.order!r})")
+    _require(d.val_batch_size > 0, f"data.val_batch_size must be > 0 (got {d.val_batch_size})")
+    _at_least("data.num_workers", d.num_workers, 0)
     _require(0 < d.rrc_scale_min <= 1, f"data.rrc_scale_min must be in (0, 1] (got {d.rrc_scale_min})")
     _require(0 < d.min_res <= d.max_res, f"data.min_res must be in (0, data.max_res] (got {d.min_res})")
+    _require(d.val_res > 0, f"data.val_res must be > 0 (got {d.val_res})")
+    _at_least("data.start_ramp", d.start_ramp, 0)
+    _at_least("data.end_ramp", d.end_ramp, 0)
+    if d.end_ramp > 0:
+        _require(d.start_ramp <= d.end_ramp,
+                 f"data.start_ramp must be <= data.end_ramp (got {d.start_ramp} > {d.end_ramp})")
+    _at_least("data.train_subset", d.train_subset, 0)
+    _at_least("data.val_subset", d.val_subset, 0)
+    for key in ("train_path", "val_path"):
+        _require(bool(d[key].strip()), f"data.{key} must not be empty")
     if check_paths:
         for key in ("train_path", "val_path"):
             _require(Path(d[key]).exists(), f"data.{key} does not exist: {d[key]}")
-    _require(known_model(cfg.model.name), f"unknown model name: {cfg.model.name!r}")
+
+    m = cfg.model
+    _require(known_model(m.name), f"unknown model name: {m.name!r}")
+    _require(len(m.widths) > 0 and all(w > 0 for w in m.widths),
+             f"model.widths must be a non-empty list of positive integers (got {list(m.widths)})")
+    _require(m.blocks_per_stage >= 1, f"model.blocks_per_stage must be >= 1 (got {m.blocks_per_stage})")
+
     s = cfg.schedule
-    _require(s.name in ("cosine", "flat", "step"), f"schedule.name must be cosine, flat or step (got {s.name!r})")
     _require(s.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0 (got {s.warmup_epochs})")
+    _require(s.warmup_epochs < t.epochs,
+             f"schedule.warmup_epochs must be < train.epochs (got {s.warmup_epochs} >= {t.epochs})")
+    _range("schedule.final_lr_fraction", s.final_lr_fraction, 0, 1)
+    _require(all(0 < x < 1 for x in s.milestones) and all(a < b for a, b in zip(s.milestones, s.milestones[1:])),
+             f"schedule.milestones must be increasing fractions of the run in (0, 1) (got {list(s.milestones)})")
+    _range("schedule.step_gamma", s.step_gamma, 0, 1, lo_open=True)
+
     _require(cfg.telemetry.layer_every > 0, f"telemetry.layer_every must be > 0 (got {cfg.telemetry.layer_every})")
     _require(cfg.telemetry.flush_every > 0, f"telemetry.flush_every must be > 0 (got {cfg.telemetry.flush_every})")
+    _at_least("checkpoint.every_minutes", cfg.checkpoint.every_minutes, 0)
 
 
 def placement_problems(cfg: Any, world_size: int, has_gpu: bool) -> list[str]:
@@ -269,7 +384,7 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def config_hash(cfg: DictConfig, length: int = 10) -> str:
     """Stable id of a resolved config: what the run computes, not where it is written."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # choices hash as plain strings
     container.pop("name", None)
     container.get("train", {}).pop("progress", None)
     blob = json.dumps(container, sort_keys=True, separators=(",", ":"))

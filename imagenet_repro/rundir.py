@@ -4,11 +4,13 @@ One run = one directory holding everything needed to plot it and to resume it::
 
     config.yaml       fully resolved RunConfig
     manifest.json     git commit, package versions, host, start/end time, world size
-    status.json       {"state": "running"|"done"|"failed"|"diverged", ...}
+    status.json       {"state": "running"|"done"|"failed"|"diverged", "reason", "pid", "host", ...}
     steps.parquet     one row per step (see train.telemetry.STEP_COLUMNS)
     layers.parquet    one row per (step, normalized layer)
     eval.parquet      one row per epoch: epoch, step, top1, top5, loss
     checkpoints/      last.pt (model, optimizer, schedule, step, RNG states, loader position)
+                      and prev.pt, the one before it, each with a .sha256 sidecar
+                      (see train.checkpoint: verified on resume, prev.pt the fallback)
 
 Every file appears atomically: written to a temporary name in the same folder, flushed,
 then renamed, so a reader never sees half a file.
@@ -32,6 +34,7 @@ LAYERS = "layers.parquet"
 EVAL = "eval.parquet"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "checkpoints/last.pt"
+PREV_CHECKPOINT = "checkpoints/prev.pt"
 
 
 def _umask() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_repro.config import build_config
+from imagenet_repro.config import ConfigError, build_config
 from imagenet_repro.data import build_loaders
 from imagenet_repro.data.beton import check_beton
 from imagenet_repro.data.loaders import train_resolution
@@ -139,12 +138,9 @@ def test_torchvision_backend(fmnist):
                        )[train.epoch_indices(0)]))
 
 
-def test_fallback_when_ffcv_missing(fmnist, monkeypatch):
+def test_missing_ffcv_is_an_error_not_a_silent_switch(fmnist, monkeypatch):
     import imagenet_repro.data.loaders as loaders
 
-    monkeypatch.setattr(loaders, "ffcv_available", lambda: False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train, _ = loaders.build_loaders(cfg_for(fmnist, num_workers=0), torch.device("cpu"))
-    assert type(train).__name__ == "TorchvisionTrainLoader"
-    assert any("falling back to data.backend=torchvision" in str(w.message) for w in caught)
+    monkeypatch.setattr(loaders, "ffcv_import_error", lambda: "ImportError: no module named ffcv")
+    with pytest.raises(ConfigError, match="data.backend=ffcv but ffcv cannot be imported"):
+        loaders.build_loaders(cfg_for(fmnist, num_workers=0), torch.device("cpu"))

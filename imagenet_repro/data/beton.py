@@ -7,6 +7,7 @@ with the file size, so a bad path fails early with one line.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,40 @@ def check_beton(path: str | Path, fields: dict[str, int] | None = None) -> int:
     if len(table) and int(table["sample_id"].max()) >= num_samples:
         raise bad("allocation table names samples beyond num_samples")
     return num_samples
+
+
+@functools.lru_cache(maxsize=32)
+def _label_range(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+    from ffcv.types import FieldDescType, HeaderType, get_handlers, get_metadata_type
+    from ffcv.utils import decode_null_terminated_string
+
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    num_fields, num_samples = int(header["num_fields"]), int(header["num_samples"])
+    descs = np.fromfile(path, dtype=FieldDescType, count=num_fields, offset=HeaderType.itemsize)
+    names = [decode_null_terminated_string(d["name"]) for d in descs]
+    meta = np.fromfile(path, dtype=get_metadata_type(get_handlers(descs)), count=num_samples,
+                       offset=HeaderType.itemsize + descs.nbytes)
+    labels = meta[f"f{names.index('label')}"]
+    if len(labels) == 0:
+        return 0, -1
+    return int(labels.min()), int(labels.max())
+
+
+def label_range(path: str | Path) -> tuple[int, int]:
+    """(smallest, largest) label of a checked ``.beton`` (see :func:`check_beton`).
+
+    Labels are an IntField, stored in the per-sample metadata table next to the header
+    (8 bytes of label per sample: ~30 MB for ImageNet's train set), so this reads no
+    image.  Cached per file version (path, size, mtime)."""
+    stat = Path(path).stat()
+    return _label_range(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def check_labels(path: str | Path, num_classes: int, key: str) -> None:
+    """ConfigError unless every label of ``path`` is in ``[0, num_classes)``."""
+    lo, hi = label_range(path)
+    if hi < 0 and lo == 0:
+        raise ConfigError(f"{key}: {path} holds no samples")
+    if lo < 0 or hi >= num_classes:
+        raise ConfigError(f"{key}: {path} has labels {lo}..{hi}, outside [0, data.num_classes={num_classes}): "
+                          f"set data.num_classes to {hi + 1} or use the matching file")

@@ -10,15 +10,17 @@ Interface used by the trainer::
 
 Images are float32, normalised, NCHW on ``device`` (channels_last on CUDA); labels are
 int64 1-D on ``device``.  ``data.batch_size`` is global: each rank gets
-``batch_size // world_size``.  ``data.backend=torchvision`` selects the fallback, which
-is also used (with a warning) when ffcv cannot be imported.
+``batch_size // world_size``.  ``data.backend=torchvision`` selects the fallback.  The
+backend is part of the run's config and so of its id: a requested backend that cannot be
+used (ffcv not importable) is a ConfigError, never a silent switch.  Before any loader is
+built, :func:`check_data` checks the data files and that their labels fit
+``data.num_classes``.
 
 Only one epoch iterator of a TrainLoader may be live at a time; FFCV batches live in
 buffers that are reused a few batches later, so clone what you keep.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -99,12 +101,36 @@ def train_geometry(d: DictConfig, num_examples: int, world_size: int) -> tuple[i
     return batch_size, length
 
 
-def ffcv_available() -> bool:
+def ffcv_import_error() -> str | None:
+    """None when ffcv's loader imports; else the first line of the error."""
     try:
         import ffcv.loader  # noqa: F401
-    except Exception:  # ImportError, or a broken compiled extension
-        return False
-    return True
+    except Exception as exc:  # ImportError, or a broken compiled extension
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return None
+
+
+def ffcv_available() -> bool:
+    return ffcv_import_error() is None
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The data files of ``cfg`` (ffcv backend): complete ``.beton`` files whose labels lie in
+    ``[0, data.num_classes)`` (read from the metadata table, no image is decoded)."""
+    from imagenet_repro.data.beton import check_beton, check_labels
+
+    d = cfg.data
+    for key in ("train_path", "val_path"):
+        check_beton(d[key])
+        check_labels(d[key], d.num_classes, f"data.{key}")
+
+
+def check_labels_array(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Same rule for labels already in memory (torchvision backend)."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ConfigError(f"{where} has labels {int(labels.min())}..{int(labels.max())}, outside "
+                          f"[0, data.num_classes={num_classes}): set data.num_classes to {int(labels.max()) + 1}")
 
 
 def build_loaders(cfg: DictConfig, device: torch.device, rank: int = 0,
@@ -112,13 +138,18 @@ def build_loaders(cfg: DictConfig, device: torch.device, rank: int = 0,
     """Train and val loaders for ``cfg`` (the whole RunConfig) on ``device``, for DDP rank ``rank``."""
     device = torch.device(device)
     backend = cfg.data.backend
-    if backend == "ffcv" and not ffcv_available():
-        warnings.warn("ffcv cannot be imported: falling back to data.backend=torchvision", RuntimeWarning)
-        backend = "torchvision"
     if backend == "ffcv":
+        error = ffcv_import_error()
+        if error is not None:
+            raise ConfigError(f"data.backend=ffcv but ffcv cannot be imported ({error}): "
+                              f"install it (make install) or set data.backend=torchvision")
+        check_data(cfg)
         from imagenet_repro.data.ffcv_backend import build_ffcv_loaders
 
         return build_ffcv_loaders(cfg, device, rank, world_size)
     from imagenet_repro.data.torchvision_backend import build_torchvision_loaders
 
-    return build_torchvision_loaders(cfg, device, rank, world_size)
+    train, val = build_torchvision_loaders(cfg, device, rank, world_size)
+    check_labels_array(train.dataset.labels, cfg.data.num_classes, f"data.train_path {cfg.data.train_path}")
+    check_labels_array(val.dataset.labels, cfg.data.num_classes, f"data.val_path {cfg.data.val_path}")
+    return train, val

@@ -42,7 +42,26 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
 
 
 def read_claim(run_dir: Path) -> Optional[dict]:
-    return rundir.read_json(run_dir / CLAIM)
+    """The claim of a run; None when it has none.
+
+    An empty, truncated or non-JSON claim (a launcher died between creating and writing
+    it, or the file was damaged) reads as ``{"state": "submitting", "unreadable": ...}``:
+    like any claim left in "submitting", the next launcher (which holds the sweep lock)
+    treats it as dead and removes it, so the run is never blocked by a broken file."""
+    path = run_dir / CLAIM
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return {"state": "submitting", "unreadable": f"{path}: {exc.strerror or exc}"}
+    try:
+        claim = json.loads(text)
+    except ValueError:  # bad JSON or bad UTF-8
+        claim = None
+    if not isinstance(claim, dict):
+        return {"state": "submitting", "unreadable": f"{path}: not a JSON object ({len(text)} bytes)"}
+    return claim
 
 
 def try_claim(run_dir: Path, cluster: str) -> bool:
@@ -81,6 +100,17 @@ def release(run_dir: Path, job_id: Optional[str] = None) -> None:
 
 
 # ---------------------------------------------------------------------------- liveness
+def process_alive(host: Optional[str], pid, pid_start: Optional[str]) -> Optional[bool]:
+    """Whether process ``pid`` (started at ``pid_start``) still runs on ``host``; None when
+    it is on another machine (cannot tell from here)."""
+    if host != socket.gethostname():
+        return None
+    if pid is None:
+        return False
+    start = process_start(int(pid))
+    return start is not None and (pid_start is None or start == pid_start)
+
+
 def process_start(pid: int) -> Optional[str]:
     """Start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart."""
     try:
@@ -130,8 +160,7 @@ def claim_liveness(claim: Optional[dict], slurm_jobs: Optional[dict[str, str]]) 
             return Liveness(None, "UNKNOWN")
         state = slurm_jobs.get(job_id)
         return Liveness(state is not None, state or "")
-    if claim.get("host") != socket.gethostname():
+    alive = process_alive(claim.get("host"), claim.get("pid"), claim.get("pid_start") or "")
+    if alive is None:
         return Liveness(None, "UNKNOWN")
-    pid = claim.get("pid")
-    alive = pid is not None and process_start(int(pid)) == claim.get("pid_start")
     return Liveness(alive, "RUNNING" if alive else "")

@@ -14,6 +14,12 @@ pending    never submitted (no status, no claim)
 unknown    its job's fate cannot be told (SLURM unreachable): left alone
 =========  ===============================================================
 
+A run whose process died without a word (a signal, a native abort in a decoder, the
+OOM killer) leaves ``status.json`` saying ``running``: it is reconciled with the
+scheduler (its claim's SLURM job id, or local pid) and, when it has no claim (a plain
+``repro train`` into the sweep folder), with the pid and host the trainer records in
+``status.json``.  A dead one is ``failed`` and :attr:`RunState.reason` says why.
+
 The list of runs and their ids is cached in ``<sweep_dir>/.plan.json`` under a
 fingerprint of the spec, its base config and the config code, so ``repro status``
 does not resolve hundreds of configs again.
@@ -49,6 +55,24 @@ class RunState:
     status: dict
     claim: Optional[dict]
     job_state: str
+
+    @property
+    def reason(self) -> str:
+        """One line: why a failed run failed (status.json's reason, or the reconciliation's)."""
+        if self.state != "failed":
+            return ""
+        written = self.status.get("state", "pending")
+        if written == "failed" and self.status.get("reason"):
+            return str(self.status["reason"])
+        if (self.claim or {}).get("unreadable"):
+            return f"unreadable job claim {self.claim['unreadable']}: the next sweep removes it"
+        if written == "running":
+            if self.claim:
+                return (f"job {self.job_id} is gone while status.json says running (killed by a signal, "
+                        f"time limit or a native crash: see its log)")
+            return (f"process {self.status.get('pid', '?')} on {self.status.get('host', '?')} is gone while "
+                    f"status.json says running (killed by a signal or a native crash)")
+        return "its job is gone"
 
     @property
     def job_id(self) -> str:
@@ -102,6 +126,12 @@ def classify(ref: RunRef, slurm_jobs: Optional[dict[str, str]], stale_submitting
         state = "running" if running else "queued"
     elif live.alive is None:
         state = "unknown"
+    elif claim is None and written == "running":
+        # no job: the trainer's own pid decides (a plain `repro train` on this machine); one
+        # from another machine, or without a pid, is failed as before (no job can be running it)
+        alive = claims.process_alive(status.get("host"), status.get("pid"), status.get("pid_start")) is True
+        state = "running" if alive else "failed"
+        live = claims.Liveness(alive, "RUNNING" if alive else "")
     elif claim is None and written == "pending":
         state = "pending"
     else:

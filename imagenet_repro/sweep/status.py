@@ -46,4 +46,9 @@ def print_status(spec_path: str, show_runs: bool = True) -> int:
     print(f"sweep {spec.name}: {len(states)} runs{staged} in {spec.sweep_dir}: {format_counts(states)}")
     if show_runs and states:
         print(run_table(states))
+        failed = [st for st in states if st.state == "failed"]
+        if failed:
+            print("failed runs:")
+            for st in failed:
+                print(f"  {st.ref.run_id}: {st.reason}")
     return 0

@@ -3,17 +3,38 @@
 A checkpoint holds the model, the optimizer, the schedule position (the step), the loader
 position (epoch and batches already taken in it) and the RNG states of torch (CPU and
 CUDA), numpy and Python.  Only tensors and plain containers are stored, so it loads with
-``torch.load(weights_only=True)``.  It is written atomically (temp file + rename).
+``torch.load(weights_only=True)``.
+
+Two are kept: ``checkpoints/last.pt`` and the one before it, ``checkpoints/prev.pt``, each
+with a ``.sha256`` sidecar (the zip container catches a truncated file, not a flipped
+byte inside a tensor).  A new checkpoint is written to a temporary file, hashed, then
+rotated in by renames ordered so that a crash at any point leaves at least one
+checkpoint that verifies (a missing sidecar means: check the structure only).
+:func:`load_latest` tries ``last.pt`` then ``prev.pt``: a candidate is used only if it
+loads with ``weights_only``, has every key, matches its sidecar and fits the model and
+the optimizer; when none does it raises :class:`CheckpointError` naming each file and why.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imagenet_repro.rundir import atomic_write
+from imagenet_repro.config import ConfigError
+from imagenet_repro.rundir import _FILE_MODE, atomic_write_text
+
+KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng")
+LAST, PREV, SUFFIX = "last.pt", "prev.pt", ".sha256"
+
+
+class CheckpointError(ConfigError):
+    """No checkpoint of a run can be used; the message names every file and why (one line)."""
 
 
 def _rng_state() -> dict:
@@ -38,8 +59,30 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SUFFIX)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
                     epoch: int, batch_in_epoch: int) -> None:
+    """Write ``path`` (``.../last.pt``), keeping the checkpoint it replaces as ``prev.pt``."""
+    path = Path(path)
+    prev = path.with_name(PREV)
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -48,16 +91,99 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         "batch_in_epoch": batch_in_epoch,
         "rng": _rng_state(),
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = _sha256(Path(tmp))
+        # rotation: every intermediate state keeps one checkpoint that verifies
+        _unlink(_sidecar(prev))                         # prev.pt: structure-checked only
+        if path.exists():
+            os.replace(path, prev)                      # prev.pt = old last.pt (no sidecar yet)
+            if _sidecar(path).exists():
+                os.replace(_sidecar(path), _sidecar(prev))
+        else:
+            _unlink(_sidecar(path))                     # an orphan from an interrupted rotation
+        atomic_write_text(_sidecar(path), digest + "\n")  # names a last.pt that does not exist yet
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_paths(folder: str | Path) -> list[Path]:
+    """The candidates to resume from, newest first (whether or not they exist)."""
+    return [Path(folder) / LAST, Path(folder) / PREV]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The payload of ``path`` after the file checks (sidecar, weights_only load, keys);
+    raises CheckpointError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("missing")
+    side = _sidecar(path)
+    if side.is_file():
+        expected = side.read_text().strip()
+        if expected and _sha256(path) != expected:
+            raise CheckpointError(f"checksum mismatch with {side.name} (truncated or corrupted on disk)")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # torch.save's zip container
+        raise CheckpointError(f"not a PyTorch checkpoint (starts with {magic!r})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, objects weights_only refuses...
+        raise CheckpointError(f"unreadable: truncated or corrupted ({_first_line(exc)[:100]})") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in KEYS):
+        raise CheckpointError(f"not a checkpoint of this suite (keys {sorted(payload) if isinstance(payload, dict) else type(payload).__name__})")
+    return payload
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model, optimizer and RNG states; return {step, epoch, batch_in_epoch}.
+    """Restore model, optimizer and RNG states from ``path``; return {step, epoch, batch_in_epoch}.
 
     Loaded on the CPU (RNG states must stay there); ``load_state_dict`` moves the model's
-    and the optimizer's tensors to the parameters' device."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    _set_rng_state(payload["rng"])
-    return {k: int(payload[k]) for k in ("step", "epoch", "batch_in_epoch")}
+    and the optimizer's tensors to the parameters' device.  Raises CheckpointError
+    (reason only, no file name) when the file cannot be used."""
+    payload = read_checkpoint(path)
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        _set_rng_state(payload["rng"])
+        return {k: int(payload[k]) for k in ("step", "epoch", "batch_in_epoch")}
+    except Exception as exc:
+        raise CheckpointError(f"does not fit this run's model/optimizer ({_first_line(exc)})") from None
+
+
+def load_latest(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    """Resume from the newest checkpoint in ``folder`` that verifies: ``last.pt``, else
+    ``prev.pt`` (with a warning).  None when the run has no checkpoint at all; the dict
+    has ``step, epoch, batch_in_epoch`` and ``path``.  Raises CheckpointError (one line,
+    naming each file and why) when checkpoints exist but none can be used."""
+    candidates = checkpoint_paths(folder)
+    if not any(p.exists() for p in candidates):
+        return None
+    problems = []
+    for path in candidates:
+        try:
+            pos = load_checkpoint(path, model=model, optimizer=optimizer)
+        except CheckpointError as exc:
+            problems.append(f"{path.name}: {exc}")
+            continue
+        if problems:
+            warnings.warn(f"{path.parent}: {'; '.join(problems)}; resuming from {path.name} (step {pos['step']})",
+                          RuntimeWarning, stacklevel=2)
+        return {**pos, "path": path, "skipped": problems}
+    raise CheckpointError(f"no usable checkpoint in {Path(folder)} ({'; '.join(problems)}): the run cannot resume; "
+                          f"delete {Path(folder).parent} to start it over")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,7 +34,8 @@ from imagenet_repro import rundir
 from imagenet_repro.config import ConfigError, check_placement, to_yaml
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import build_optimizer, predicted_ratio
-from imagenet_repro.train.checkpoint import load_checkpoint, save_checkpoint
+from imagenet_repro.sweep.claims import process_start
+from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
 from imagenet_repro.train.distributed import Dist, all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
@@ -126,16 +128,29 @@ class Trainer:
                             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
         self._last_checkpoint = time.monotonic()
 
+    def _read_table(self, name: str) -> pd.DataFrame:
+        path = self.out / name
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # missing, truncated, not parquet
+            raise CheckpointError(f"{path}: unreadable run table ({type(exc).__name__}) next to a checkpoint: the "
+                                  f"run cannot resume exactly; delete {self.out} to start it over") from None
+
     def _start_files(self) -> None:
-        ckpt = self.out / rundir.LAST_CHECKPOINT
-        if ckpt.exists():
-            pos = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer)
+        """Resume from the newest checkpoint that verifies (``last.pt``, else ``prev.pt``), the
+        tables cut back to its position; a run with checkpoints none of which can be used
+        raises CheckpointError (marked failed by :func:`run_training`)."""
+        pos = load_latest(self.out / rundir.CHECKPOINTS, model=self.model, optimizer=self.optimizer)
+        if pos is not None:
             self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
-            steps = pd.read_parquet(self.out / rundir.STEPS)
-            layers = pd.read_parquet(self.out / rundir.LAYERS)
+            steps, layers = self._read_table(rundir.STEPS), self._read_table(rundir.LAYERS)
             self.telemetry.restore(steps, layers, before_step=self.step)
-            evals = pd.read_parquet(self.out / rundir.EVAL)
-            self.eval_rows = evals[evals.step <= self.step][EVAL_COLUMNS].values.tolist()
+            evals = self._read_table(rundir.EVAL)
+            # an eval row belongs to the checkpoint's past if it came before its step, or at
+            # that step within the epochs it had completed (a checkpoint taken at the last
+            # step of an epoch, before that epoch's evaluation, must not keep the eval row)
+            keep = (evals.step < self.step) | ((evals.step == self.step) & (evals.epoch <= self.epoch))
+            self.eval_rows = evals[keep][EVAL_COLUMNS].values.tolist()
             for row in self.eval_rows:
                 row[0], row[1] = int(row[0]), int(row[1])
         if self.dist.is_main:
@@ -144,7 +159,10 @@ class Trainer:
             manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
             manifest.update(build_manifest(self.dist.world_size, self.device, manifest))
             rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
-        self._status("running", resumed_from_step=self.step if ckpt.exists() else None)
+        # (always written, so a later resume never shows an earlier one's fallback)
+        extra = {"resumed_from": pos["path"].name if pos else None, "skipped_checkpoints": pos["skipped"] if pos else []}
+        self._status("running", resumed_from_step=self.step if pos is not None else None, reason=None,
+                     pid=os.getpid(), pid_start=process_start(os.getpid()), host=socket.gethostname(), **extra)
 
     # ---- signals --------------------------------------------------------------------
     def _defer_signal(self, signum: int, frame) -> None:
