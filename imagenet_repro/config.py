@@ -168,7 +168,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> DictConfig:
     return loaded
 
 
-def _merge_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
+def merge_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     key = getattr(exc, "full_key", None)
     if key and prefix and not str(key).startswith(prefix):
         key = prefix + str(key)
@@ -180,6 +180,42 @@ def _merge_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     return ConfigError(text)
 
 
+def _without_optim(layer: DictConfig) -> DictConfig:
+    if "optim" not in layer:
+        return layer
+    rest = layer.copy()
+    rest.pop("optim")
+    return rest
+
+
+def _optim_section(layers: list[DictConfig]) -> Optional[DictConfig]:
+    """The ``optim`` sections of ``layers`` merged in order, where a layer that switches to
+    another optimizer drops the earlier layers' keys the new one does not declare.
+
+    So ``repro train experiments/demo.yaml optim.name=adamw`` works although the YAML sets
+    SGD's ``momentum``: the keys belong to the optimizer that was replaced.  Keys given in
+    the same layer as the new name, or later, must be declared by it (else: unknown key)."""
+    from dataclasses import fields
+
+    from imagenet_repro.optim.registry import optimizer_config_class
+
+    merged: Optional[DictConfig] = None
+    name: Optional[str] = None
+    for layer in layers:
+        section = layer.get("optim") if "optim" in layer else None
+        if section is None:
+            continue
+        if not isinstance(section, DictConfig):
+            raise ConfigError("optim must be a mapping")
+        new_name = section.get("name")
+        if merged is not None and new_name is not None and str(new_name) != (name or "sgd"):
+            declared = {f.name for f in fields(optimizer_config_class(str(new_name)))}
+            merged = OmegaConf.create({k: v for k, v in merged.items() if k in declared})
+        merged = section if merged is None else OmegaConf.merge(merged, section)
+        name = str(new_name) if new_name is not None else name
+    return merged
+
+
 def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictConfig:
     """Merge layers (dicts or DictConfigs) over the structured defaults and validate.
 
@@ -187,13 +223,10 @@ def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictCo
     cluster paths that need not exist on the submitting machine)."""
     from imagenet_repro.optim.registry import optimizer_config_class
 
-    raw = OmegaConf.merge(*[OmegaConf.create(layer) for layer in layers]) if layers else OmegaConf.create()
-    optim_raw = raw.pop("optim", None) if "optim" in raw else None
-    optim_name = "sgd"
-    if optim_raw is not None:
-        if not isinstance(optim_raw, DictConfig):
-            raise ConfigError("optim must be a mapping")
-        optim_name = str(optim_raw.get("name", "sgd"))
+    layers = [OmegaConf.create(layer) for layer in layers]
+    optim_raw = _optim_section(layers)
+    raw = OmegaConf.merge(*[_without_optim(layer) for layer in layers]) if layers else OmegaConf.create()
+    optim_name = str(optim_raw.get("name", "sgd")) if optim_raw is not None else "sgd"
     optim_cls = optimizer_config_class(optim_name)  # raises ConfigError for an unknown name
 
     schema = OmegaConf.structured(RunConfig)
@@ -201,16 +234,16 @@ def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictCo
     try:
         cfg = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as exc:
-        raise _merge_error(exc) from None
+        raise merge_error(exc) from None
     if optim_raw is not None:
         try:
             cfg.optim = OmegaConf.merge(cfg.optim, optim_raw)
         except OmegaConfBaseException as exc:
-            raise _merge_error(exc, prefix="optim.") from None
+            raise merge_error(exc, prefix="optim.") from None
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
-        raise _merge_error(exc) from None
+        raise merge_error(exc) from None
     validate(cfg, check_paths=check_paths)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -382,9 +415,13 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def config_hash(cfg: DictConfig, length: int = 10) -> str:
-    """Stable id of a resolved config: what the run computes, not where it is written."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # choices hash as plain strings
+def config_hash(cfg: DictConfig | dict, length: int = 10) -> str:
+    """Stable id of a resolved config (a DictConfig or its plain container): what the run
+    computes, not where it is written.  The one run id of the suite (trainer and planner)."""
+    if isinstance(cfg, dict):
+        container = json.loads(json.dumps(cfg))  # a copy; StrEnum choices serialise as their strings
+    else:
+        container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # choices hash as plain strings
     container.pop("name", None)
     container.get("train", {}).pop("progress", None)
     blob = json.dumps(container, sort_keys=True, separators=(",", ":"))

@@ -167,7 +167,8 @@ def test_status_and_plan_on_hundreds_of_synthetic_runs(tmp_path, capsys):
     assert f"done {expected['done']}, diverged {expected['diverged']}, running {expected['running']}" in out[0]
     assert f"failed {expected['failed']}, pending {expected['pending']}" in out[0]
     assert out[1].split() == ["run_id", "optimizer", "lr", "wd", "seed", "state", "epoch", "top1", "job"]
-    assert len(out) == 2 + 160
+    table_end = out.index("failed runs:")
+    assert table_end == 2 + 160 and len(out) == table_end + 1 + expected["failed"]  # then one reason per failed run
     first = out[2].split()
     assert first[0] == refs[0].run_id and first[1:7] == ["sgd", "0.05", "0.0005", "0", "done", "2/2"]
     assert first[7:] == ["0.5000", "7_1"]

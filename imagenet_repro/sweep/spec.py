@@ -1,4 +1,4 @@
-"""Sweep specs: a grid of runs in YAML, parsed strictly and resolved into run configs.
+"""Sweep specs: one or more grids of runs in YAML, read as an OmegaConf structured config.
 
 A spec names a base experiment config and/or inline overrides, the grid axes, where
 the runs go, the SLURM resources of one run and a cost estimate::
@@ -7,10 +7,15 @@ the runs go, the SLURM resources of one run and a cost estimate::
     runs_root: runs                  # default: runs (relative to the working directory)
     base: experiments/demo.yaml      # optional experiment config
     overrides: {train.epochs: 2}     # optional dotted keys applied over the base
-    axes:                            # the grid: the product of every axis
-      optimizer: [sgd, sgdc]         # alias of optim.name
-      optim.lr: [0.05, 0.1]
+    axes:                            # shared by every grid (here: the seeds)
       seed: [0, 1]
+    grids:                           # optional: several grids in one sweep, each with its own
+      - axes:                        #   optimizers, lr/wd values and optimizer-specific keys
+          optimizer: [sgd, sgdc]     #   (optimizer is an alias of optim.name)
+          optim.lr: [0.05, 0.1]
+          optim.momentum: [0.9]
+      - axes: {optimizer: [adamw, adamc], optim.lr: [1.0e-3, 2.0e-3]}
+        overrides: {optim.betas: [0.9, 0.95]}
     gpu_hours_per_run: 20            # or gpu_hours_per_epoch (x train.epochs of each run)
     slurm: {partition: gpu, gpus_per_node: 8, timeout_min: 1440}
     local: {parallelism: 2}          # submitit local executor: runs at a time
@@ -18,12 +23,17 @@ the runs go, the SLURM resources of one run and a cost estimate::
       - {name: search, seeds: [0]}
       - {name: confirm, seeds: [1], at: best, neighbours: false}
 
-Every grid point becomes a full :class:`~imagenet_repro.config.RunConfig`; its run id is
-:func:`~imagenet_repro.config.config_hash` of that config.  Resolving goes through
-``build_config`` once per optimizer (the only key that changes the config's structure),
-then sets each point's values on a copy with the same type rules and runs the same
-semantic ``validate``: hundreds of points resolve in well under a second, with run ids
-equal to ``config_hash(build_config(...))`` (checked by the tests).
+Without ``grids`` the spec's ``axes`` are the one grid.  The sweep is the union of its
+grids: one folder, one ``status``/``aggregate``/``figures``.  A grid whose optimizer is of
+another family than the base config's drops the base's optimizer keys the new optimizer
+does not declare (``build_config``'s rule, as for ``repro train ... optim.name=adamw``).
+
+The spec's own shape is checked by OmegaConf against :class:`SpecSchema` (unknown keys,
+types); every grid point is a full :class:`~imagenet_repro.config.RunConfig` built with
+the rules of :func:`~imagenet_repro.config.build_config`: one template per (grid,
+optimizer) through ``build_config`` itself, each axis value typed by an OmegaConf merge
+into that template (once per value, not per point), then the same ``validate`` and the
+same :func:`~imagenet_repro.config.config_hash` (the run id) on every point.
 """
 from __future__ import annotations
 
@@ -32,17 +42,18 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from imagenet_repro.config import ConfigError, build_config, placement_problems, read_yaml, validate
+from imagenet_repro.config import (ConfigError, build_config, config_hash, merge_error, placement_problems, read_yaml,
+                                   validate)
 
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}
-TOP_KEYS = {"name", "runs_root", "base", "overrides", "axes", "slurm", "local", "gpu_hours_per_run",
-            "gpu_hours_per_epoch", "stages"}
 DEFAULT_RUNS_ROOT = "runs"
 
 
@@ -58,13 +69,13 @@ class SlurmSpec:
     gpus_per_node: int = 0
     tasks_per_node: int = 0  # 0: one task per GPU (DDP), or 1 without GPUs
     cpus_per_task: int = 0  # 0: SLURM's default
-    mem_gb: float = 0  # per node; 0: SLURM's default (DefMemPerCPU)
+    mem_gb: float = 0.0  # per node; 0: SLURM's default (DefMemPerCPU)
     timeout_min: int = 60
     array_parallelism: int = 256  # array tasks running at once
     signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: checkpoint and requeue
     max_timeout_requeues: int = 3  # requeues after hitting the time limit (preemptions: unlimited)
-    setup: tuple[str, ...] = ()  # shell lines run before the job (module load ..., source ...)
-    additional_parameters: dict = field(default_factory=dict)  # any other sbatch option: {"mail-type": "END"}
+    setup: List[str] = field(default_factory=list)  # shell lines run before the job (module load ...)
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # other sbatch options: {mail-type: END}
 
     @property
     def tasks(self) -> int:
@@ -83,6 +94,45 @@ class LocalSpec:
     parallelism: int = 1
 
 
+@dataclass
+class GridSchema:
+    axes: Optional[Dict[str, Any]] = None  # dotted config key -> list of values
+    overrides: Optional[Dict[str, Any]] = None  # this grid's own fixed keys
+
+
+@dataclass
+class SpecSchema:
+    """What a sweep spec YAML may hold (OmegaConf rejects other keys and wrong types)."""
+
+    name: str = MISSING
+    runs_root: str = DEFAULT_RUNS_ROOT
+    base: Optional[str] = None
+    overrides: Optional[Dict[str, Any]] = None  # None (an empty YAML key): none
+    axes: Optional[Dict[str, Any]] = None
+    grids: Optional[List[GridSchema]] = None
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    local: LocalSpec = field(default_factory=LocalSpec)
+    gpu_hours_per_run: Optional[float] = None
+    gpu_hours_per_epoch: Optional[float] = None
+    target_top1: Optional[float] = None  # time-to-target threshold for the analysis (fraction)
+    stages: Optional[Any] = None  # checked by sweep.stages.parse_stages
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One grid of a sweep: its axes (its own and the spec's shared ones) and its overrides."""
+
+    axes: dict  # canonical dotted key -> list of values, in spec order
+    overrides: dict  # dotted key -> value
+
+    def points(self) -> list[dict]:
+        keys = list(self.axes)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*self.axes.values())]
+
+    def holds(self, point: dict) -> bool:
+        return set(point) == set(self.axes) and all(any(_same(point[k], v) for v in self.axes[k]) for k in point)
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     path: Path
@@ -90,27 +140,26 @@ class SweepSpec:
     runs_root: Path  # absolute
     base: Optional[Path]
     overrides: dict  # dotted key -> value
-    axes: dict  # canonical dotted key -> list of values, in spec order
+    axes: dict  # canonical dotted key -> every value it takes in any grid, in spec order
     slurm: SlurmSpec
     local: LocalSpec
     gpu_hours_per_run: Optional[float] = None
     gpu_hours_per_epoch: Optional[float] = None
     stages: tuple = ()  # two-stage plan, see :mod:`.stages` (empty: one grid)
+    grids: tuple = ()  # the Grids; one for a spec without ``grids``
+    target_top1: Optional[float] = None
 
     @property
     def sweep_dir(self) -> Path:
         return self.runs_root / self.name
 
     def fingerprint(self) -> str:
-        """Changes whenever the resolved runs could: spec, base config, config code."""
-        import imagenet_repro
-
+        """Key of the plan cache: the spec and base config files (data, not code).  Every
+        ``repro sweep`` (and ``--dry-run``) resolves the grid afresh and rewrites the cache,
+        so a change of the config code reaches ``repro status`` at the next sweep."""
         h = hashlib.sha256(self.path.read_bytes())
         if self.base is not None:
             h.update(self.base.read_bytes())
-        pkg = Path(imagenet_repro.__file__).parent
-        for src in [pkg / "config.py", *sorted((pkg / "optim").glob("*.py"))]:
-            h.update(src.read_bytes())
         return h.hexdigest()[:16]
 
 
@@ -135,68 +184,22 @@ def _fail(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
 
 
-def _check_keys(path: Path, where: str, got: Iterable[str], allowed: Iterable[str]) -> None:
-    unknown = sorted(set(got) - set(allowed))
-    if unknown:
-        raise _fail(path, f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(unknown)} "
-                          f"(allowed: {', '.join(sorted(allowed))})")
+def _flat(path: Path, what: str, raw: dict) -> dict:
+    """Nested or dotted mapping -> {dotted key: value} (the optimizer alias resolved)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif prefix:
+            flat[AXIS_ALIASES.get(prefix, prefix)] = node
+
+    walk("", raw)
+    return flat
 
 
-def _number(path: Path, key: str, value: Any, kind: type, minimum: float) -> Any:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or value < minimum:
-        raise _fail(path, f"{key} must be {'an integer' if kind is int else 'a number'} >= {minimum} (got {value!r})")
-    return kind(value)
-
-
-def _parse_slurm(path: Path, raw: Any) -> SlurmSpec:
-    if raw is None:
-        return SlurmSpec()
-    if not isinstance(raw, dict):
-        raise _fail(path, "slurm must be a mapping")
-    fields_ = SlurmSpec.__dataclass_fields__
-    _check_keys(path, "slurm", raw, fields_)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        default = fields_[key].default
-        if key in ("partition", "account", "qos", "constraint"):
-            if value is not None and not isinstance(value, str):
-                raise _fail(path, f"slurm.{key} must be a string (got {value!r})")
-            out[key] = value
-        elif key == "setup":
-            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise _fail(path, "slurm.setup must be a list of shell lines")
-            out[key] = tuple(value)
-        elif key == "additional_parameters":
-            if not (isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values())):
-                raise _fail(path, "slurm.additional_parameters must map sbatch option names to values")
-            out[key] = dict(value)
-        else:
-            minimum = {"nodes": 1, "timeout_min": 1, "array_parallelism": 1}.get(key, 0)
-            out[key] = _number(path, f"slurm.{key}", value, float if key == "mem_gb" else int, minimum)
-    spec = SlurmSpec(**out)
-    if spec.gpus_per_node and spec.tasks_per_node and spec.tasks_per_node != spec.gpus_per_node:
-        raise _fail(path, f"slurm.tasks_per_node ({spec.tasks_per_node}) must equal slurm.gpus_per_node "
-                          f"({spec.gpus_per_node}): DDP runs one task per GPU")
-    return spec
-
-
-def _parse_local(path: Path, raw: Any) -> LocalSpec:
-    if raw is None:
-        return LocalSpec()
-    if not isinstance(raw, dict):
-        raise _fail(path, "local must be a mapping")
-    _check_keys(path, "local", raw, LocalSpec.__dataclass_fields__)
-    return LocalSpec(**{k: _number(path, f"local.{k}", v, int, 1) for k, v in raw.items()})
-
-
-def _parse_axes(path: Path, raw: Any) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise _fail(path, "axes must be a mapping of config keys to lists of values")
+def _parse_axes(path: Path, raw: dict, where: str = "axes") -> dict:
     axes: dict[str, list] = {}
     for key, values in raw.items():
         canon = AXIS_ALIASES.get(str(key), str(key))
@@ -213,72 +216,96 @@ def _parse_axes(path: Path, raw: Any) -> dict:
     return axes
 
 
-def _parse_overrides(path: Path, raw: Any) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise _fail(path, "overrides must be a mapping of dotted config keys to values")
-    flat: dict[str, Any] = {}
+def _spec_error(exc: OmegaConfBaseException) -> str:
+    """OmegaConf's complaint about the spec's shape, in the spec's words (one line)."""
+    key = str(getattr(exc, "full_key", "") or "")
+    if type(exc).__name__ == "ConfigKeyError" and key:
+        section, _, name = key.rpartition(".")
+        where = section or "the sweep spec"
+        schema = {"": SpecSchema, "slurm": SlurmSpec, "local": LocalSpec}.get(section)
+        allowed = f" (allowed: {', '.join(sorted(schema.__dataclass_fields__))})" if schema else ""
+        return f"unknown key in {where}: {name}{allowed}"
+    return str(merge_error(exc))
 
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            flat[AXIS_ALIASES.get(prefix, prefix)] = node
 
-    walk("", raw)
-    return flat
+def _check_spec(path: Path, spec: SpecSchema) -> None:
+    if not spec.name or "/" in spec.name or spec.name.startswith("."):
+        raise _fail(path, f"'name' must be a non-empty sweep name without '/' (got {spec.name!r})")
+    if not spec.runs_root:
+        raise _fail(path, "'runs_root' must be a folder path")
+    s = spec.slurm
+    for key in ("nodes", "timeout_min", "array_parallelism"):
+        if getattr(s, key) < 1:
+            raise _fail(path, f"slurm.{key} must be an integer >= 1 (got {getattr(s, key)})")
+    for key in ("gpus_per_node", "tasks_per_node", "cpus_per_task", "signal_delay_s", "max_timeout_requeues", "mem_gb"):
+        if getattr(s, key) < 0:
+            raise _fail(path, f"slurm.{key} must be >= 0 (got {getattr(s, key)})")
+    if s.gpus_per_node and s.tasks_per_node and s.tasks_per_node != s.gpus_per_node:
+        raise _fail(path, f"slurm.tasks_per_node ({s.tasks_per_node}) must equal slurm.gpus_per_node "
+                          f"({s.gpus_per_node}): DDP runs one task per GPU")
+    if spec.local.parallelism < 1:
+        raise _fail(path, f"local.parallelism must be an integer >= 1 (got {spec.local.parallelism})")
+    if spec.gpu_hours_per_run is not None and spec.gpu_hours_per_epoch is not None:
+        raise _fail(path, "give gpu_hours_per_run or gpu_hours_per_epoch, not both")
+    for key in ("gpu_hours_per_run", "gpu_hours_per_epoch"):
+        value = getattr(spec, key)
+        if value is not None and not value >= 0:
+            raise _fail(path, f"{key} must be a number >= 0 (got {value})")
+    if spec.target_top1 is not None and not 0 < spec.target_top1 <= 1:
+        raise _fail(path, f"target_top1 must be a fraction in (0, 1] (got {spec.target_top1})")
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Parse and check a sweep spec; any problem raises a one-line ConfigError."""
+    """Read and check a sweep spec; any problem raises a one-line ConfigError."""
     path = Path(path)
     loaded = read_yaml(path, what="sweep spec")
     try:
-        raw = OmegaConf.to_container(loaded, resolve=True)
-    except Exception as exc:
-        raise _fail(path, f"cannot resolve: {str(exc).splitlines()[0]}") from None
-    _check_keys(path, "the sweep spec", raw, TOP_KEYS)
-
-    name = raw.get("name")
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise _fail(path, f"'name' must be a non-empty sweep name without '/' (got {name!r})")
-    runs_root = raw.get("runs_root", DEFAULT_RUNS_ROOT)
-    if not isinstance(runs_root, str) or not runs_root:
-        raise _fail(path, f"'runs_root' must be a folder path (got {runs_root!r})")
-    base = raw.get("base")
+        merged = OmegaConf.merge(OmegaConf.structured(SpecSchema), loaded)
+        schema: SpecSchema = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _fail(path, _spec_error(exc)) from None
+    except TypeError as exc:  # OmegaConf: a mapping where a list belongs, or the reverse
+        raise _fail(path, f"a section has the wrong shape: {exc}") from None
+    _check_spec(path, schema)
     base_path = None
-    if base is not None:
-        if not isinstance(base, str):
-            raise _fail(path, f"'base' must be the path of an experiment config (got {base!r})")
-        candidates = [Path(base), path.parent / base]
-        base_path = next((c for c in candidates if c.is_file()), None)
+    if schema.base is not None:
+        base_path = next((c for c in (Path(schema.base), path.parent / schema.base) if c.is_file()), None)
         if base_path is None:
-            raise _fail(path, f"base config not found: {base}")
+            raise _fail(path, f"base config not found: {schema.base}")
         base_path = base_path.resolve()
-    overrides = _parse_overrides(path, raw.get("overrides"))
-    axes = _parse_axes(path, raw.get("axes"))
-    both = sorted(set(overrides) & set(axes))
-    if both:
-        raise _fail(path, f"{both[0]} is both an override and an axis")
-    cost = {k: raw[k] for k in ("gpu_hours_per_run", "gpu_hours_per_epoch") if raw.get(k) is not None}
-    if len(cost) > 1:
-        raise _fail(path, "give gpu_hours_per_run or gpu_hours_per_epoch, not both")
-    cost = {k: _number(path, k, v, float, 0) for k, v in cost.items()}
+    plain = OmegaConf.to_container(merged, resolve=True)
+    overrides = _flat(path, "overrides", plain["overrides"] or {})
+    shared = _parse_axes(path, plain["axes"] or {})
+    grids = []
+    for i, g in enumerate(plain["grids"] or [{"axes": {}, "overrides": {}}]):
+        own = _parse_axes(path, g["axes"] or {}, where=f"grids[{i}].axes")
+        twice = sorted(set(own) & set(shared))
+        if twice:
+            raise _fail(path, f"grids[{i}]: axis {twice[0]} is also a shared axis")
+        grid_over = _flat(path, f"grids[{i}].overrides", g["overrides"] or {})
+        axes = {**own, **shared}
+        both = sorted((set(overrides) | set(grid_over)) & set(axes))
+        if both:
+            raise _fail(path, f"{both[0]} is both an override and an axis")
+        grids.append(Grid(axes, grid_over))
+    union: dict[str, list] = {}
+    for grid in grids:
+        for key, values in grid.axes.items():
+            union.setdefault(key, [])
+            union[key] += [v for v in values if not any(_same(v, u) for u in union[key])]
     from imagenet_repro.sweep.stages import parse_stages
 
-    stages = parse_stages(path, raw.get("stages"), axes)
-    return SweepSpec(path=path, name=name, runs_root=Path(runs_root).resolve(), base=base_path,
-                     overrides=overrides, axes=axes, slurm=_parse_slurm(path, raw.get("slurm")),
-                     local=_parse_local(path, raw.get("local")), stages=stages, **cost)
+    stages = parse_stages(path, plain["stages"], union)
+    return SweepSpec(path=path, name=schema.name, runs_root=Path(schema.runs_root).resolve(), base=base_path,
+                     overrides=overrides, axes=union, slurm=schema.slurm, local=schema.local,
+                     gpu_hours_per_run=schema.gpu_hours_per_run, gpu_hours_per_epoch=schema.gpu_hours_per_epoch,
+                     stages=stages, grids=tuple(grids), target_top1=schema.target_top1)
 
 
 # ---------------------------------------------------------------------------- grid
 def grid_points(spec: SweepSpec) -> list[dict]:
-    """Every combination of the axes, in spec order (the last axis varies fastest)."""
-    keys = list(spec.axes)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*spec.axes.values())]
+    """Every point of every grid, grid by grid (in each, the last axis varies fastest)."""
+    return [p for grid in spec.grids for p in grid.points()]
 
 
 def _parse_value(text: str) -> Any:
@@ -326,85 +353,65 @@ def _nest(dotted: dict) -> dict:
     return out
 
 
-def _coerce(template: Any, value: Any, key: str) -> Any:
-    """``value`` converted the way an OmegaConf structured merge converts it, or ConfigError."""
-    def bad() -> ConfigError:
-        return ConfigError(f"bad value for {key}: {value!r} (expected {type(template).__name__})")
+def _grid_of(spec: SweepSpec, point: dict) -> Grid:
+    for grid in spec.grids:
+        if grid.holds(point):
+            return grid
+    raise ConfigError(f"{spec.path}: {PlannedRun(point, {}, '', Path()).label()} is not a point of any grid")
 
-    if template is None or isinstance(template, dict):
-        if isinstance(template, dict):
-            raise ConfigError(f"{key} is a section, not a value")
-        return value
-    if isinstance(template, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise bad()
-    if isinstance(template, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)
-        raise bad()
-    if isinstance(template, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+
+class _Templates:
+    """Resolved configs per (grid, optimizer) and typed axis values, each built once.
+
+    A template is ``build_config(base, overrides, grid overrides, name, optimizer)``; an axis
+    value is typed by merging it into its template with OmegaConf (so ``0.1`` -> float,
+    ``"3"`` -> int, a wrong type or an undeclared key -> ConfigError), exactly as
+    ``build_config`` would type it."""
+
+    def __init__(self, spec: SweepSpec) -> None:
+        self.base = OmegaConf.load(spec.base) if spec.base is not None else OmegaConf.create()
+        self.spec = spec
+        self.configs: dict[tuple, DictConfig] = {}
+        self.containers: dict[tuple, dict] = {}
+        self.values: dict[tuple, Any] = {}
+
+    def template(self, grid: Grid, optim_name: Any) -> tuple[tuple, dict]:
+        key = (id(grid), json.dumps(optim_name))
+        if key not in self.configs:
+            extra = [{"optim": {"name": optim_name}}] if optim_name is not None else []
+            cfg = build_config(self.base, _nest(self.spec.overrides), _nest(grid.overrides), {"name": self.spec.name},
+                               *extra, check_paths=False)
+            self.configs[key] = cfg
+            self.containers[key] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        return key, self.containers[key]
+
+    def typed(self, key: tuple, dotted: str, value: Any) -> Any:
+        vkey = (key, dotted, json.dumps(value, sort_keys=True))
+        if vkey not in self.values:
+            cfg = self.configs[key]
+            if OmegaConf.select(cfg, dotted, default=MISSING) is MISSING:
+                raise ConfigError(f"unknown config key: {dotted}")
+            if isinstance(OmegaConf.select(cfg, dotted), DictConfig):
+                raise ConfigError(f"{dotted} is a section, not a value")
             try:
-                return float(value)
-            except ValueError:
-                pass
-        raise bad()
-    if isinstance(template, str):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad()
-    if isinstance(template, list):
-        if isinstance(value, list):
-            return list(value)
-        raise bad()
-    return value
+                merged = OmegaConf.merge(cfg, _nest({dotted: value}))
+            except OmegaConfBaseException as exc:
+                raise merge_error(exc) from None
+            node = OmegaConf.select(merged, dotted)
+            if OmegaConf.is_config(node):
+                node = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+            elif isinstance(node, Enum):
+                node = node.name
+            self.values[vkey] = node
+        return self.values[vkey]
 
 
-def _set(container: dict, key: str, value: Any) -> None:
+def _set(container: dict, dotted: str, value: Any) -> None:
     node = container
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"unknown config key: {'.'.join(parts[:i + 1])}")
+    *parents, last = dotted.split(".")
+    for part in parents:
         node = node[part]
-    if not isinstance(node, dict) or parts[-1] not in node:
-        raise ConfigError(f"unknown config key: {key}")
-    node[parts[-1]] = _coerce(node[parts[-1]], value, key)
-
-
-class _View(dict):
-    """Attribute access over a plain container, enough for ``config.validate``."""
-
-    def __getattr__(self, item: str) -> Any:
-        try:
-            value = self[item]
-        except KeyError:
-            raise AttributeError(item) from None
-        return _View(value) if isinstance(value, dict) else value
-
-    def __getitem__(self, item: str) -> Any:
-        value = dict.__getitem__(self, item)
-        return _View(value) if isinstance(value, dict) else value
-
-
-def container_hash(container: dict, length: int = 10) -> str:
-    """:func:`imagenet_repro.config.config_hash` of a resolved config given as a plain container."""
-    c = copy.deepcopy(container)
-    c.pop("name", None)
-    c.get("train", {}).pop("progress", None)
-    blob = json.dumps(c, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def _has_interpolation(node: Any) -> bool:
-    return "${" in OmegaConf.to_yaml(node) if isinstance(node, (DictConfig, ListConfig)) else False
+    node[last] = copy.deepcopy(value)
 
 
 def resolve_runs(spec: SweepSpec, points: Optional[list[dict]] = None) -> list[PlannedRun]:
@@ -414,32 +421,21 @@ def resolve_runs(spec: SweepSpec, points: Optional[list[dict]] = None) -> list[P
     an error too (an axis that changes nothing, or a value repeated under two spellings).
     """
     points = grid_points(spec) if points is None else points
-    base = OmegaConf.load(spec.base) if spec.base is not None else OmegaConf.create()
-    common = [base, _nest(spec.overrides), {"name": spec.name}]
-    exact = _has_interpolation(base)  # interpolations: resolve every point the slow, literal way
-    templates: dict[str, dict] = {}
+    templates = _Templates(spec)
     runs: list[PlannedRun] = []
     by_id: dict[str, dict] = {}
     for point in points:
         label = PlannedRun(point, {}, "", Path()).label()
         try:
-            if exact:
-                cfg = build_config(*common, _nest(point), check_paths=False)
-                container = OmegaConf.to_container(cfg, resolve=True)
-            else:
-                optim_name = point.get("optim.name")
-                key = json.dumps(optim_name)
-                if key not in templates:
-                    extra = [{"optim": {"name": optim_name}}] if optim_name is not None else []
-                    cfg = build_config(*common, *extra, check_paths=False)
-                    templates[key] = OmegaConf.to_container(cfg, resolve=True)
-                container = copy.deepcopy(templates[key])
-                for k, v in point.items():
-                    _set(container, k, v)
-                validate(_View(container), check_paths=False)
+            key, template = templates.template(_grid_of(spec, point), point.get("optim.name"))
+            container = copy.deepcopy(template)
+            for k, v in point.items():
+                if k != "optim.name":
+                    _set(container, k, templates.typed(key, k, v))
+            validate(OmegaConf.create(container), check_paths=False)
         except ConfigError as exc:
             raise ConfigError(f"grid point {label}: {exc}") from None
-        run_id = container_hash(container)
+        run_id = config_hash(container)
         if run_id in by_id:
             other = PlannedRun(by_id[run_id], {}, "", Path()).label()
             raise ConfigError(f"grid points {other} and {label} resolve to the same run {run_id}")
