@@ -87,7 +87,7 @@ class Sizes:
             self.configs = [(8, 32)]
             self.warmup_steps, self.timed_epochs, self.compute_steps = 1, 1, 3
             self.tel_rounds, self.tel_steps = 2, 1
-            self.optim_rounds, self.optim_model = 1, "resnet18"
+            self.optim_rounds, self.optim_model = 1, "small_resnet"
             self.loader_batch, self.loader_res = 8, 32
         else:
             self.n_train, self.n_val, self.classes = 16384, 1024, 100
@@ -95,7 +95,7 @@ class Sizes:
             self.train_steps_per_epoch, self.stop_at = 150, 200
             self.configs = [(32, 160), (512, 160), (512, 192)]
             self.warmup_steps, self.timed_epochs, self.compute_steps = 4, 2, 40
-            self.tel_rounds, self.tel_steps = 10, 10
+            self.tel_rounds, self.tel_steps = 8, 8
             self.optim_rounds, self.optim_model = 50, "resnet50"
             self.loader_batch, self.loader_res = 512, 160
 
@@ -228,7 +228,7 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
             res["interrupt"] = f"SystemExit({exc.code}) at step {trainer.step}"
         finally:
             shutdown(trainer.dist)
-        res["first_batch"] = trainer.first_batch
+        res["first_batch"] = getattr(trainer, "first_batch", None)
         del trainer
         _free()
         res["resumed_state"] = run_training(cfg, b_dir)
@@ -379,13 +379,15 @@ def part_throughput(work: Path, s: Sizes, device: torch.device, data: dict, resu
 
 # ---- 4. optim ------------------------------------------------------------------------------
 def part_optim(s: Sizes, device: torch.device) -> dict:
-    import torchvision
+    from omegaconf import OmegaConf
 
+    from imagenet_repro.config import ModelConfig
+    from imagenet_repro.models import build_model
     from imagenet_repro.optim.param_groups import param_groups
 
     bench = _bench_module("optim")
     torch.manual_seed(0)
-    model = torchvision.models.get_model(s.optim_model, weights=None).to(device)
+    model = build_model(OmegaConf.structured(ModelConfig(name=s.optim_model)), 1000).to(device)
     groups = param_groups(model, weight_decay=5e-5, lr_max=0.1)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
@@ -511,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu.py: unknown part(s) {','.join(bad)}; choose from {','.join(PARTS)}", file=sys.stderr)
         return 2
     smoke = args.cpu_smoke or not torch.cuda.is_available()
+    if smoke and "numba" not in sys.modules:
+        os.environ.setdefault("NUMBA_OPT", "0")  # tiny data: compile time dominates, not code speed
     device = torch.device("cpu") if smoke else torch.device("cuda", 0)
     s = Sizes(smoke, os.cpu_count() or 1)
     _RESULT_PATH = Path(args.out) if args.out else ROOT / "results" / "bench" / (
@@ -532,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         if "data" in parts or any(p in parts for p in ("train", "throughput", "loader")):
             parts = ["data"] + [p for p in parts if p != "data"]
         for part in parts:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             print(f"gpu.py: {part} ...", flush=True)
             try:
                 if part == "data":
@@ -553,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"gpu.py: {part} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             if isinstance(result.get(part), dict):
                 result[part]["part_s"] = round(time.perf_counter() - t0, 1)
+                result[part]["part_cpu_s"] = round(time.process_time() - c0, 1)  # this process's threads only
             result["target_checks"] = evaluate_targets(result)
             write_result(result)
             print(f"gpu.py: {part} done in {time.perf_counter() - t0:.1f} s", flush=True)

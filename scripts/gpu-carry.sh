@@ -26,7 +26,10 @@
 # The one command for a lent GPU machine (device tool `run`, carry [".whl"], timeout_s 600); the
 # first line is the wheel install from /work/.library/device/README.md ("Notes"):
 #
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1; nvidia-smi -L; python3 benchmarks/gpu.py 2>&1 | tee $OUT/gpu.log
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1; nvidia-smi -L; set -o pipefail; python3 benchmarks/gpu.py 2>&1 | tee $OUT/gpu.log
+#
+# (the same line is RUN_CMD below, printed at the end).  The device tool sends the checkout the
+# session started in: build .whl/ there (with this branch merged), not in another worktree.
 #
 # benchmarks/gpu.py writes results/bench/gpu.json and copies it, its logs and the run's tables
 # into $OUT.  Usage: scripts/gpu-carry.sh [--check]   (--check: also verify the build here)
@@ -41,6 +44,7 @@ PURE=(omegaconf==2.4.0 submitit==1.5.4)
 # already on the GPU machine (or part of every Linux with Python): not carried
 SYSTEM_LIBS='^(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libz|ld-linux-x86-64|linux-vdso)\.so'
 LIMIT_MIB=64
+RUN_CMD='python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1; nvidia-smi -L; set -o pipefail; python3 benchmarks/gpu.py 2>&1 | tee $OUT/gpu.log'
 CHECK=0
 [ "${1:-}" = "--check" ] && CHECK=1
 
@@ -139,3 +143,5 @@ print(f"gpu-carry: check ok: ffcv {ffcv.__file__} decodes and resizes; omegaconf
       f"submitit {submitit.__version__} import")
 EOF
 fi
+echo "gpu-carry: on a lent GPU machine, device tool run with carry [\".whl\"], timeout_s 600:"
+echo "  $RUN_CMD"
