@@ -228,7 +228,11 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
             res["interrupt"] = f"SystemExit({exc.code}) at step {trainer.step}"
         finally:
             shutdown(trainer.dist)
-        res["first_batch"] = getattr(trainer, "first_batch", None)
+        fb = res["first_batch"] = getattr(trainer, "first_batch", None)
+        # what the model is fed: float32 on the training device, channels_last on CUDA; int64 labels there too
+        res["inputs_ok"] = bool(fb and fb["images"][0] == str(device) and fb["images"][1] == "torch.float32"
+                                and fb["images"][3] == (device.type == "cuda") and fb["labels"][0] == str(device)
+                                and fb["labels"][1] == "torch.int64")
         del trainer
         _free()
         res["resumed_state"] = run_training(cfg, b_dir)
@@ -245,7 +249,7 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
         res["resume_exact"] = bool(exact)
         res["resume_max_abs_diff"] = diffs
         res["ok"] = bool(res["state"] == "done" and res["resumed_state"] == "done" and res["loss_falls"]
-                         and res["norms_finite"] and res["eval_ran"] and res["resume_exact"])
+                         and res["norms_finite"] and res["eval_ran"] and res["resume_exact"] and res["inputs_ok"])
     finally:
         torch.use_deterministic_algorithms(False)  # global: not for the timing parts
         out = os.environ.get("OUT")
@@ -494,7 +498,7 @@ def evaluate_targets(result: dict) -> dict:
         "telemetry_overhead <= 0.01": check(tel, lambda v: v <= t["telemetry_overhead"]),
         "optimizer_over_fastest_torch <= 1.10": check(list(opt.values()), lambda v: v <= t["optimizer_over_fastest_torch"]),
         "ffcv_over_torchvision >= 3": check([ld], lambda v: v >= t["ffcv_over_torchvision"]),
-        "train_checks (loss falls, finite, eval, exact resume)": check([train.get("ok")], lambda v: v is True),
+        "train_checks (loss falls, finite, eval, exact resume, inputs)": check([train.get("ok")], lambda v: v is True),
     }
 
 

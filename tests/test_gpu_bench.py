@@ -30,7 +30,7 @@ def test_gpu_bench_cpu_smoke_runs_every_part(tmp_path):
         assert "error" not in r[part], (part, r[part].get("traceback"))
     t = r["train"]
     assert t["state"] == t["resumed_state"] == "done" and t["ok"]
-    assert t["loss_falls"] and t["norms_finite"] and t["eval_ran"] and t["resume_exact"]
+    assert t["loss_falls"] and t["norms_finite"] and t["eval_ran"] and t["resume_exact"] and t["inputs_ok"]
     assert t["interrupt"].startswith("SystemExit") and t["resumed_from_step"] == 4
     (cfg,) = r["throughput"]["configs"].values()
     assert "error" not in cfg and cfg["loader"] == "FFCVTrainLoader"
@@ -42,7 +42,7 @@ def test_gpu_bench_cpu_smoke_runs_every_part(tmp_path):
     assert r["loader"]["torchvision"]["loader"] == "TorchvisionTrainLoader"
     checks = r["target_checks"]
     assert len(checks) == 5 and all(c["pass"] in (True, False, None) for c in checks.values())
-    assert checks["train_checks (loss falls, finite, eval, exact resume)"]["pass"] is True
+    assert checks["train_checks (loss falls, finite, eval, exact resume, inputs)"]["pass"] is True
     # $OUT gets the JSON and the train run's tables
     assert {"gpu.json", "train_steps.parquet", "train_eval.parquet"} <= {p.name for p in tmp_path.iterdir()}
 
