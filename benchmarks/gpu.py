@@ -86,6 +86,7 @@ class Sizes:
             self.train_steps_per_epoch, self.stop_at = 3, 4  # 2 epochs; stopped mid-epoch 2
             self.configs = [(8, 32)]
             self.warmup_steps, self.timed_epochs, self.compute_steps = 1, 1, 3
+            self.max_steps_per_epoch = 1000
             self.tel_rounds, self.tel_steps = 2, 1
             self.optim_rounds, self.optim_model = 1, "small_resnet"
             self.loader_batch, self.loader_res = 8, 32
@@ -95,6 +96,7 @@ class Sizes:
             self.train_steps_per_epoch, self.stop_at = 150, 200
             self.configs = [(32, 160), (512, 160), (512, 192)]
             self.warmup_steps, self.timed_epochs, self.compute_steps = 4, 2, 40
+            self.max_steps_per_epoch = 160
             self.tel_rounds, self.tel_steps = 8, 8
             self.optim_rounds, self.optim_model = 50, "resnet50"
             self.loader_batch, self.loader_res = 512, 160
@@ -277,16 +279,19 @@ def _loader_fed(trainer, s: Sizes, device: torch.device) -> dict:
     for epoch in range(1 + s.timed_epochs):  # epoch 0: numba compile, cudnn autotune
         _sync(device)
         e0 = time.perf_counter()
-        w0, n = None, 0
+        w0, n, m = None, 0, 0
         gen = t.train_loader.epoch(epoch)
         try:
             for i, (images, labels) in enumerate(gen):
+                if i == s.max_steps_per_epoch:  # batch 32 has 512 steps an epoch: enough is enough
+                    break
                 if i == s.warmup_steps:
                     _sync(device)
                     w0 = time.perf_counter()
                 t._train_step(images, labels)
                 if t.step % t.telemetry.flush_every == 0:
                     t.telemetry.flush()
+                m += images.shape[0]
                 if w0 is not None:
                     n += images.shape[0]
         finally:
@@ -298,12 +303,12 @@ def _loader_fed(trainer, s: Sizes, device: torch.device) -> dict:
             continue
         steady_images += n
         steady_s += end - w0 if w0 is not None else 0.0
-        epoch_images += len(t.train_loader) * t.train_loader.batch_size
+        epoch_images += m
         epoch_s += end - e0
     t.telemetry.flush()
     return {"images_per_s": round(steady_images / steady_s, 1) if steady_s else None,
             "images_per_s_with_epoch_starts": round(epoch_images / epoch_s, 1),
-            "steps_per_epoch": len(t.train_loader), "timed_epochs": s.timed_epochs,
+            "steps_per_epoch": min(len(t.train_loader), s.max_steps_per_epoch), "timed_epochs": s.timed_epochs,
             "first_epoch_s_incl_compile": round(first_epoch_s, 2)}
 
 
