@@ -29,41 +29,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 import imagenet_repro  # noqa: F401  (torchvision shim)
 from imagenet_repro.config import build_config
 from imagenet_repro.data import build_loaders
+from imagenet_repro.data.synthetic import write_synthetic_imagefolder
 from imagenet_repro.data.writer import write_imagefolder
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "bench" / "loader.json"
 CLASSES = 10
 
 
-def natural_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Octaves of smooth coloured noise over a gradient: photo-like spectrum, not flat colour."""
-    img = np.zeros((h, w, 3), np.float32)
-    for cells, amp in ((4, 90.0), (16, 45.0), (64, 20.0), (160, 12.0)):
-        noise = rng.normal(0, 1, (cells, max(2, cells * w // h), 3)).astype(np.float32)
-        img += amp * cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img += (60 * np.sin(x / rng.uniform(20, 80)) + 40 * np.cos(y / rng.uniform(20, 80)))[..., None]
-    return np.clip(img + 128, 0, 255).astype(np.uint8)
-
-
 def make_folder(root: Path, n: int, seed: int = 0) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    paths = []
-    for k in range(n):
-        h, w = int(rng.integers(330, 380)), int(rng.integers(380, 440))
-        folder = root / f"c{k % CLASSES:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{k:05d}.jpg"
-        cv2.imwrite(str(path), natural_image(rng, h, w)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
+    """The benchmark's ImageFolder: ``n`` photo-like JPEGs, 330-380 x 380-440, CLASSES classes."""
+    return write_synthetic_imagefolder(root, n, CLASSES, seed, width=(380, 440), height=(330, 380),
+                                       class_signal=0.0)
 
 
 def cfg(train: Path, val: Path, backend: str, res: int, subset: int, batch: int):

@@ -25,13 +25,19 @@ class Dist:
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
+    """``cuda:LOCAL_RANK`` when every task sees all the node's GPUs (SLURM's default, torchrun);
+    ``cuda:0`` when the task sees exactly one (``--gpus-per-task``/``--gpu-bind``)."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            from imagenet_repro.config import ConfigError
+        from imagenet_repro.config import ConfigError
 
+        if not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        visible = torch.cuda.device_count()
+        index = 0 if visible == 1 else local_rank
+        if index >= visible:
+            raise ConfigError(f"LOCAL_RANK={local_rank} but this task sees only {visible} GPUs")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
@@ -41,7 +47,10 @@ def init_from_env(device_request: str) -> tuple[Dist, torch.device]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_request, local_rank)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        if device.type == "cuda":  # device_id binds NCCL to this rank's GPU (no guessing at barriers)
+            dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=device)
+        else:
+            dist.init_process_group("gloo", rank=rank, world_size=world_size)
     return Dist(rank, world_size, local_rank), device
 
 

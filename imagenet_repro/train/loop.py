@@ -45,6 +45,12 @@ EVAL_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
 _DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def cuda_backend_flags(deterministic: bool) -> None:
+    """cuDNN autotuning as ffcv-imagenet (``cudnn.benchmark``), unless the run must be deterministic."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -76,6 +82,8 @@ class Trainer:
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
 
         self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            cuda_backend_flags(cfg.train.deterministic)
         model = build_model(cfg.model, cfg.data.num_classes)
         self.channels_last = self.cuda and cfg.model.channels_last
         model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
