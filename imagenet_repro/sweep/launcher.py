@@ -64,7 +64,9 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], 
                missing: list[str], show_runs: bool = True, label: str = "") -> None:
     to_submit = [s for s in states if s.state in SUBMIT_STATES]
     c = counts(states)
-    axes = " x ".join(f"{len(v)} {SHORT_NAMES.get(k, k)}" for k, v in spec.axes.items()) or "no axes"
+    shapes = [" x ".join(f"{len(v)} {SHORT_NAMES.get(k, k)}" for k, v in g.axes.items()) or "no axes"
+              for g in spec.grids]
+    axes = shapes[0] if len(shapes) == 1 else f"{len(shapes)} grids: " + "; ".join(shapes)
     axes = f"{label} of the {axes} grid" if label else axes
     print(f"sweep {spec.name}: {len(runs)} runs ({axes}) in {spec.sweep_dir}, cluster {cluster}")
     print(f"  to submit: {len(to_submit)} (new {c.get('pending', 0)}, failed {c.get('failed', 0)});"

@@ -220,9 +220,9 @@ def _spec_error(exc: OmegaConfBaseException) -> str:
     """OmegaConf's complaint about the spec's shape, in the spec's words (one line)."""
     key = str(getattr(exc, "full_key", "") or "")
     if type(exc).__name__ == "ConfigKeyError" and key:
-        section, _, name = key.rpartition(".")
-        where = section or "the sweep spec"
-        schema = {"": SpecSchema, "slurm": SlurmSpec, "local": LocalSpec}.get(section)
+        schema = getattr(exc, "object_type", None)
+        where = {SlurmSpec: "slurm", LocalSpec: "local", GridSchema: "a grid"}.get(schema, "the sweep spec")
+        name = key.rpartition(".")[2]
         allowed = f" (allowed: {', '.join(sorted(schema.__dataclass_fields__))})" if schema else ""
         return f"unknown key in {where}: {name}{allowed}"
     return str(merge_error(exc))
