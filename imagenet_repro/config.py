@@ -57,6 +57,7 @@ class ModelConfig:
     blocks_per_stage: int = 1  # small_resnet only
     head_norm: bool = False  # small_resnet only: classifier = bias-free linear -> BatchNorm1d
     channels_last: bool = True  # used on CUDA only
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm:<name> only: passed to timm.create_model
 
 
 @dataclass
@@ -156,12 +157,13 @@ def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictCo
 
     raw = OmegaConf.merge(*[OmegaConf.create(layer) for layer in layers]) if layers else OmegaConf.create()
     optim_raw = raw.pop("optim", None) if "optim" in raw else None
-    optim_name = "sgd"
+    optim_name, optim_imports = "sgd", []
     if optim_raw is not None:
         if not isinstance(optim_raw, DictConfig):
             raise ConfigError("optim must be a mapping")
         optim_name = str(optim_raw.get("name", "sgd"))
-    optim_cls = optimizer_config_class(optim_name)  # raises ConfigError for an unknown name
+        optim_imports = optim_raw.get("imports", [])
+    optim_cls = optimizer_config_class(optim_name, optim_imports)  # raises ConfigError for an unknown name
 
     schema = OmegaConf.structured(RunConfig)
     schema.optim = OmegaConf.structured(optim_cls)
@@ -208,6 +210,9 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     if "betas" in o:
         _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
                  f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})")
+    from imagenet_repro.optim.registry import check_optim_config
+
+    check_optim_config(o)  # normalized_rule, corrected_decay, and the optimizer's own checks
     t = cfg.train
     _require(t.epochs > 0, f"train.epochs must be > 0 (got {t.epochs})")
     _require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda (got {t.device!r})")

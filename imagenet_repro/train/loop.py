@@ -32,6 +32,7 @@ from imagenet_repro import rundir
 from imagenet_repro.config import ConfigError, to_yaml
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import build_optimizer, predicted_ratio
+from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.train.checkpoint import load_checkpoint, save_checkpoint
 from imagenet_repro.train.distributed import Dist, all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
@@ -140,6 +141,9 @@ class Trainer:
             rundir.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
             manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
             manifest.update(build_manifest(self.dist.world_size, self.device, manifest))
+            manifest["param_groups"] = {"normalized_rule": self.cfg.optim.normalized_rule,
+                                        "corrected_decay": bool(getattr(self.optimizer, "corrects_decay", False)),
+                                        **group_summary(self.optimizer)}
             rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
         self._status("running", resumed_from_step=self.step if ckpt.exists() else None)
 
