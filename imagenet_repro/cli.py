@@ -80,7 +80,8 @@ def _figures(args: argparse.Namespace) -> int:
 def _inspect_model(args: argparse.Namespace) -> int:
     from imagenet_repro.optim.param_groups import print_param_table
 
-    print_param_table(args.model, num_classes=args.num_classes, decay_norm_and_bias=not args.no_decay_norm_and_bias)
+    print_param_table(args.model, num_classes=args.num_classes, decay_norm_and_bias=not args.no_decay_norm_and_bias,
+                      rule=args.rule)
     return 0
 
 
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="e.g. resnet50, small_resnet, timm:resnet50")
     i.add_argument("--num-classes", type=int, default=1000)
     i.add_argument("--no-decay-norm-and-bias", action="store_true")
+    i.add_argument("--rule", choices=["graph", "transformer"], default="graph",
+                   help="which weights count as normalized (optim.normalized_rule; default: graph)")
     i.set_defaults(fn=_inspect_model)
 
     dm = sub.add_parser("demo", help="Fashion-MNIST -> .beton -> sweep -> aggregate -> figures, on CPU")

@@ -90,6 +90,7 @@ class ModelConfig:
     blocks_per_stage: int = 1  # small_resnet only
     head_norm: bool = False  # small_resnet only: classifier = bias-free linear -> BatchNorm1d
     channels_last: bool = True  # used on CUDA only
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm:<name> only: passed to timm.create_model
 
 
 @dataclass
@@ -209,7 +210,8 @@ def _optim_section(layers: list[DictConfig]) -> Optional[DictConfig]:
             raise ConfigError("optim must be a mapping")
         new_name = section.get("name")
         if merged is not None and new_name is not None and str(new_name) != (name or "sgd"):
-            declared = {f.name for f in fields(optimizer_config_class(str(new_name)))}
+            imports = section.get("imports", merged.get("imports", []))
+            declared = {f.name for f in fields(optimizer_config_class(str(new_name), imports))} | {"imports"}
             merged = OmegaConf.create({k: v for k, v in merged.items() if k in declared})
         merged = section if merged is None else OmegaConf.merge(merged, section)
         name = str(new_name) if new_name is not None else name
@@ -226,8 +228,11 @@ def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictCo
     layers = [OmegaConf.create(layer) for layer in layers]
     optim_raw = _optim_section(layers)
     raw = OmegaConf.merge(*[_without_optim(layer) for layer in layers]) if layers else OmegaConf.create()
-    optim_name = str(optim_raw.get("name", "sgd")) if optim_raw is not None else "sgd"
-    optim_cls = optimizer_config_class(optim_name)  # raises ConfigError for an unknown name
+    optim_name, optim_imports = "sgd", []
+    if optim_raw is not None:
+        optim_name = str(optim_raw.get("name", "sgd"))
+        optim_imports = optim_raw.get("imports", [])
+    optim_cls = optimizer_config_class(optim_name, optim_imports)  # raises ConfigError for an unknown name
 
     schema = OmegaConf.structured(RunConfig)
     schema.optim = OmegaConf.structured(optim_cls)
@@ -330,7 +335,9 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
                  f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})")
     if "eps" in o:
         _require(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
+    from imagenet_repro.optim.registry import check_optim_config
 
+    check_optim_config(o)  # normalized_rule, corrected_decay, and the optimizer's own checks
     t = cfg.train
     _require(t.epochs > 0, f"train.epochs must be > 0 (got {t.epochs})")
     _require(t.label_smoothing >= 0 and t.label_smoothing < 1,

@@ -2,7 +2,7 @@
 CIFAR-style ResNet for 32x32 inputs that the CPU demo trains in minutes.
 
 Names: ``resnet50`` (any torchvision classification model name), ``timm:<name>``
-(any timm model), ``small_resnet`` (widths and blocks from the model config).
+(any timm model, built with ``model.kwargs``: e.g. a ViT sized for 32x32 images), ``small_resnet`` (widths and blocks from the model config).
 """
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import imagenet_repro  # noqa: F401  (torchvision compatibility shim first)
 import functools
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from imagenet_repro.config import ConfigError
 
 SMALL = "small_resnet"
 
@@ -80,7 +83,14 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     if cfg.name.startswith("timm:"):
         import timm
 
-        return timm.create_model(cfg.name[5:], pretrained=False, num_classes=num_classes)
+        kwargs = getattr(cfg, "kwargs", None) or {}
+        kwargs = OmegaConf.to_container(kwargs) if isinstance(kwargs, DictConfig) else dict(kwargs)
+        try:  # e.g. model.kwargs: {img_size: 32, patch_size: 4, depth: 6} for a small ViT
+            return timm.create_model(cfg.name[5:], pretrained=False, num_classes=num_classes, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"model.kwargs for {cfg.name}: {exc}") from None
+    if getattr(cfg, "kwargs", None):
+        raise ConfigError(f"model.kwargs is for timm:<name> models only (model.name is {cfg.name!r})")
     import torchvision
 
     return torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes)

@@ -1,4 +1,4 @@
-"""sgd/adamw match torch.optim; sgdc/adamc match the paper's equations written out by hand."""
+"""sgd/adamw match torch.optim; sgdc/adamc (and the corrected_decay switch) match the paper's equations."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,7 @@ import torch
 
 from imagenet_repro.optim.adamc import AdamC
 from imagenet_repro.optim.adamw import AdamW
+from imagenet_repro.optim.decay import correct
 from imagenet_repro.optim.sgd import SGD
 from imagenet_repro.optim.sgdc import SGDC
 
@@ -211,3 +212,65 @@ def test_bad_hyper_parameters_raise():
         SGDC([dict(params=p, lr_max=0.0)], lr=0.1)
     with pytest.raises(ValueError):
         AdamW(p, betas=(0.9, 1.0))
+
+
+# ---- the correction as a switch: decay.correct on any optimizer ------------------------------------
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("pair", [(SGD, SGDC, dict(momentum=0.9, nesterov=True)), (AdamW, AdamC, {}),
+                                  (torch.optim.SGD, SGDC, dict(momentum=0.9)), (torch.optim.AdamW, AdamC, {})],
+                         ids=["sgd", "adamw", "torch.SGD", "torch.AdamW"])
+def test_switch_on_a_plain_optimizer_equals_the_corrected_one(foreach, pair):
+    """correct(): our classes switch their decay hook, torch's get step hooks; both equal SGDC/AdamC."""
+    plain, corrected, kw = pair
+    ps = make_params(torch.float64)
+    switched = run(lambda g: correct(plain(g, lr=LR_MAX, foreach=foreach, **kw)), ps)
+    builtin = run(lambda g: corrected(g, lr=LR_MAX, foreach=foreach, **kw), ps)
+    assert all(torch.equal(a, b) for a, b in zip(switched, builtin))
+
+
+def test_corrected_decay_is_applied_per_step_and_the_groups_keep_the_nominal_decay():
+    ps = [p.clone().requires_grad_(True) for p in make_params()]
+    opt = correct(torch.optim.AdamW(groups_for(ps), lr=LR_MAX))
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append([g["weight_decay"] for g in o.param_groups]))
+    for group in opt.param_groups:
+        group["lr"] = LR_MAX / 4
+    set_grads(ps, 0)
+    opt.step()
+    assert seen == [[5e-2 / 4, 1e-2]]  # during the step: λ·γ_t/γ_max on the normalized group only
+    assert [g["weight_decay"] for g in opt.state_dict()["param_groups"]] == [5e-2, 1e-2]  # after: λ
+    assert correct(opt) is opt and len(opt._optimizer_step_pre_hooks) == 2  # a second switch is a no-op
+
+
+def test_a_step_that_raises_does_not_compound_the_correction():
+    class Failing(torch.optim.SGD):
+        fail = True
+
+        def step(self, closure=None):
+            if Failing.fail:
+                raise RuntimeError("boom")
+            return super().step(closure)
+
+    ps = [p.clone().requires_grad_(True) for p in make_params()]
+    opt = correct(Failing(groups_for(ps), lr=LR_MAX))
+    for group in opt.param_groups:
+        group["lr"] = LR_MAX / 2
+    with pytest.raises(RuntimeError):
+        opt.step()
+    Failing.fail = False
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["weight_decay"]))
+    set_grads(ps, 0)
+    opt.step()
+    # (the hooks may run twice: Failing.step and torch's SGD.step are both wrapped by torch)
+    assert seen and set(seen) == {5e-2 / 2} and opt.param_groups[0]["weight_decay"] == 5e-2
+
+
+def test_switch_predicted_ratio_follows_the_corrected_decay():
+    p = torch.zeros(3, requires_grad=True)
+    group = dict(params=[p], weight_decay=5e-4, lr_max=0.4, normalized=True)
+    sgd, sgdc = correct(SGD([dict(group)], lr=0.4, momentum=0.9)), SGDC([dict(group)], lr=0.4, momentum=0.9)
+    for opt in (sgd, sgdc):
+        opt.param_groups[0]["lr"] = 0.1
+    assert sgd.predicted_ratio(sgd.param_groups[0]) == pytest.approx(sgdc.predicted_ratio(sgdc.param_groups[0]))

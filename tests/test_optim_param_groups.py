@@ -136,3 +136,48 @@ def test_inspect_model_unknown_model_is_a_one_line_error(capsys):
     captured = capsys.readouterr()
     assert captured.err.strip() == "repro: error: unknown model name: 'no_such_net'"
     assert captured.out == ""
+
+
+# ---- optim.normalized_rule: graph (above) or the paper's transformer rule ----------------------
+
+def tiny_vit() -> nn.Module:
+    return build_model(ModelConfig(name="timm:vit_tiny_patch16_224",
+                                   kwargs={"img_size": 8, "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}),
+                       num_classes=10)
+
+
+def test_transformer_rule_counts_every_linear_layer_but_the_output_layer():
+    model = tiny_vit()
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert normalized_layers(model)[0] == set()  # pre-norm blocks: the graph rule finds nothing
+    names, method = normalized_layers(model, rule="transformer")
+    assert names == linears - {"head"} and len(names) == 8 and "'head'" in method
+    groups = {g["group"]: g for g in param_groups(model, 0.05, 1e-3, rule="transformer")}
+    assert set(groups["normalized"]["names"]) == {f"{n}.weight" for n in names}
+    assert "head.weight" in groups["other"]["names"] and "patch_embed.proj.weight" in groups["other"]["names"]
+    # a ResNet's output layer is its last linear layer: the rule leaves its convolutions out
+    assert normalized_layers(build_model(ModelConfig(name="small_resnet"), 10), rule="transformer")[0] == set()
+
+
+def test_normalized_rule_is_a_checked_config_key_and_reaches_the_optimizer(tmp_path):
+    from imagenet_repro.config import ConfigError, build_config
+    from imagenet_repro.optim import build_optimizer
+
+    data = {"train_path": str(tmp_path), "val_path": str(tmp_path), "num_classes": 10}
+    with pytest.raises(ConfigError, match="optim.normalized_rule must be graph or transformer"):
+        build_config({"data": data, "optim": {"normalized_rule": "all"}})
+    cfg = build_config({"data": data, "model": {"name": "timm:vit_tiny_patch16_224", "kwargs": {
+        "img_size": 8, "patch_size": 4, "embed_dim": 16, "depth": 2, "num_heads": 2}},
+        "optim": {"name": "adamc", "normalized_rule": "transformer"}})
+    opt = build_optimizer(build_model(cfg.model, 10), cfg.optim)
+    assert len(next(g for g in opt.param_groups if g["normalized"])["params"]) == 8
+
+
+def test_inspect_model_rule_flag(capsys):
+    assert cli.main(["inspect-model", "timm:vit_small_patch16_224", "--rule", "transformer"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip() and "." in line.split()[0]}
+    assert rows["blocks.0.attn.qkv.weight"][2] == "normalized" and rows["head.weight"][2] == "other"
+    assert "normalized_rule=transformer" in out and "normalized     48 tensors" in out
+    assert cli.main(["inspect-model", "timm:vit_small_patch16_224", "--rule", "graph"]) == 0
+    assert "normalized      0 tensors" in capsys.readouterr().out

@@ -119,3 +119,73 @@ def test_builtin_optimizers_build_from_config(data_paths, name):
     before = [p.detach().clone() for p in model.parameters()]
     one_step(model, opt)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+# ---- optimizers from outside the package: optim.imports ------------------------------------------
+
+MODULE = '''
+from dataclasses import dataclass
+import torch
+from imagenet_repro.optim import OptimConfig, register_optimizer
+
+@dataclass
+class HalfSGDConfig(OptimConfig):
+    name: str = "{name}"
+    factor: float = 0.5
+
+@register_optimizer("{name}", config=HalfSGDConfig)
+class HalfSGD(torch.optim.SGD):
+    def __init__(self, params, lr=0.1, weight_decay=0.0, factor=0.5):
+        super().__init__(params, lr=lr * factor, weight_decay=weight_decay)
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A user's optimizer module outside the package: a file, also importable by name."""
+    name = f"test_half_sgd_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text(MODULE.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name, tmp_path / f"{name}.py"
+    unregister_optimizer(name)
+
+
+@pytest.mark.parametrize("how", ["module", "file"])
+def test_optimizer_from_a_users_module_via_optim_imports(data_paths, user_module, how):
+    name, path = user_module
+    imports = [name] if how == "module" else [str(path)]
+    with pytest.raises(ConfigError, match="unknown optimizer name"):
+        small_config(data_paths, {"name": name})  # not known before the import
+    cfg = small_config(data_paths, {"imports": imports, "name": name, "lr": 0.2, "factor": 0.25})
+    model = build_model(cfg.model, num_classes=10)
+    opt = build_optimizer(model, cfg.optim)
+    assert type(opt).__name__ == "HalfSGD" and opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert {g["group"] for g in opt.param_groups} >= {"normalized", "other"}
+    one_step(model, opt)
+    # importing the same thing again (every sweep point builds a config) registers nothing twice
+    small_config(data_paths, {"imports": imports, "name": name})
+
+
+def test_optim_imports_errors_are_one_line(data_paths, tmp_path):
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no\\nway')\n")
+    for imports, message in (([str(tmp_path / "missing.py")], "file not found"),
+                             (["no_such_module_xyz"], "cannot import 'no_such_module_xyz': ModuleNotFoundError"),
+                             ([str(tmp_path / "broken.py")], "RuntimeError: no$")):
+        with pytest.raises(ConfigError, match=message):
+            small_config(data_paths, {"imports": imports, "name": "sgd"})
+
+
+def test_sweep_resolves_a_users_optimizer_from_the_base_config(tmp_path, user_module, data_paths):
+    from imagenet_repro.sweep.spec import load_spec, resolve_runs
+
+    name, path = user_module
+    base = tmp_path / "base.yaml"
+    base.write_text(f"data: {{train_path: {data_paths['train_path']}, val_path: {data_paths['val_path']}, "
+                    f"num_classes: 10}}\nmodel: {{name: small_resnet}}\noptim: {{imports: ['{path}']}}\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: s\nruns_root: {tmp_path / 'runs'}\nbase: {base}\n"
+                    f"axes:\n  optimizer: [sgd, {name}]\n  optim.lr: [0.1, 0.2]\ngpu_hours_per_run: 0\n")
+    runs = resolve_runs(load_spec(spec))
+    assert sorted(r.config["optim"]["name"] for r in runs) == sorted(["sgd", "sgd", name, name])
+    assert all(r.config["optim"]["imports"] == [str(path)] for r in runs)
+    assert {r.config["optim"].get("factor") for r in runs} == {None, 0.5}

@@ -1,9 +1,9 @@
-"""Optimizers of the paper (SGD, SGDC, AdamW, AdamC), their registry and parameter groups."""
+"""Optimizers of the paper (SGD, SGDC, AdamW, AdamC) on torch.optim, the registry, library
+optimizers by name, the corrected-decay switch and the parameter groups."""
 from imagenet_repro.optim.registry import (  # noqa: F401
     OptimConfig,
     available_optimizers,
     build_optimizer,
-    optimizer_class,
     optimizer_config_class,
     predicted_ratio,
     register_optimizer,

@@ -7,16 +7,17 @@ except that on groups marked ``normalized``
 .. math::  \lambda_t = \lambda \, \gamma_t / \gamma_{\max},
 
 so the decoupled decay applied per step is :math:`\gamma_t^2 \lambda / \gamma_{\max}`,
-with :math:`\gamma_t` the group's current ``lr`` and :math:`\gamma_{\max}` its ``lr_max``
-(the schedule's peak LR).  Other groups keep :math:`\lambda`.  With
-:math:`\gamma_t = \gamma_{\max}` AdamC computes bit for bit what AdamW computes.
+Algorithm 1's line 12, with :math:`\gamma_t` the group's current ``lr`` and
+:math:`\gamma_{\max}` its ``lr_max`` (the schedule's peak LR).  Other groups keep
+:math:`\lambda`.  With :math:`\gamma_t = \gamma_{\max}` AdamC computes bit for bit what
+AdamW computes.  ``adamw`` with ``optim.corrected_decay: true`` is the same optimizer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from imagenet_repro.optim.adamw import AdamW, AdamWConfig
-from imagenet_repro.optim.param_groups import corrected_weight_decay
+from imagenet_repro.optim.decay import corrected_weight_decay
 from imagenet_repro.optim.registry import register_optimizer
 
 
@@ -28,6 +29,8 @@ class AdamCConfig(AdamWConfig):
 @register_optimizer("adamc", config=AdamCConfig)
 class AdamC(AdamW):
     """AdamW whose decay on normalized groups follows the LR schedule: λ·γ_t/γ_max."""
+
+    corrects_decay = True
 
     def decay(self, group: dict) -> float:
         return corrected_weight_decay(group)

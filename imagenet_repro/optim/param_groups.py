@@ -13,8 +13,13 @@ and weight decay alone sets its norm.  Detection reads the model graph:
    autograd graph; a layer is normalized when every consumer of its output is a norm
    module's node (every call of a shared layer must qualify).
 
+That is ``optim.normalized_rule: graph`` (the default), right for ResNets.  In a
+pre-norm transformer the norm comes *before* each linear layer, so the graph rule finds
+almost none; ``optim.normalized_rule: transformer`` is the paper's rule for them (Sec. 6):
+every linear layer except the network's output layer.
+
 Groups (each a dict for ``torch.optim``): ``normalized`` (decay λ, corrected to
-λ·γ_t/γ_max by SGDC/AdamC), ``other`` (λ), ``norm-affine`` and ``bias`` (λ if
+λ·γ_t/γ_max by SGDC/AdamC or ``optim.corrected_decay``), ``other`` (λ), ``norm-affine`` and ``bias`` (λ if
 ``decay_norm_and_bias`` else 0).  Every group has ``params``, ``names`` (same order),
 ``weight_decay``, ``lr_max``, ``normalized`` and ``group`` (its kind).
 """
@@ -124,17 +129,43 @@ def _normalized_by_hooks(model: nn.Module, example_input: Optional[torch.Tensor]
     return {name for name, ok in verdict.items() if ok}
 
 
-def normalized_layers(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> tuple[set[str], str]:
-    """Names of conv/linear modules whose output feeds a norm layer, and the method used."""
+def output_layer(model: nn.Module) -> Optional[str]:
+    """Name of the network's output layer: timm's ``get_classifier()``, else the last
+    ``nn.Linear`` registered (torchvision's ``fc`` / ``heads.head``)."""
+    names = {m: n for n, m in model.named_modules()}
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
+        if isinstance(head, nn.Linear) and head in names:
+            return names[head]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def normalized_layers(model: nn.Module, example_input: Optional[torch.Tensor] = None,
+                      rule: str = "graph") -> tuple[set[str], str]:
+    """Names of the modules whose weights count as normalized, and how they were found.
+
+    ``graph``: conv/linear modules whose output feeds a norm layer (fx, else hooks).
+    ``transformer``: the paper's rule for transformers (Sec. 6), every ``nn.Linear``
+    except the output layer (:func:`output_layer`); convolutions (a ViT's patch
+    embedding) are not linear layers and do not count."""
+    if rule == "transformer":
+        head = output_layer(model)
+        linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != head}
+        return linears, f"the transformer rule (every linear layer except the output layer {head!r})"
+    if rule != "graph":
+        raise ConfigError(f"normalized rule must be graph or transformer (got {rule!r})")
     try:
         return _normalized_by_fx(model), "fx"
     except Exception:  # data-dependent control flow, unsupported ops...: trace by running it
         return _normalized_by_hooks(model, example_input), "hooks"
 
 
-def classify(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> list[tuple[str, nn.Parameter, str]]:
+def classify(model: nn.Module, example_input: Optional[torch.Tensor] = None,
+             rule: str = "graph") -> list[tuple[str, nn.Parameter, str]]:
     """(name, parameter, kind) for every trainable parameter, kind in :data:`KINDS`."""
-    return _classify(model, normalized_layers(model, example_input)[0])
+    return _classify(model, normalized_layers(model, example_input, rule)[0])
 
 
 def _classify(model: nn.Module, normalized: set[str]) -> list[tuple[str, nn.Parameter, str]]:
@@ -161,10 +192,10 @@ def _classify(model: nn.Module, normalized: set[str]) -> list[tuple[str, nn.Para
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr_max: float, decay_norm_and_bias: bool = True,
-                 example_input: Optional[torch.Tensor] = None) -> list[dict]:
+                 example_input: Optional[torch.Tensor] = None, rule: str = "graph") -> list[dict]:
     """Optimizer parameter groups (non-empty ones, in the order of :data:`KINDS`)."""
     buckets: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in KINDS}
-    for name, p, kind in classify(model, example_input):
+    for name, p, kind in classify(model, example_input, rule):
         buckets[kind].append((name, p))
     groups = []
     for kind in KINDS:
@@ -179,13 +210,27 @@ def param_groups(model: nn.Module, weight_decay: float, lr_max: float, decay_nor
 
 def _rule(kind: str, decay_norm_and_bias: bool) -> str:
     if kind == "normalized":
-        return "λ (sgd, adamw); λ·γ_t/γ_max (sgdc, adamc)"
+        return "λ; λ·γ_t/γ_max when corrected (sgdc, adamc, optim.corrected_decay)"
     if kind == "other" or decay_norm_and_bias:
         return "λ"
     return "0"
 
 
-def print_param_table(model_name: str, num_classes: int = 1000, decay_norm_and_bias: bool = True) -> None:
+def group_summary(optimizer: torch.optim.Optimizer) -> dict:
+    """Tensors and values per group kind, and the normalized tensors' names (for the run's manifest)."""
+    out: dict = {}
+    for g in optimizer.param_groups:
+        kind = g.get("group", "normalized" if g.get("normalized") else "other")
+        entry = out.setdefault(kind, {"tensors": 0, "values": 0})
+        entry["tensors"] += len(g["params"])
+        entry["values"] += sum(p.numel() for p in g["params"])
+        if g.get("normalized"):
+            entry.setdefault("names", []).extend(g.get("names", []))
+    return out
+
+
+def print_param_table(model_name: str, num_classes: int = 1000, decay_norm_and_bias: bool = True,
+                      rule: str = "graph") -> None:
     """Print every parameter of a named model with its group and decay rule (``repro inspect-model``)."""
     from imagenet_repro.config import ModelConfig
     from imagenet_repro.models import build_model, known_model
@@ -195,7 +240,7 @@ def print_param_table(model_name: str, num_classes: int = 1000, decay_norm_and_b
     if num_classes <= 0:
         raise ConfigError(f"--num-classes must be > 0 (got {num_classes})")
     model = build_model(ModelConfig(name=model_name), num_classes)
-    normalized, method = normalized_layers(model)
+    normalized, method = normalized_layers(model, rule=rule)
     classified = _classify(model, normalized)
     rows = [(name, "x".join(map(str, p.shape)), kind, _rule(kind, decay_norm_and_bias)) for name, p, kind in classified]
     header = ("parameter", "shape", "group", "weight decay")
@@ -204,18 +249,9 @@ def print_param_table(model_name: str, num_classes: int = 1000, decay_norm_and_b
     print(fmt.format(*header))
     for row in rows:
         print(fmt.format(*row))
-    print(f"\n{model_name}: normalized layers detected by {method}")
+    print(f"\n{model_name}: normalized_rule={rule}; normalized layers from {method}")
     for kind in KINDS:
         sel = [p for _, p, k in classified if k == kind]
         print(f"  {kind:<12} {len(sel):4d} tensors {sum(p.numel() for p in sel):>12,d} values"
               f"  decay {_rule(kind, decay_norm_and_bias)}")
 
-
-def corrected_weight_decay(group: dict) -> float:
-    """The paper's corrected decay for a param group: λ·γ_t/γ_max on normalized groups, λ elsewhere.
-
-    The ratio is taken first, so γ_t == γ_max gives exactly λ (λ * 1.0) and the corrected
-    optimizers then equal their plain versions bit for bit."""
-    if not group["normalized"]:
-        return group["weight_decay"]
-    return group["weight_decay"] * (group["lr"] / group["lr_max"])

@@ -1,27 +1,43 @@
-"""Optimizer registry: ``@register_optimizer("name", config=SomeConfig)``.
+"""Optimizer registry: ``@register_optimizer("name", config=SomeConfig)``, and where names come from.
 
-Adding an optimizer is one new file in this folder: a config dataclass (subclass of
-:class:`OptimConfig`) declaring its hyper-parameters, and a ``torch.optim.Optimizer``
-subclass decorated with ``@register_optimizer``.  The class must accept
-``(params, **config_fields_except_name)`` and may define
-``predicted_ratio(group) -> float`` giving the theory's steady-state ||g||/||x|| for a
+``optim.name`` is looked up in this order:
+
+1. a registered name: the built-ins of this folder (``sgd``, ``sgdc``, ``adamw``,
+   ``adamc``), anything registered by a module listed in ``optim.imports`` (module
+   names or ``.py`` files, imported before the name is looked up), and anything
+   registered by a module named in an installed package's entry points, group
+   ``imagenet_repro.optimizers``;
+2. ``<module>:<name>``: a maintained library's optimizer (:mod:`.library`), e.g.
+   ``timm:lion`` or ``pytorch_optimizer:Lion``.
+
+A registered optimizer is a config dataclass (subclass of :class:`OptimConfig`)
+declaring its hyper-parameters and a ``torch.optim.Optimizer`` subclass that accepts
+``(param_groups, lr=..., weight_decay=..., **other_config_fields)``; it may define
+``predicted_ratio(group) -> float``, the theory's steady-state ||g||/||x|| for a
 normalized layer of that group (NaN where the paper gives none).
 
-Every parameter group handed to an optimizer carries two extra keys:
-``normalized`` (the weights feed a normalization layer; see ``param_groups``) and
-``lr_max`` (the schedule's peak LR γ_max, set explicitly by the schedule).
+Every parameter group handed to an optimizer carries two extra keys: ``normalized``
+(see :mod:`.param_groups`) and ``lr_max`` (the schedule's peak LR γ_max).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
 import math
 import pkgutil
-from dataclasses import dataclass, fields
-from typing import Callable, Type
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import torch
 
 from imagenet_repro.config import ConfigError
+
+ENTRY_POINT_GROUP = "imagenet_repro.optimizers"
+RULES = ("graph", "transformer")
 
 
 @dataclass
@@ -30,20 +46,31 @@ class OptimConfig:
     lr: float = 0.1  # peak learning rate γ_max
     weight_decay: float = 5e-5  # λ
     decay_norm_and_bias: bool = True  # apply λ to norm-layer affine params and biases too
+    corrected_decay: bool = False  # λ·γ_t/γ_max on normalized groups, for any optimizer (optim.decay.correct)
+    normalized_rule: str = "graph"  # graph: conv/linear feeding a norm layer; transformer: every linear but the output layer
+    imports: list[str] = field(default_factory=list)  # modules or .py files to import first (they register optimizers)
+
+
+SUITE_KEYS = frozenset(f.name for f in fields(OptimConfig)) - {"lr", "weight_decay"}  # not constructor arguments
 
 
 @dataclass(frozen=True)
 class _Entry:
     name: str
-    cls: Type[torch.optim.Optimizer]
+    cls: Callable[..., torch.optim.Optimizer]
     config: type
+    accepts: Optional[frozenset[str]] = None  # constructor keywords (library optimizers); None: every config field
 
 
 _REGISTRY: dict[str, _Entry] = {}
-_LOADED = False
+_LIBRARY: dict[str, _Entry] = {}
+_LOADED: set[str] = set()  # built-in modules and entry points imported so far
 
 
 def register_optimizer(name: str, config: type = OptimConfig) -> Callable[[type], type]:
+    if ":" in name:
+        raise ValueError(f"optimizer name {name!r}: ':' is reserved for library optimizers (timm:lion)")
+
     def decorate(cls: type) -> type:
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"optimizer {name!r} is already registered")
@@ -59,46 +86,142 @@ def unregister_optimizer(name: str) -> None:
 
 
 def _load_builtin() -> None:
-    """Import every module of this package once so their decorators run."""
-    global _LOADED
-    if _LOADED:
+    """Import every module of this package once, so their decorators run."""
+    if "builtin" in _LOADED:
         return
-    _LOADED = True
+    _LOADED.add("builtin")
     package = importlib.import_module("imagenet_repro.optim")
     for info in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"imagenet_repro.optim.{info.name}")
 
 
+def _load_entry_points() -> None:
+    """Import the modules that installed packages name under ``imagenet_repro.optimizers``."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value in _LOADED:
+            continue
+        _LOADED.add(ep.value)
+        try:
+            ep.load()
+        except Exception as exc:
+            raise ConfigError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}): {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def import_modules(imports: Iterable[str]) -> None:
+    """Import ``optim.imports``: dotted module names, or paths of ``.py`` files (relative to
+    the working directory).  Each is imported once per process; its decorators register."""
+    for item in [imports] if isinstance(imports, str) else imports:
+        item = str(item)
+        try:
+            if item.endswith(".py"):
+                path = Path(item).resolve()
+                if not path.is_file():
+                    raise ConfigError(f"optim.imports: file not found: {item}")
+                module_name = f"_repro_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+                if module_name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+            else:
+                importlib.import_module(item)
+        except ConfigError:
+            raise
+        except Exception as exc:  # ImportError, SyntaxError, an error the module raises
+            raise ConfigError(f"optim.imports: cannot import {item!r}: {_one_line(exc)}") from None
+
+
 def available_optimizers() -> list[str]:
+    """Registered names (library optimizers are named ``<module>:<name>`` on demand)."""
     _load_builtin()
+    _load_entry_points()
     return sorted(_REGISTRY)
 
 
 def _entry(name: str) -> _Entry:
     _load_builtin()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        if name not in _LIBRARY:
+            from imagenet_repro.optim import library
+
+            cls = library.optimizer_class(name)
+            config, accepts = library.config_class(name, cls, OptimConfig)
+            _LIBRARY[name] = _Entry(name, cls, config, accepts)
+        return _LIBRARY[name]
+    _load_entry_points()
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown optimizer name: {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+        raise ConfigError(f"unknown optimizer name: {name!r} (known: {', '.join(sorted(_REGISTRY))}; "
+                          f"or a library's, e.g. timm:lion, pytorch_optimizer:Lion)")
     return _REGISTRY[name]
 
 
-def optimizer_config_class(name: str) -> type:
+def optimizer_config_class(name: str, imports: Iterable[str] = ()) -> type:
+    """The config dataclass of optimizer ``name``, after importing ``imports``."""
+    import_modules(imports)
     return _entry(name).config
 
 
-def optimizer_class(name: str) -> Type[torch.optim.Optimizer]:
-    return _entry(name).cls
+def _constructor_kwargs(entry: _Entry, cfg) -> dict:
+    kwargs = {}
+    for f in fields(entry.config):
+        if f.name in SUITE_KEYS or (entry.accepts is not None and f.name not in entry.accepts):
+            continue
+        value = getattr(cfg, f.name)
+        kwargs[f.name] = tuple(value) if isinstance(value, list) or type(value).__name__ == "ListConfig" else value
+    return kwargs
+
+
+def _probe_groups(cfg) -> list[dict]:
+    p = torch.zeros(2, 2, requires_grad=True)
+    return [{"params": [p], "names": ["probe"], "weight_decay": float(cfg.weight_decay), "lr_max": float(cfg.lr),
+             "normalized": True, "group": "normalized"}]
+
+
+def check_optim_config(cfg) -> None:
+    """What the config schema cannot check: the rule's name, the switch's preconditions, and
+    that the optimizer accepts these hyper-parameters (built once on a one-value tensor)."""
+    if cfg.normalized_rule not in RULES:
+        raise ConfigError(f"optim.normalized_rule must be {' or '.join(RULES)} (got {cfg.normalized_rule!r})")
+    entry = _entry(cfg.name)
+    if entry.accepts is not None and "weight_decay" not in entry.accepts:
+        if cfg.weight_decay != 0 or cfg.corrected_decay:
+            raise ConfigError(f"optimizer {cfg.name!r} takes no weight_decay: set optim.weight_decay=0 "
+                              f"and optim.corrected_decay=false")
+    if cfg.corrected_decay and getattr(cfg, "corrected_weight_decay", False):
+        raise ConfigError("optim.corrected_decay and the library's own optim.corrected_weight_decay are both on; "
+                          "keep one (corrected_decay corrects normalized groups only, as the paper does)")
+    try:
+        entry.cls(_probe_groups(cfg), **_constructor_kwargs(entry, cfg))
+    except Exception as exc:  # ValueError / TypeError of the optimizer's own checks
+        raise ConfigError(f"optim: {cfg.name} refuses these settings: {_one_line(exc)}") from None
 
 
 def build_optimizer(model: torch.nn.Module, cfg, example_input: torch.Tensor | None = None) -> torch.optim.Optimizer:
     """Optimizer for ``model`` from an optim config section (DictConfig or dataclass)."""
+    from imagenet_repro.optim.decay import correct
     from imagenet_repro.optim.param_groups import param_groups
 
+    import_modules(getattr(cfg, "imports", ()))
     entry = _entry(cfg.name)
-    kwargs = {f.name: getattr(cfg, f.name) for f in fields(entry.config) if f.name not in ("name", "decay_norm_and_bias")}
-    kwargs = {k: (tuple(v) if isinstance(v, (list,)) or type(v).__name__ == "ListConfig" else v) for k, v in kwargs.items()}
     groups = param_groups(model, weight_decay=cfg.weight_decay, lr_max=cfg.lr,
-                          decay_norm_and_bias=cfg.decay_norm_and_bias, example_input=example_input)
-    return entry.cls(groups, **kwargs)
+                          decay_norm_and_bias=cfg.decay_norm_and_bias, example_input=example_input,
+                          rule=getattr(cfg, "normalized_rule", "graph"))
+    optimizer = entry.cls(groups, **_constructor_kwargs(entry, cfg))
+    if getattr(cfg, "corrected_decay", False):
+        correct(optimizer)
+    return optimizer
 
 
 def predicted_ratio(optimizer: torch.optim.Optimizer, group: dict) -> float:

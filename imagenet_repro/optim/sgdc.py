@@ -11,13 +11,14 @@ Putting :math:`\lambda_t` into the steady-state balance of SGD gives
 :math:`\|g\|/\|x\| = \sqrt{2\lambda_t(1-\beta)/\gamma_t} = \sqrt{2\lambda(1-\beta)/\gamma_{\max}}`,
 independent of the schedule: the end-of-training rise of the gradient norm disappears.
 With :math:`\gamma_t = \gamma_{\max}` SGDC computes bit for bit what SGD computes.
+``sgd`` with ``optim.corrected_decay: true`` is the same optimizer.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from imagenet_repro.optim.param_groups import corrected_weight_decay
+from imagenet_repro.optim.decay import corrected_weight_decay
 from imagenet_repro.optim.registry import register_optimizer
 from imagenet_repro.optim.sgd import SGD, SGDConfig
 
@@ -30,6 +31,8 @@ class SGDCConfig(SGDConfig):
 @register_optimizer("sgdc", config=SGDCConfig)
 class SGDC(SGD):
     """SGD whose decay on normalized groups follows the LR schedule: λ·γ_t/γ_max."""
+
+    corrects_decay = True
 
     def decay(self, group: dict) -> float:
         return corrected_weight_decay(group)

@@ -34,6 +34,7 @@ from imagenet_repro import rundir
 from imagenet_repro.config import ConfigError, check_placement, to_yaml
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import build_optimizer, predicted_ratio
+from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.sweep.claims import process_start
 from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
 from imagenet_repro.train.distributed import Dist, all_reduce_sum, init_from_env, shutdown
@@ -166,6 +167,9 @@ class Trainer:
             rundir.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
             manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
             manifest.update(build_manifest(self.dist.world_size, self.device, manifest))
+            manifest["param_groups"] = {"normalized_rule": self.cfg.optim.normalized_rule,
+                                        "corrected_decay": bool(getattr(self.optimizer, "corrects_decay", False)),
+                                        **group_summary(self.optimizer)}
             rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
         # (always written, so a later resume never shows an earlier one's fallback)
         extra = {"resumed_from": pos["path"].name if pos else None, "skipped_checkpoints": pos["skipped"] if pos else []}

@@ -1,0 +1,119 @@
+"""Library optimizers by name (timm:<name>, <module>:<Class>) and the corrected_decay switch on them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagenet_repro import cli
+from imagenet_repro.config import ConfigError, build_config
+from imagenet_repro.models import build_model
+from imagenet_repro.optim import build_optimizer, predicted_ratio
+
+LIONS = ["timm:lion", "pytorch_optimizer:Lion"]
+
+
+@pytest.fixture
+def data_paths(tmp_path: Path) -> dict:
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.beton").write_bytes(b"x")
+    return {"train_path": str(tmp_path / "train.beton"), "val_path": str(tmp_path / "val.beton"), "num_classes": 10}
+
+
+def config(data_paths: dict, **optim):
+    return build_config({"model": {"name": "small_resnet", "widths": [4, 8]}, "data": data_paths, "optim": optim})
+
+
+def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("name", LIONS + ["torch.optim:RAdam"])
+def test_library_optimizer_is_built_with_the_suites_groups_and_trains(data_paths, name):
+    extra = {"betas": [0.8, 0.95]}
+    cfg = config(data_paths, name=name, lr=1e-3, weight_decay=0.5, decay_norm_and_bias=False, **extra)
+    assert list(cfg.optim.betas) == [0.8, 0.95] and cfg.optim.name == name
+    model = build_model(cfg.model, num_classes=10)
+    opt = build_optimizer(model, cfg.optim)
+    assert type(opt).__module__.split(".")[0] == name.split(":")[0].split(".")[0]
+    kinds = {g["group"]: g for g in opt.param_groups}
+    assert set(kinds) == {"normalized", "other", "norm-affine", "bias"}
+    assert kinds["normalized"]["normalized"] and all(g["lr_max"] == 1e-3 and g["lr"] == 1e-3 for g in opt.param_groups)
+    assert kinds["other"]["weight_decay"] == 0.5 and kinds["bias"]["weight_decay"] == 0.0
+    assert all(tuple(g["betas"]) == (0.8, 0.95) for g in opt.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    one_step(model, opt)
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert predicted_ratio(opt, kinds["normalized"]) != predicted_ratio(opt, kinds["normalized"])  # NaN: no theory
+
+
+def test_library_hyper_parameters_are_checked_against_the_constructor(data_paths):
+    with pytest.raises(ConfigError, match="unknown config key: optim.eps"):
+        config(data_paths, name="timm:lion", eps=1e-8)  # Lion has no eps
+    with pytest.raises(ConfigError, match="unknown config key: optim.use_gc"):
+        config(data_paths, name="pytorch_optimizer:Lion", use_gc=True)  # taken by its **kwargs, not a key
+    with pytest.raises(ConfigError, match="refuses these settings"):
+        config(data_paths, name="torch.optim:RAdam", eps=-1.0)  # the class's own check, at config time
+    with pytest.raises(ConfigError, match="unknown optimizer name: 'timm:no_such_opt'"):
+        config(data_paths, name="timm:no_such_opt")
+    with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
+        config(data_paths, name="no_such_module:Lion")
+    with pytest.raises(ConfigError, match="has no torch.optim.Optimizer named 'Linear'"):
+        config(data_paths, name="torch.nn:Linear")
+    with pytest.raises(ConfigError, match="both on"):
+        config(data_paths, name="timm:lion", corrected_decay=True, corrected_weight_decay=True)
+
+
+def test_cli_unknown_library_key_is_one_line_exit_2(tmp_path, capsys, data_paths):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"data: {{train_path: {data_paths['train_path']}, val_path: {data_paths['val_path']}}}\n")
+    out = tmp_path / "run"
+    assert cli.main(["train", str(exp), "optim.name=pytorch_optimizer:Lion", "optim.momentum=0.9",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "repro: error: unknown config key: optim.momentum" and not out.exists()
+
+
+@pytest.mark.parametrize("name", LIONS)
+@pytest.mark.parametrize("corrected", [False, True])
+def test_switch_on_a_library_lion_makes_the_decay_follow_the_schedule(data_paths, name, corrected):
+    """With zero gradients Lion's update is sign(0) = 0, so one step only decays:
+    x <- (1 - γ_t λ_t) x, with λ_t = λ γ_t/γ_max on normalized groups under the switch."""
+    lam, lr_max = 0.5, 0.1
+    cfg = config(data_paths, name=name, lr=lr_max, weight_decay=lam, corrected_decay=corrected)
+    model = build_model(cfg.model, num_classes=10)
+    opt = build_optimizer(model, cfg.optim)
+    for lr in (lr_max, lr_max / 4, lr_max / 20):
+        for group in opt.param_groups:
+            group["lr"] = lr
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        before = {id(p): p.detach().clone() for p in model.parameters()}
+        opt.step()
+        for group in opt.param_groups:
+            lam_t = lam * lr / lr_max if (corrected and group["normalized"]) else group["weight_decay"]
+            for p in group["params"]:
+                torch.testing.assert_close(p.detach(), before[id(p)] * (1 - lr * lam_t), rtol=1e-6, atol=0)
+            assert group["weight_decay"] in (lam, 0.0)  # the nominal λ is back after the step
+    assert getattr(opt, "corrects_decay", False) is corrected
+
+
+@pytest.mark.parametrize("plain,builtin", [("adamw", "adamc"), ("sgd", "sgdc")])
+def test_switch_gives_identical_updates_to_the_builtin_corrected_optimizer(data_paths, plain, builtin):
+    models, opts = [], []
+    for name, switch in ((plain, True), (builtin, False)):
+        cfg = config(data_paths, name=name, lr=0.05, weight_decay=0.1, corrected_decay=switch)
+        torch.manual_seed(1)
+        models.append(build_model(cfg.model, num_classes=10))
+        opts.append(build_optimizer(models[-1], cfg.optim))
+    for t in range(6):
+        for model, opt in zip(models, opts):
+            for group in opt.param_groups:
+                group["lr"] = 0.05 * (1 - t / 6)
+            one_step(model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
