@@ -40,8 +40,12 @@ def test_optimizer_section_follows_the_chosen_optimizer(experiment: Path) -> Non
                              f"data.train_path={experiment}", f"data.val_path={experiment}"])
     assert list(cfg.optim.betas) == [0.9, 0.95] and cfg.optim.eps == 1e-8
     assert "momentum" not in cfg.optim
+    # switching family drops the YAML's SGD momentum (it belonged to the replaced optimizer) ...
+    switched = load_config(experiment, ["optim.name=adamw"])
+    assert switched.optim.name == "adamw" and "momentum" not in switched.optim
+    # ... but a key given together with the new optimizer must be one it declares
     with pytest.raises(ConfigError, match="unknown config key: optim.momentum"):
-        load_config(experiment, ["optim.name=adamw"])  # the YAML's SGD momentum means nothing to AdamW
+        load_config(experiment, ["optim.name=adamw", "optim.momentum=0.9"])
 
 
 def test_config_hash_is_stable_and_ignores_name(experiment: Path) -> None:
