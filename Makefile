@@ -5,7 +5,7 @@ REPRO := $(VENV)/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test rehearse sweep status aggregate figures bench slurm-up slurm-down
+.PHONY: help install demo test lint rehearse sweep status aggregate figures bench slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ install:  ## check (as root: install) the build's libraries, make the venv (VENV
 demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures in results/demo/
 	$(REPRO) demo
 
-test: install  ## run the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo)
+test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo, rehearsals)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff (pyflakes + import order) over the whole tree
+	$(VENV)/bin/ruff check .
 
 rehearse: install  ## run every distinct variant of SPEC small (kill + exact resume + figures) before launching it
 	$(REPRO) sweep $(SPEC) --rehearse
