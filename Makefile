@@ -4,7 +4,7 @@ REPRO := .venv/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test sweep status aggregate figures bench slurm-up slurm-down
+.PHONY: help install demo test sweep status aggregate figures report bench slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -12,7 +12,7 @@ help:  ## list the targets
 install:  ## set up system packages, .venv, torch and the package (fast when done)
 	@scripts/setup.sh
 
-demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures in results/demo/
+demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures -> report in results/demo/
 	$(REPRO) demo
 
 test: install  ## run the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo)
@@ -29,6 +29,9 @@ aggregate: install  ## collect SPEC's runs into results/<sweep>/runs.parquet and
 
 figures: install  ## draw SPEC's figures into results/<sweep>/figures/
 	$(REPRO) figures $(SPEC)
+
+report: install  ## write results/<sweep>/report.html (status, best configs, paired stats, figures, theory)
+	$(REPRO) report $(SPEC)
 
 bench: install  ## run benchmarks/ (JSON to results/bench/)
 	$(REPRO) bench

@@ -79,6 +79,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 disables; norms are logged before clipping
     progress: bool = True  # tqdm bar on rank 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
+    eval_every_steps: int = 0  # >0: also evaluate every N global steps (0: at epoch ends only)
+    eval_subset: int = 0  # images of those intermediate evals (first N of val; 0: whole val set)
+    tensorboard: bool = False  # TensorBoard scalars in <run>/tensorboard/, written at each telemetry flush
 
 
 @dataclass
@@ -213,6 +216,8 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     _require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda (got {t.device!r})")
     _require(t.label_smoothing >= 0 and t.label_smoothing < 1,
              f"train.label_smoothing must be in [0, 1) (got {t.label_smoothing})")
+    _require(t.eval_every_steps >= 0, f"train.eval_every_steps must be >= 0 (got {t.eval_every_steps})")
+    _require(t.eval_subset >= 0, f"train.eval_subset must be >= 0 (got {t.eval_subset})")
     d = cfg.data
     _require(d.backend in ("ffcv", "torchvision"), f"data.backend must be ffcv or torchvision (got {d.backend!r})")
     _require(d.dataset in ("imagenet", "fashion_mnist", "imagefolder"),

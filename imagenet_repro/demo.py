@@ -2,7 +2,8 @@
 
 Fashion-MNIST (Debian's ``dataset-fashion-mnist``) -> FFCV ``.beton`` files -> the grid in
 ``sweeps/demo.yaml`` through ``repro sweep`` (SLURM if ``sbatch`` is on PATH, else
-submitit's local executor) -> ``repro aggregate`` -> ``repro figures`` into ``results/demo/``.
+submitit's local executor) -> ``repro aggregate`` -> ``repro figures`` -> ``repro report``
+(``results/demo/report.html``) into ``results/demo/``.
 Each stage is skipped when its output is already there, so a re-run only redoes what is missing.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ DATA_DIR = Path("data/fashion_mnist")
 def run_demo(spec: str, cluster: str = "auto") -> int:
     from imagenet_repro.analysis.aggregate import aggregate_sweep
     from imagenet_repro.analysis.figures import make_figures
+    from imagenet_repro.analysis.report import make_report
     from imagenet_repro.data import writer
     from imagenet_repro.sweep.launcher import launch
 
@@ -25,8 +27,9 @@ def run_demo(spec: str, cluster: str = "auto") -> int:
         writer.write_fashion_mnist(DATA_DIR, source=writer.FASHION_MNIST_DIR, size=32, num_workers=2)
     print(f"demo: sweep {spec}", flush=True)
     code = launch(spec, cluster=cluster, dry_run=False, only=[], wait=True)
-    print("demo: aggregate and figures", flush=True)
+    print("demo: aggregate, figures and report", flush=True)
     aggregate_sweep(spec, results_root="results")
     make_figures(spec, results_root="results")
-    print(f"demo: finished in {(time.monotonic() - t0) / 60:.1f} min; see results/demo/", flush=True)
+    report = make_report(spec, results_root="results")
+    print(f"demo: finished in {(time.monotonic() - t0) / 60:.1f} min; see results/demo/ and {report}", flush=True)
     return code
