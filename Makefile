@@ -5,7 +5,7 @@ REPRO := $(VENV)/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test lint rehearse sweep status aggregate figures bench slurm-up slurm-down
+.PHONY: help install demo test lint rehearse sweep status aggregate figures report bench slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ help:  ## list the targets
 install:  ## check (as root: install) the build's libraries, make the venv (VENV=DIR, default .venv), torch, the package
 	@VENV='$(VENV)' scripts/setup.sh
 
-demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures in results/demo/
+demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures -> report in results/demo/
 	$(REPRO) demo
 
 test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo, rehearsals)
@@ -36,6 +36,9 @@ aggregate: install  ## collect SPEC's runs into results/<sweep>/runs.parquet and
 
 figures: install  ## draw SPEC's figures into results/<sweep>/figures/
 	$(REPRO) figures $(SPEC)
+
+report: install  ## write results/<sweep>/report.html (status, best configs, paired stats, figures, theory)
+	$(REPRO) report $(SPEC)
 
 bench: install  ## run benchmarks/ (JSON to results/bench/)
 	$(REPRO) bench

@@ -77,6 +77,13 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from imagenet_repro.analysis.report import make_report
+
+    make_report(args.spec, results_root=args.results)
+    return 0
+
+
 def _inspect_model(args: argparse.Namespace) -> int:
     from imagenet_repro.optim.param_groups import print_param_table
 
@@ -157,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=_status)
 
     for verb, fn, text in (("aggregate", _aggregate, "collect a sweep's runs into results/<sweep>/ tables"),
-                           ("figures", _figures, "draw the paper's figures from the aggregated tables")):
+                           ("figures", _figures, "draw the paper's figures from the aggregated tables"),
+                           ("report", _report, "write results/<sweep>/report.html: one self-contained page")):
         a = sub.add_parser(verb, help=text)
         a.add_argument("spec")
         a.add_argument("--results", default="results", help="results root (default: results)")
@@ -171,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which weights count as normalized (optim.normalized_rule; default: graph)")
     i.set_defaults(fn=_inspect_model)
 
-    dm = sub.add_parser("demo", help="Fashion-MNIST -> .beton -> sweep -> aggregate -> figures, on CPU")
+    dm = sub.add_parser("demo", help="Fashion-MNIST -> .beton -> sweep -> aggregate -> figures -> report, on CPU")
     dm.add_argument("--spec", default="sweeps/demo.yaml")
     dm.add_argument("--cluster", choices=["auto", "slurm", "local"], default="auto")
     dm.set_defaults(fn=_demo)

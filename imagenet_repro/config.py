@@ -113,6 +113,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 disables; norms are logged before clipping
     progress: bool = True  # tqdm bar on rank 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
+    eval_every_steps: int = 0  # >0: also evaluate every N global steps (0: at epoch ends only)
+    eval_subset: int = 0  # images of those intermediate evals (first N of val; 0: whole val set)
+    tensorboard: bool = False  # TensorBoard scalars in <run>/tensorboard/, written at each telemetry flush
 
 
 @dataclass
@@ -345,6 +348,8 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     _at_least("train.threads", t.threads, 0)
     _at_least("train.steps_per_epoch", t.steps_per_epoch, 0)
     _at_least("train.grad_clip", t.grad_clip, 0)
+    _at_least("train.eval_every_steps", t.eval_every_steps, 0)
+    _at_least("train.eval_subset", t.eval_subset, 0)
 
     d = cfg.data
     _require(d.num_classes >= 2, f"data.num_classes must be >= 2 (got {d.num_classes})")

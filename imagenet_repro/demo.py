@@ -3,7 +3,8 @@
 Fashion-MNIST (``$FASHION_MNIST_DIR``, Debian's ``dataset-fashion-mnist`` or torchvision's
 download: :func:`~imagenet_repro.data.imagefolder.fashion_mnist_source`) -> FFCV ``.beton`` files -> the grid in
 ``sweeps/demo.yaml`` through ``repro sweep`` (SLURM if ``sbatch`` is on PATH, else
-submitit's local executor) -> ``repro aggregate`` -> ``repro figures`` into ``results/demo/``.
+submitit's local executor) -> ``repro aggregate`` -> ``repro figures`` -> ``repro report``
+(``results/demo/report.html``) into ``results/demo/``.
 Each stage is skipped when its output is already there, so a re-run only redoes what is missing.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ DATA_DIR = Path("data/fashion_mnist")
 def run_demo(spec: str, cluster: str = "auto") -> int:
     from imagenet_repro.analysis.aggregate import aggregate_sweep
     from imagenet_repro.analysis.figures import make_figures
+    from imagenet_repro.analysis.report import make_report
     from imagenet_repro.data import writer
     from imagenet_repro.sweep.launcher import launch
 
@@ -26,8 +28,9 @@ def run_demo(spec: str, cluster: str = "auto") -> int:
         writer.write_fashion_mnist(DATA_DIR, source=None, size=32, num_workers=2)  # fashion_mnist_source()
     print(f"demo: sweep {spec}", flush=True)
     code = launch(spec, cluster=cluster, dry_run=False, only=[], wait=True)
-    print("demo: aggregate and figures", flush=True)
+    print("demo: aggregate, figures and report", flush=True)
     aggregate_sweep(spec, results_root="results")
     make_figures(spec, results_root="results")
-    print(f"demo: finished in {(time.monotonic() - t0) / 60:.1f} min; see results/demo/", flush=True)
+    report = make_report(spec, results_root="results")
+    print(f"demo: finished in {(time.monotonic() - t0) / 60:.1f} min; see results/demo/ and {report}", flush=True)
     return code

@@ -107,12 +107,14 @@ def write_run(run_dir: str | Path, *, optimizer: str = "sgd", lr: float = 0.5, w
     top1 = final_top1(optimizer, lr, wd, seed)
     ep = np.arange(1, epochs + 1)
     top1s = np.asarray(eval_top1, dtype=np.float64) if eval_top1 is not None else top1 * (1 - 0.6 * np.exp(-3 * ep / epochs)) / (1 - 0.6 * np.exp(-3.0))
-    ev = pd.DataFrame({"epoch": ep.astype(np.int64), "step": (ep * steps_per_epoch - 1).astype(np.int64),
-                       "top1": top1s, "top5": np.minimum(top1s + 0.17, 1.0), "loss": 1.0 + 3 * (0.8 - top1s)})
+    # as the trainer writes it: the eval after epoch e has step = e * steps_per_epoch (steps done)
+    ev = pd.DataFrame({"epoch": ep.astype(np.int64), "step": (ep * steps_per_epoch).astype(np.int64),
+                       "top1": top1s, "top5": np.minimum(top1s + 0.17, 1.0), "loss": 1.0 + 3 * (0.8 - top1s),
+                       "images": np.full(epochs, 50000, dtype=np.int64)})
 
     cut = n_steps if stop_fraction >= 1 else int(n_steps * stop_fraction)
     steps, layers = steps[steps.step < cut].copy(), layers[layers.step < cut]
-    ev = ev[ev.step < cut]
+    ev = ev[ev.step <= cut]
     if state == "diverged":
         steps.loc[steps.index[-1], ["loss", "grad_norm", "grad_norm_normalized"]] = np.nan
     steps.to_parquet(run_dir / "steps.parquet", index=False)

@@ -133,3 +133,77 @@ def test_two_process_ddp_over_gloo(tmp_path, fmnist_tiny):
     assert steps.step.tolist() == list(range(16))
     assert (proc.stdout + proc.stderr).count("epoch 1: top1") == 1  # one progress/eval line, from rank 0
     assert pd.read_parquet(out / "eval.parquet").top1.iloc[-1] > 0.2
+
+
+EVAL_EVERY = ["train.eval_every_steps=5", "train.eval_subset=300", "train.tensorboard=true"]
+
+
+@pytest.fixture(scope="module")
+def run_with_intermediate_evals(tmp_path_factory, fmnist_tiny) -> Path:
+    out = tmp_path_factory.mktemp("run") / "evals"
+    assert train(out, fmnist_tiny + EVAL_EVERY) == "done"
+    return out
+
+
+def test_intermediate_evals_land_on_their_steps_and_change_nothing_in_training(run_with_intermediate_evals,
+                                                                                finished_run):
+    ev = tables(run_with_intermediate_evals)["eval"]
+    # every 5th global step except the epoch ends (16, 32), which get the whole val subset
+    assert list(ev.step) == [5, 10, 15, 16, 20, 25, 30, 32]
+    assert list(ev.epoch) == [0, 0, 0, 1, 1, 1, 1, 2]
+    assert list(ev.images) == [300, 300, 300, 1000, 300, 300, 300, 1000]
+    assert ((ev.top1 > 0) & (ev.top1 <= ev.top5) & (ev.top5 <= 1)).all()
+    a, b = tables(finished_run), tables(run_with_intermediate_evals)
+    pd.testing.assert_frame_equal(a["steps"].drop(columns="images_per_s"), b["steps"].drop(columns="images_per_s"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(a["layers"], b["layers"], check_exact=True)
+    full = b["eval"][b["eval"].images == 1000].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a["eval"], full, check_exact=True)
+
+
+def test_sigkill_then_resume_with_intermediate_evals_is_exact(tmp_path, run_with_intermediate_evals, fmnist_tiny):
+    killed = tmp_path / "killed"
+    overrides = fmnist_tiny + EVAL_EVERY + ["checkpoint.every_minutes=0.005"]
+    proc = subprocess.Popen([sys.executable, "-m", "imagenet_repro", "train", str(ROOT / DEMO), *overrides,
+                             "--out", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = killed / rundir.LAST_CHECKPOINT
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] > 5:  # past the first intermediate eval
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 5 < step < 32, f"killed at step {step}"
+    assert train(killed, overrides) == "done"
+    a, b = tables(run_with_intermediate_evals), tables(killed)
+    pd.testing.assert_frame_equal(a["steps"].drop(columns="images_per_s"), b["steps"].drop(columns="images_per_s"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(a["layers"], b["layers"], check_exact=True)
+    pd.testing.assert_frame_equal(a["eval"], b["eval"], check_exact=True)
+
+
+def test_tensorboard_scalars_readable_by_tensorboard(run_with_intermediate_evals):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_with_intermediate_evals / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert tags == {"train/loss", "train/lr", "norms/grad", "norms/weight", "ratio/normalized", "ratio/predicted",
+                    "eval/top1", "eval/top5", "eval/loss"}
+    t = tables(run_with_intermediate_evals)
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(32))
+    assert [e.value for e in loss] == pytest.approx(t["steps"].loss.tolist(), rel=1e-6)
+    ratio = [e.value for e in acc.Scalars("ratio/normalized")]
+    assert ratio == pytest.approx((t["steps"].grad_norm_normalized / t["steps"].weight_norm_normalized).tolist(),
+                                  rel=1e-5)
+    predicted = acc.Scalars("ratio/predicted")
+    assert [e.step for e in predicted] == list(range(0, 32, 4))
+    assert [e.value for e in predicted] == pytest.approx(
+        t["layers"].groupby("step").predicted_ratio.mean().tolist(), rel=1e-6)
+    top1 = acc.Scalars("eval/top1")
+    assert [e.step for e in top1] == t["eval"].step.tolist()
+    assert [e.value for e in top1] == pytest.approx(t["eval"].top1.tolist(), rel=1e-6)

@@ -12,6 +12,15 @@ writes, each file atomically:
                     the eval curve (source "eval")
     configs.csv     one row per (optimizer, lr, wd): seed counts by state, mean/std metrics
     summary.csv     per optimizer, its best (lr, wd) and mean ± std over that config's seeds
+    paired.csv      per (plain, corrected) optimizer pair: per-seed differences of final
+                    top-1, ||g|| tail ratio and final val loss at the same (lr, wd) and at
+                    each one's best, with a 95% t interval (see :mod:`.paired`)
+
+Time-to-target: each run's ``steps_to_target`` is the step of its first eval (intermediate
+evals on the val subset included) with top-1 >= ``target_top1`` (the spec's field, else
+the dataset's default, see :mod:`.paired`), ``epochs_to_target`` the same in epochs; NaN
+when not reached.  Per config, their means are over the seeds that reached it
+(``n_reached_target`` of them).
 
 Runs that are running, failed, diverged or corrupt (unreadable status/config/parquet) keep
 their row, with ``state`` saying so; only ``done`` runs feed the metrics of a config, and a
@@ -35,6 +44,7 @@ import yaml
 
 from imagenet_repro import rundir
 from imagenet_repro.analysis.metrics import binned_means, tail_ratio
+from imagenet_repro.analysis.paired import default_target, format_paired, paired_table, spec_target_top1, time_to_target
 from imagenet_repro.analysis.sweepref import sweep_ref
 from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
 from imagenet_repro.config import ConfigError
@@ -42,12 +52,14 @@ from imagenet_repro.config import ConfigError
 STEP_READ_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
                      "grad_norm_normalized", "weight_norm_normalized"]
 EVAL_READ_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
+EVAL_OPTIONAL_COLUMNS = ["images"]  # val images of each eval (absent in older run folders)
 CURVE_POINTS = 200
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 STATE_ORDER = ["done", "diverged", "running", "pending", "failed", "corrupt"]
 AXES = ["optimizer", "lr", "wd"]
 METRICS = ["final_top1", "final_top5", "best_top1", "best_top5", "grad_norm_tail_ratio",
-           "ratio_tail_ratio", "weight_norm_tail_ratio", "theory_median_abs_err"]
+           "ratio_tail_ratio", "weight_norm_tail_ratio", "theory_median_abs_err", "steps_to_target",
+           "epochs_to_target"]
 
 
 class CorruptRun(Exception):
@@ -61,6 +73,7 @@ class Aggregate:
     configs: pd.DataFrame
     summary: pd.DataFrame
     counts: dict[str, int] = field(default_factory=dict)
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # ---------------------------------------------------------------------------- one run
@@ -72,12 +85,16 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _read_parquet(path: Path, columns: list[str]) -> Columns | None:
-    """``columns`` of the table at ``path`` as numpy arrays (string columns as integer codes
-    plus ``<name>__names``); None if absent; CorruptRun if unreadable."""
+def _read_parquet(path: Path, columns: list[str], optional: list[str] | None = None) -> Columns | None:
+    """``columns`` (and those of ``optional`` the file has) of the table at ``path`` as numpy
+    arrays (string columns as integer codes plus ``<name>__names``); None if absent;
+    CorruptRun if unreadable."""
     if not path.is_file():
         return None
     try:
+        if optional:
+            names = set(pq.ParquetFile(path).schema_arrow.names)
+            columns = columns + [c for c in optional if c in names]
         table = pq.read_table(path, columns=columns, use_threads=False)
         out: Columns = {}
         for name in columns:
@@ -157,14 +174,25 @@ def _step_metrics(steps: Columns, row: dict[str, Any]) -> Columns:
     return cols
 
 
-def _eval_metrics(ev: Columns, row: dict[str, Any]) -> Columns:
-    order = np.argsort(ev["epoch"], kind="stable")
+def _eval_metrics(ev: Columns, row: dict[str, Any], target_top1: float | None) -> Columns:
+    """Final/best top-k (best: over the whole-val-set evals), steps per epoch, time-to-target."""
+    order = np.argsort(ev["step"], kind="stable")
     ev = {k: v[order].astype(np.float64) for k, v in ev.items()}
-    row["epochs_evaluated"] = int(order.size)
+    # whole-set evals: the epoch ends (intermediate evals on a val subset have fewer images)
+    full = ev["images"] == np.nanmax(ev["images"]) if "images" in ev and order.size else np.ones(order.size, bool)
+    row["epochs_evaluated"] = int(full.sum())
+    row["evals"] = int(order.size)
     if order.size:
         row["final_top1"], row["final_top5"] = float(ev["top1"][-1]), float(ev["top5"][-1])
-        row["best_top1"], row["best_top5"] = float(np.nanmax(ev["top1"])), float(np.nanmax(ev["top5"]))
+        row["best_top1"], row["best_top5"] = float(np.nanmax(ev["top1"][full])), float(np.nanmax(ev["top5"][full]))
         row["final_eval_loss"] = float(ev["loss"][-1])
+        epoch_ends = full & (ev["epoch"] > 0)
+        if epoch_ends.any():
+            row["steps_per_epoch"] = float(ev["step"][epoch_ends][0] / ev["epoch"][epoch_ends][0])
+    target = target_top1 if target_top1 is not None else default_target(row.get("cfg.data.dataset"))
+    row["target_top1"] = target
+    row["steps_to_target"] = time_to_target(ev["step"], ev["top1"], target)
+    row["epochs_to_target"] = row["steps_to_target"] / row.get("steps_per_epoch", math.nan)
     return ev
 
 
@@ -178,7 +206,8 @@ def _predicted_per_step(layers: Columns) -> tuple[np.ndarray, np.ndarray]:
     return steps.astype(np.float64), sums / np.maximum(counts, 1)
 
 
-def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, Any], Columns | None]:
+def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS,
+             target_top1: float | None = None) -> tuple[dict[str, Any], Columns | None]:
     """One run folder -> (row of runs.parquet, its curve columns or None). Never raises on bad files.
 
     Curve columns: the binned step curves (``source`` "train") followed by the eval rows
@@ -199,7 +228,7 @@ def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[
             return row, None
         row.update(_read_config(run_dir))
         steps = _read_parquet(run_dir / rundir.STEPS, STEP_READ_COLUMNS)
-        ev = _read_parquet(run_dir / rundir.EVAL, EVAL_READ_COLUMNS)
+        ev = _read_parquet(run_dir / rundir.EVAL, EVAL_READ_COLUMNS, EVAL_OPTIONAL_COLUMNS)
         layers = _read_parquet(run_dir / rundir.LAYERS, LAYER_READ_COLUMNS)
         if row["state"] in rundir.FINAL_STATES and steps is None:
             raise CorruptRun(f"state {row['state']} but {rundir.STEPS} is missing")
@@ -218,8 +247,9 @@ def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[
             train["predicted_ratio"] = np.interp(train["step"], xs, ys) if xs.size else np.full(train["step"].size, np.nan)
     evals: Columns = {}
     if ev is not None:
-        ev = _eval_metrics(ev, row)
-        evals = {"epoch": ev["epoch"], "step": ev["step"], "top1": ev["top1"], "top5": ev["top5"], "eval_loss": ev["loss"]}
+        ev = _eval_metrics(ev, row, target_top1)
+        evals = {"epoch": ev["epoch"], "step": ev["step"], "top1": ev["top1"], "top5": ev["top5"], "eval_loss": ev["loss"],
+                 "images": ev.get("images", np.full(ev["step"].size, np.nan))}
     if layers is not None and layers["step"].size:
         total = row["last_step"] + 1 if row.get("last_step", -1) >= 0 else None
         n, _, _, rel_err = agreement_arrays(layers["step"], layers["layer"], layers["grad_norm"], layers["weight_norm"],
@@ -243,29 +273,34 @@ def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS) -> tuple[dict[
 
 # ------------------------------------------------------------------------- many runs
 
-def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINTS, workers: int = 2) -> Aggregate:
-    """Read ``run_dirs`` into the tables of an :class:`Aggregate` (nothing is written)."""
+def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINTS, workers: int = 2,
+                   target_top1: float | None = None) -> Aggregate:
+    """Read ``run_dirs`` into the tables of an :class:`Aggregate` (nothing is written).
+
+    ``target_top1``: the time-to-target threshold (None: each run's dataset default)."""
     run_dirs = sorted(Path(d) for d in run_dirs)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda d: read_run(d, max_points), run_dirs))
+        results = list(pool.map(lambda d: read_run(d, max_points, target_top1), run_dirs))
     runs = pd.DataFrame([row for row, _ in results])
     for col in ["optimizer", "lr", "wd", "seed", "schedule", "n_steps", "last_step", "epochs_evaluated",
-                "final_eval_loss", "theory_mean_err", *METRICS]:
+                "final_eval_loss", "theory_mean_err", "target_top1", "steps_per_epoch", "evals", *METRICS]:
         if col not in runs.columns:
             runs[col] = np.nan
     front = ["run_id", "state", "problem", "optimizer", "lr", "wd", "seed", "schedule", *METRICS,
-             "theory_mean_err", "n_steps", "last_step", "epochs_evaluated", "final_eval_loss", "reported_state", "run_dir"]
+             "theory_mean_err", "target_top1", "n_steps", "last_step", "steps_per_epoch", "epochs_evaluated", "evals",
+             "final_eval_loss", "reported_state", "run_dir"]
     runs = runs[front + sorted(c for c in runs.columns if c not in front)]
     curves = _concat_curves([c for _, c in results if c is not None])
     configs = config_table(runs)
     summary = summarize(runs, configs)
     counts = {s: int((runs["state"] == s).sum()) for s in STATE_ORDER if (runs["state"] == s).any()}
-    return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts)
+    paired = paired_table(runs, select_best(configs))
+    return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts, paired=paired)
 
 
 CURVE_COLUMNS = ["run_id", "source", "bin", "step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
                  "grad_norm_normalized", "weight_norm_normalized", "ratio_normalized", "predicted_ratio",
-                 "top1", "top5", "eval_loss"]
+                 "top1", "top5", "eval_loss", "images"]
 
 
 def _concat_curves(parts: list[Columns]) -> pd.DataFrame:
@@ -291,6 +326,8 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
     for state in ("done", "diverged", "failed", "running"):
         table[f"n_{state}"] = keys["state"].agg(lambda s, st=state: int((s == st).sum()))
     done = valid[valid["state"] == "done"].groupby(AXES)
+    table["n_reached_target"] = done["steps_to_target"].count()
+    table["n_reached_target"] = table["n_reached_target"].fillna(0).astype(int)
     for metric in METRICS:
         table[f"{metric}_mean"] = done[metric].mean()
         table[f"{metric}_std"] = done[metric].std(ddof=1)
@@ -329,7 +366,8 @@ def summarize(runs: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.Dat
             rows.append(row)
             continue
         p = pick.iloc[0]
-        row.update(best_lr=float(p["lr"]), best_wd=float(p["wd"]), n_seeds=int(p["n_done"]))
+        row.update(best_lr=float(p["lr"]), best_wd=float(p["wd"]), n_seeds=int(p["n_done"]),
+                   n_reached_target=int(p["n_reached_target"]))
         for metric in METRICS:
             scale = 100.0 if "top" in metric else 1.0
             name = f"{metric}_pct" if "top" in metric else metric
@@ -364,6 +402,7 @@ def format_summary(summary: pd.DataFrame) -> str:
             "|x| tail ratio": pm(r, "weight_norm_tail_ratio", ".3g"),
             "theory |err| %": pm(pd.Series({"x_mean": 100 * r.get("theory_median_abs_err_mean", math.nan),
                                             "x_std": 100 * r.get("theory_median_abs_err_std", math.nan)}), "x", ".1f"),
+            "steps to target": pm(r, "steps_to_target", ".0f"),
             "configs (diverged)": f"{r['n_configs']} ({r['n_configs_diverged']})",
         })
     return pd.DataFrame(lines).to_string(index=False)
@@ -396,6 +435,7 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> None:
     rundir.atomic_write_parquet(out / "curves.parquet", agg.curves)
     rundir.atomic_write(out / "configs.csv", lambda tmp: agg.configs.to_csv(tmp, index=False))
     rundir.atomic_write(out / "summary.csv", lambda tmp: agg.summary.to_csv(tmp, index=False))
+    rundir.atomic_write(out / "paired.csv", lambda tmp: agg.paired.to_csv(tmp, index=False))
 
 
 def results_dir(spec: str | Path, results_root: str | Path = "results") -> Path:
@@ -406,7 +446,8 @@ def aggregate_sweep(spec: str | Path, results_root: str | Path = "results", max_
                     workers: int = 2, quiet: bool = False) -> Aggregate:
     """Aggregate the sweep of ``spec`` into ``results_root/<sweep>/`` and print the summary."""
     ref = sweep_ref(spec)
-    agg = aggregate_runs(sweep_run_dirs(ref.runs_dir), max_points=max_points, workers=workers)
+    agg = aggregate_runs(sweep_run_dirs(ref.runs_dir), max_points=max_points, workers=workers,
+                         target_top1=spec_target_top1(spec))
     out = Path(results_root) / ref.name
     write_aggregate(agg, out)
     if not quiet:
@@ -416,4 +457,5 @@ def aggregate_sweep(spec: str | Path, results_root: str | Path = "results", max_
         if problems:
             print("not in the statistics:\n" + problems)
         print(format_summary(agg.summary))
+        print(format_paired(agg.paired))
     return agg

@@ -4,7 +4,7 @@
 (running ``aggregate_sweep`` first if they are missing) and writes to
 ``results/<sweep>/figures/``:
 
-    fig5_training_curves   test top-1 vs epoch, ||g|| vs step, ||x|| vs step and the
+    fig5_training_curves   test top-1 vs step (every eval, intermediate ones included), ||g|| vs step, ||x|| vs step and the
                            normalized-layer ||g||/||x|| with the theory, per optimizer at its
                            best (lr, wd): mean over seeds with a ±1 std band
     heatmap_top1           final top-1 over the lr x wd grid, one panel per optimizer;
@@ -99,7 +99,9 @@ def fig_training_curves(curves: pd.DataFrame, picked: pd.DataFrame) -> plt.Figur
     order = list(dict.fromkeys(picked["label"]))
     palette = dict(zip(order, sns.color_palette("deep", len(order))))
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
-    panels = [(axes[0, 0], ev, "epoch", "top1_pct", "Test accuracy", "epoch", "top-1 accuracy (%)", False),
+    subset = "images" in ev.columns and ev["images"].nunique() > 1  # intermediate evals on a val subset
+    acc_title = "Test accuracy" + (" (between epoch ends: val subset)" if subset else "")
+    panels = [(axes[0, 0], ev, "step", "top1_pct", acc_title, "step", "top-1 accuracy (%)", False),
               (axes[0, 1], train, "step", "grad_norm", "Gradient norm ||g||", "step", "||g|| (log scale)", True),
               (axes[1, 0], train, "step", "weight_norm", "Weight norm ||x||", "step", "||x||", False),
               (axes[1, 1], train, "step", "ratio_normalized", "Normalized layers ||g||/||x|| vs theory",
@@ -121,7 +123,7 @@ def fig_training_curves(curves: pd.DataFrame, picked: pd.DataFrame) -> plt.Figur
     seeds = picked.groupby("label").size()
     fig.suptitle("Best config per optimizer: mean over seeds ± 1 std  (" +
                  ", ".join(f"{lab.split()[0]}: {n} seeds" for lab, n in seeds.items()) + ")")
-    for ax in (axes[0, 1], axes[1, 0], axes[1, 1]):
+    for ax in (axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]):
         _steps_axis(ax)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

@@ -10,7 +10,12 @@ The loop, in the order it happens each step::
 
 every ``flush_every`` steps the telemetry is synced to the host (non-finite → the run ends
 ``diverged``), every ``checkpoint.every_minutes`` and at every epoch end a checkpoint is
-written, and each epoch ends with an evaluation.  SIGTERM/SIGUSR1/SIGUSR2 are deferred to
+written, and each epoch ends with an evaluation on the whole val set.  With
+``train.eval_every_steps`` N > 0 the model is also evaluated after every global step that
+is a multiple of N (not the last of an epoch: the epoch-end eval covers it) on the first
+``train.eval_subset`` val images; the steps depend only on N, so a resumed run evaluates at
+the same steps, and evaluation saves and restores every RNG state, so it changes nothing
+in training.  SIGTERM/SIGUSR1/SIGUSR2 are deferred to
 the next step boundary: checkpoint, then the previously installed handler (submitit's,
 which requeues the job) runs.  A run directory with a checkpoint resumes where it stopped.
 """
@@ -40,9 +45,9 @@ from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_c
 from imagenet_repro.train.distributed import Dist, all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
-from imagenet_repro.train.telemetry import Telemetry
+from imagenet_repro.train.telemetry import TENSORBOARD_DIR, Telemetry, TensorBoardLog
 
-EVAL_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
+EVAL_COLUMNS = ["epoch", "step", "top1", "top5", "loss", "images"]  # images: how many val images
 _DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -106,6 +111,9 @@ class Trainer:
             predicted=lambda name: predicted_ratio(self.optimizer, self.optimizer.param_groups[group_index[name]]),
             layer_every=cfg.telemetry.layer_every, flush_every=cfg.telemetry.flush_every, device=self.device)
         self.eval_rows: list[list] = []
+        self.tensorboard = (TensorBoardLog(self.out / TENSORBOARD_DIR)
+                            if cfg.train.tensorboard and self.dist.is_main else None)
+        self.telemetry.sink = self.tensorboard
         self.step = self.epoch = self.batch_in_epoch = 0
         self._pending_signal: int | None = None
         self._previous_handlers: dict[int, object] = {}
@@ -118,7 +126,8 @@ class Trainer:
         steps, layers = self.telemetry.frames()
         rundir.atomic_write_parquet(self.out / rundir.STEPS, steps)
         rundir.atomic_write_parquet(self.out / rundir.LAYERS, layers)
-        rundir.atomic_write_parquet(self.out / rundir.EVAL, pd.DataFrame(self.eval_rows, columns=EVAL_COLUMNS))
+        evals = pd.DataFrame(self.eval_rows, columns=EVAL_COLUMNS).astype({"epoch": "int64", "step": "int64", "images": "int64"})
+        rundir.atomic_write_parquet(self.out / rundir.EVAL, evals)
 
     def _status(self, state: str, **extra) -> None:
         if not self.dist.is_main:
@@ -215,22 +224,52 @@ class Trainer:
         self.batch_in_epoch += 1
 
     @torch.no_grad()
-    def evaluate(self) -> list:
+    def evaluate(self, limit: int = 0) -> list:
+        """[epoch, step, top1, top5, loss, images] on the val set (its first ``limit`` images if > 0)."""
+        import random
+
+        import numpy as np
+
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None,
+               np.random.get_state(), random.getstate())
         self.model.eval()
         totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # top1, top5, loss sum, count
+        seen = 0
+        batches = iter(self.val_loader)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.train.amp):
-            for images, labels in self.val_loader:
+            for images, labels in batches:
+                if limit > 0:
+                    images, labels = images[: limit - seen], labels[: limit - seen]
+                    seen += labels.shape[0]
                 logits = self.model(images).float()
                 top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
                 hit = top5 == labels[:, None]
                 totals += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum(),
                                        F.cross_entropy(logits, labels, reduction="sum"),
                                        torch.tensor(labels.shape[0], device=self.device)]).to(torch.float64)
+                if 0 < limit <= seen:
+                    break
+        if hasattr(batches, "close"):
+            batches.close()  # an early stop: close the loader's epoch iterator now
         if getattr(self.val_loader, "sharded", False):
             all_reduce_sum(totals, self.dist)
         self.model.train()
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state(rng[1], self.device)
+        np.random.set_state(rng[2])
+        random.setstate(rng[3])
         top1, top5, loss, count = totals.tolist()
-        return [self.epoch, self.step, top1 / count, top5 / count, loss / count]
+        return [self.epoch, self.step, top1 / count, top5 / count, loss / count, int(count)]
+
+    def _intermediate_eval_due(self) -> bool:
+        every = self.cfg.train.eval_every_steps
+        return every > 0 and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch
+
+    def _record_eval(self, row: list) -> None:
+        self.eval_rows.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.eval(row)
 
     def _progress(self, bar) -> None:
         last = self.telemetry.last
@@ -263,6 +302,11 @@ class Trainer:
                         self._progress(bar)
                     if self.telemetry.diverged:
                         return self._finish("diverged")
+                    if self._intermediate_eval_due():  # before any checkpoint of this step: saved with it
+                        row = self.evaluate(limit=self.cfg.train.eval_subset)
+                        self._record_eval(row)
+                        if not math.isfinite(row[4]):
+                            return self._finish("diverged")
                     if self._pending_signal is not None:
                         self._handle_pending_signal()
                     if every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s:
@@ -275,7 +319,7 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 row = self.evaluate()
-                self.eval_rows.append(row)
+                self._record_eval(row)
                 if not math.isfinite(row[4]):
                     return self._finish("diverged")
                 if self.dist.is_main and show_bar:
@@ -286,6 +330,8 @@ class Trainer:
             return self._finish("done")
         finally:
             self._restore_signal_handlers()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _finish(self, state: str) -> str:
         self.telemetry.flush()

@@ -11,6 +11,10 @@ and, every ``layer_every`` steps, the per-layer ||g|| and ||x|| of each normaliz
 Nothing is copied to the host until :meth:`flush` (every ``flush_every`` steps), so the
 GPU never waits for a per-step ``.item()``.  The host keeps the rows; :meth:`frames`
 returns them as the ``steps`` and ``layers`` tables of the run-directory contract.
+
+With ``train.tensorboard`` a :class:`TensorBoardLog` (the ``sink``) gets the rows of each
+flush, already on the host, and writes them as TensorBoard scalars to ``<run>/tensorboard/``
+(so ``tensorboard --logdir runs/<sweep>`` follows a sweep live): no extra device sync.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ class Telemetry:
         self._window_images = 0
         self.diverged = False  # sticky: set by the first flush that sees a non-finite value
         self.diverged_at: int | None = None  # the first step with a non-finite loss or norm
+        self.sink: "TensorBoardLog | None" = None  # gets each flush's new host rows
 
     @torch.no_grad()
     def record(self, step: int, epoch: int, lr: float, loss: torch.Tensor, batch_images: int) -> None:
@@ -74,6 +79,7 @@ class Telemetry:
         if not self.pending:
             return not self.diverged
         n = len(self.pending)
+        first_step_row, first_layer_row = len(self.step_rows), len(self.layer_rows)
         values = self.buf[:n].cpu().tolist()
         layers = self.layer_buf[:n].cpu() if any(p[3] for p in self.pending) else None
         now = time.perf_counter()
@@ -93,6 +99,8 @@ class Telemetry:
                 break
         self.pending.clear()
         self.diverged = self.diverged or not finite
+        if self.sink is not None:
+            self.sink.steps(self.step_rows[first_step_row:], self.layer_rows[first_layer_row:])
         return not self.diverged
 
     @property
@@ -114,3 +122,62 @@ class Telemetry:
         self.layer_rows = layers[layers.step < before_step][LAYER_COLUMNS].values.tolist()
         for row in self.layer_rows:
             row[0] = int(row[0])
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoardLog:
+    """TensorBoard scalars of one run, from rows already on the host.
+
+    Tags: ``train/loss``, ``train/lr``, ``norms/grad``, ``norms/weight``,
+    ``ratio/normalized`` (||g_N||/||x_N|| of the normalized layers) with
+    ``ratio/predicted`` (the theory's steady-state ratio, mean over layers, at the per-layer
+    steps), and ``eval/top1``, ``eval/top5``, ``eval/loss`` (x: the global step).  The
+    writer is opened at the first write with ``purge_step`` set to that step, so a resumed
+    run replaces the events it is about to recompute instead of duplicating them.
+    """
+
+    def __init__(self, log_dir) -> None:
+        self.log_dir = log_dir
+        self._writer = None
+
+    def _open(self, first_step: int):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=int(first_step), flush_secs=3600)
+        return self._writer
+
+    def steps(self, step_rows: list[list], layer_rows: list[list]) -> None:
+        if not step_rows:
+            return
+        w = self._open(step_rows[0][0])
+        col = {name: i for i, name in enumerate(STEP_COLUMNS)}
+        for row in step_rows:
+            step = int(row[col["step"]])
+            for tag, name in (("train/loss", "loss"), ("train/lr", "lr"), ("norms/grad", "grad_norm"),
+                              ("norms/weight", "weight_norm")):
+                w.add_scalar(tag, row[col[name]], step)
+            x_n = row[col["weight_norm_normalized"]]
+            if x_n > 0:
+                w.add_scalar("ratio/normalized", row[col["grad_norm_normalized"]] / x_n, step)
+        predicted: dict[int, list[float]] = {}
+        for row in layer_rows:  # [step, layer, grad_norm, weight_norm, ratio, predicted_ratio]
+            if math.isfinite(row[5]):
+                predicted.setdefault(int(row[0]), []).append(row[5])
+        for step, values in predicted.items():
+            w.add_scalar("ratio/predicted", sum(values) / len(values), step)
+        w.flush()
+
+    def eval(self, row: list) -> None:
+        """One eval row [epoch, step, top1, top5, loss, images]."""
+        w = self._open(row[1])
+        for tag, value in (("eval/top1", row[2]), ("eval/top5", row[3]), ("eval/loss", row[4])):
+            w.add_scalar(tag, value, int(row[1]))
+        w.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,95 @@
+"""``repro report``: one self-contained HTML page, checked as text and in a real headless
+browser (Debian's ``chromium``; skipped with the install line when it is absent)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagenet_repro.cli import main
+from synthetic_runs import write_grid, write_run, write_spec
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NO_CHROMIUM = "no chromium on PATH: install it with `apt-get install -y chromium` (Debian)"
+
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const out = document.createElement('pre');
+  out.id = 'report-check';
+  out.textContent = JSON.stringify({
+    images: imgs.length,
+    loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+    widths: imgs.map(i => i.naturalWidth),
+    resources: performance.getEntriesByType('resource').map(r => r.name),
+    tables: document.querySelectorAll('table').length,
+    h2: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    write_grid(root / "runs", "rep", optimizers=("sgd", "sgdc"), lrs=(0.1, 0.5), wds=(5e-5, 2e-4), seeds=(0, 1, 2),
+               diverge_lr=0.5, n_steps=400, epochs=4, layer_every=20, n_layers=4)
+    write_run(root / "runs" / "rep" / "sgd-failed", optimizer="sgd", lr=0.1, wd=5e-5, seed=9, state="failed",
+              stop_fraction=0.5, n_steps=400, epochs=4, layer_every=20, n_layers=4, sweep_name="rep")
+    spec = write_spec(root / "rep.yaml", "rep", root / "runs")
+    assert main(["report", str(spec), "--results", str(root / "results")]) == 0
+    return root / "results" / "rep" / "report.html"
+
+
+def test_report_is_one_self_contained_page(report):
+    page = report.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r"<link|<script|href=\"(?!#)|url\(", page), "the page must reference no other file"
+    for section in ("Best config per optimizer", "Paired statistics", "Time to target", "Figures", "Theory check",
+                    "Run status"):
+        assert f"<h2>{section}" in page
+    assert "includes zero" in page or "excludes zero" in page
+    assert "Student&#x27;s t interval" in page
+    assert "sgd-failed" in page and 'class="state-failed"' in page and 'class="state-diverged"' in page
+
+
+def test_report_verb_bad_spec_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing.yaml"), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("repro: error:")
+    assert not (tmp_path / "r").exists()
+
+
+def _chromium(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--user-data-dir={cwd / 'profile'}", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_report_renders_in_headless_chromium_with_every_image_loaded(report, tmp_path):
+    checked = tmp_path / "checked.html"
+    checked.write_text(report.read_text().replace("</body>", CHECK + "</body>"))
+    dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", checked.as_uri()], tmp_path)
+    found = re.search(r'<pre id="report-check">(.*?)</pre>', dom.stdout, re.S)
+    assert found, f"no check output in the DOM: {dom.stderr[-2000:]}"
+    check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert check["images"] == 3 and check["loaded"] == 3 and min(check["widths"]) > 100
+    assert check["resources"] == [], "the page fetched other files"
+    assert check["tables"] >= 4 and "Paired statistics: corrected vs plain optimizer" in check["h2"]
+
+    shot = tmp_path / "shot.png"
+    out = _chromium([f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri()], tmp_path)
+    assert shot.is_file(), out.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[:2] == (2400, 1280) and pixels[..., :3].std() > 0.05  # not a blank page
