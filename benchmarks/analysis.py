@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import pyarrow.parquet as pq  # noqa: E402
-
 from synthetic_runs import write_grid, write_spec  # noqa: E402
 
 OPTIMIZERS = ("sgd", "sgdc")

@@ -66,7 +66,6 @@ def time_epoch(train, epoch: int) -> tuple[float, int]:
 def ceiling_rate(paths: list[Path], res: int, n: int) -> float:
     """Images/s of turbojpeg decode + RandomResizedCrop-style crop/resize, single thread."""
     from ffcv.libffcv import imdecode, resize_crop
-
     from PIL import Image
 
     from imagenet_repro.data.seeding import random_crop, sample_key

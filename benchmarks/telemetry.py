@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import imagenet_repro  # noqa: F401  (torchvision shim)
 import torch
 import torch.nn.functional as F
 
+import imagenet_repro  # noqa: F401  (torchvision shim)
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import build_optimizer, predicted_ratio
 from imagenet_repro.train.telemetry import Telemetry

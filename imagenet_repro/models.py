@@ -6,14 +6,13 @@ Names: ``resnet50`` (any torchvision classification model name), ``timm:<name>``
 """
 from __future__ import annotations
 
-import imagenet_repro  # noqa: F401  (torchvision compatibility shim first)
-
 import functools
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+import imagenet_repro  # noqa: F401  (torchvision compatibility shim first)
 from imagenet_repro.config import ConfigError
 
 SMALL = "small_resnet"

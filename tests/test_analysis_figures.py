@@ -5,9 +5,9 @@ import struct
 
 import pandas as pd
 import pytest
+from synthetic_runs import write_grid, write_spec
 
 from imagenet_repro.analysis.figures import _log_label, make_figures
-from synthetic_runs import write_grid, write_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

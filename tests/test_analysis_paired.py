@@ -8,12 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_runs import write_run
 
 from imagenet_repro.analysis.aggregate import aggregate_runs, format_summary, write_aggregate
-from imagenet_repro.analysis.paired import (CORRECTED, DEFAULT_TARGET_TOP1, format_paired, paired_display,
-                                            spec_target_top1, t_interval)
+from imagenet_repro.analysis.paired import (
+    CORRECTED,
+    DEFAULT_TARGET_TOP1,
+    format_paired,
+    paired_display,
+    spec_target_top1,
+    t_interval,
+)
 from imagenet_repro.config import ConfigError
-from synthetic_runs import write_run
 
 N = 100  # steps 0..99: the 40-60% window is steps 40..59, the last 10% is 90..99
 T975_2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2): 3 seeds

@@ -129,8 +129,8 @@ def test_cudnn_autotunes_unless_deterministic():
 
 # ---- the ffcv GPU pipeline ---------------------------------------------------------------------
 def test_ffcv_gpu_pipeline_is_ffcv_imagenets_order():
-    from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
     from ffcv.fields.basics import IntDecoder
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
     from imagenet_repro.data.ffcv_backend import image_tail, label_pipeline
     from imagenet_repro.data.loaders import IMAGENET_MEAN, IMAGENET_STD

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from synthetic_runs import write_grid, write_run, write_spec
 
 from imagenet_repro.cli import main
-from synthetic_runs import write_grid, write_run, write_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NO_CHROMIUM = "no chromium on PATH: install it with `apt-get install -y chromium` (Debian)"

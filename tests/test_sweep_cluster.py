@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import fmnist_folder, slurm_answers
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec
 from imagenet_repro.sweep.state import classify_all, run_refs
-
-from conftest import fmnist_folder, slurm_answers
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.config import ConfigError, check_placement, placement_problems
-from imagenet_repro.sweep.rehearse import choose_variants, compare_runs, format_table, shrink, Scale, VariantResult
+from imagenet_repro.sweep.rehearse import Scale, VariantResult, choose_variants, compare_runs, format_table, shrink
 from imagenet_repro.sweep.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]

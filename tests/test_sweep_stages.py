@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
+from synthetic_runs import write_run
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec, resolve_runs
-from synthetic_runs import write_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,10 +25,28 @@ from typing import Iterable, Optional
 
 from imagenet_repro.config import ConfigError
 from imagenet_repro.sweep import claims
-from imagenet_repro.sweep.spec import (SHORT_NAMES, PlannedRun, SweepSpec, check_placements, grid_points, load_spec,
-                                       missing_data_paths, resolve_runs, run_hours, select_points)
-from imagenet_repro.sweep.state import (RunRef, RunState, classify_all, counts, format_counts, run_refs,
-                                        save_plan_cache, summary_of)
+from imagenet_repro.sweep.spec import (
+    SHORT_NAMES,
+    PlannedRun,
+    SweepSpec,
+    check_placements,
+    grid_points,
+    load_spec,
+    missing_data_paths,
+    resolve_runs,
+    run_hours,
+    select_points,
+)
+from imagenet_repro.sweep.state import (
+    RunRef,
+    RunState,
+    classify_all,
+    counts,
+    format_counts,
+    run_refs,
+    save_plan_cache,
+    summary_of,
+)
 
 SUBMIT_STATES = ("pending", "failed")
 LIVE_STATES = ("queued", "running", "unknown")

@@ -46,8 +46,16 @@ from omegaconf import OmegaConf
 
 from imagenet_repro import rundir
 from imagenet_repro.config import ConfigError, build_config, config_hash
-from imagenet_repro.sweep.spec import (SHORT_NAMES, LocalSpec, PlannedRun, SweepSpec, check_placements, grid_points,
-                                       load_spec, resolve_runs)
+from imagenet_repro.sweep.spec import (
+    SHORT_NAMES,
+    LocalSpec,
+    PlannedRun,
+    SweepSpec,
+    check_placements,
+    grid_points,
+    load_spec,
+    resolve_runs,
+)
 
 DEFAULT_ROOT = "rehearsal"
 STEPS_PER_EPOCH = 3

@@ -49,8 +49,15 @@ from typing import Any, Dict, Iterable, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from imagenet_repro.config import (ConfigError, build_config, config_hash, merge_error, placement_problems, read_yaml,
-                                   validate)
+from imagenet_repro.config import (
+    ConfigError,
+    build_config,
+    config_hash,
+    merge_error,
+    placement_problems,
+    read_yaml,
+    validate,
+)
 
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}

@@ -42,7 +42,7 @@ from imagenet_repro.optim import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.sweep.claims import process_start
 from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
-from imagenet_repro.train.distributed import Dist, all_reduce_sum, init_from_env, shutdown
+from imagenet_repro.train.distributed import all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
 from imagenet_repro.train.telemetry import TENSORBOARD_DIR, Telemetry, TensorBoardLog
