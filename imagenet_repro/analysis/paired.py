@@ -13,9 +13,9 @@ sample std, a 95% confidence interval from Student's t distribution
 seeds ``n``.  An interval needs n >= 2; ``includes_zero`` says when it contains 0 (no
 significant difference at the 5% level).
 
-The top-1 target of time-to-target is the sweep spec's ``target_top1`` (read from the raw
-YAML by :func:`spec_target_top1`, so a spec without the field still works); without it the
-default of the runs' dataset in :data:`DEFAULT_TARGET_TOP1` applies.
+The top-1 target of time-to-target is the sweep spec's optional ``target_top1`` (a field of
+the spec schema, :class:`imagenet_repro.sweep.spec.SpecSchema`); without it the default of
+the runs' dataset in :data:`DEFAULT_TARGET_TOP1` applies.
 """
 from __future__ import annotations
 
@@ -45,28 +45,20 @@ CI_DESCRIPTION = "95% CI: Student's t interval on the per-seed differences (scip
 #   fashion_mnist: 75%, a demo convenience (no published target): the demo's small ResNet
 #             passes it within its one epoch.
 DEFAULT_TARGET_TOP1: dict[str, float] = {"imagenet": 0.7743, "fashion_mnist": 0.75}
-SPEC_TARGET_FIELD = "target_top1"
 
 PAIRED_COLUMNS = ["comparison", "plain", "corrected", "metric", "plain_lr", "plain_wd", "corrected_lr",
                   "corrected_wd", "n_seeds", "plain_mean", "corrected_mean", "mean_diff", "sd_diff", "ci_low",
                   "ci_high", "includes_zero", "ci_method", "seeds"]
 
 
-def spec_target_top1(spec: str | Path) -> float | None:
-    """The spec's ``target_top1`` (a fraction in (0, 1]), or None when the spec has none."""
-    from imagenet_repro.config import ConfigError, read_yaml
+def spec_target_top1(spec: Any) -> float | None:
+    """The spec's ``target_top1`` (a fraction in (0, 1], checked by the spec schema), or None
+    when the spec has none; ``spec`` is a spec path or a loaded SweepSpec (the rehearsal's)."""
+    if not hasattr(spec, "target_top1"):
+        from imagenet_repro.sweep.spec import load_spec
 
-    raw = read_yaml(spec, what="sweep spec")
-    value = raw.get(SPEC_TARGET_FIELD)
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{spec}: {SPEC_TARGET_FIELD} must be a number in (0, 1] (got {value!r})") from None
-    if not 0 < value <= 1:
-        raise ConfigError(f"{spec}: {SPEC_TARGET_FIELD} must be a fraction in (0, 1], e.g. 0.7743 (got {value})")
-    return value
+        spec = load_spec(spec)
+    return spec.target_top1
 
 
 def default_target(dataset: Any) -> float:

@@ -82,12 +82,17 @@ def choose_variants(spec: SweepSpec, mode: str = "cover") -> list[dict]:
     maximum in another, alternating over the non-numeric combinations, so every optimizer
     and every extreme appears at least once; ``corners`` runs every non-numeric combination
     at both the all-minimum and the all-maximum corner.  The seed axis is held at its first
-    value.  Every variant is a point of the real grid."""
+    value.  A spec with several grids gets the variants of each.  Every variant is a point
+    of the real grid."""
     if mode not in ("cover", "corners"):
         raise ConfigError(f"--variants must be cover or corners (got {mode!r})")
-    categorical = {k: v for k, v in spec.axes.items() if k != "seed" and not _numeric(v)}
-    numeric = {k: v for k, v in spec.axes.items() if k != "seed" and _numeric(v)}
-    fixed = {k: v[0] for k, v in spec.axes.items() if k == "seed"}
+    return [p for grid in spec.grids for p in _grid_variants(grid.axes, mode)]
+
+
+def _grid_variants(axes: dict, mode: str) -> list[dict]:
+    categorical = {k: v for k, v in axes.items() if k != "seed" and not _numeric(v)}
+    numeric = {k: v for k, v in axes.items() if k != "seed" and _numeric(v)}
+    fixed = {k: v[0] for k, v in axes.items() if k == "seed"}
     combos = [dict(zip(categorical, c)) for c in _product(list(categorical.values()))]
     varied = [k for k, v in numeric.items() if min(v) != max(v)]
     ends = [{k: (min(v) if end == "min" else max(v)) for k, v in numeric.items()} for end in ("min", "max")]
@@ -97,11 +102,10 @@ def choose_variants(spec: SweepSpec, mode: str = "cover") -> list[dict]:
         picks = [(c, e) for c in combos for e in ends]
     else:
         picks = [(combos[i % len(combos)], ends[i % 2]) for i in range(max(len(combos), 2))]
-    order = list(spec.axes)
     out = []
     for combo, extreme in picks:
         point = {**combo, **extreme, **fixed}
-        out.append({k: point[k] for k in order})
+        out.append({k: point[k] for k in axes})
     return out
 
 

@@ -232,6 +232,8 @@ def _spec_error(exc: OmegaConfBaseException) -> str:
         name = key.rpartition(".")[2]
         allowed = f" (allowed: {', '.join(sorted(schema.__dataclass_fields__))})" if schema else ""
         return f"unknown key in {where}: {name}{allowed}"
+    if type(exc).__name__ == "MissingMandatoryValue" and key:
+        return f"'{key}' is missing (every spec names its sweep: runs go to <runs_root>/<name>/)"
     return str(merge_error(exc))
 
 
