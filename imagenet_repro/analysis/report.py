@@ -42,7 +42,7 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 tr.state-diverged td { background: #fde8e8; } tr.state-failed td, tr.state-corrupt td { background: #fff3cd; }
 tr.state-running td, tr.state-pending td { background: #eef4ff; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: .9em; color: #555; } .note { color: #555; font-size: .9em; }
+figcaption { font-size: .9em; color: #555; } .note { color: #555; font-size: .9em; } pre { overflow-x: auto; }
 .verdict-zero { color: #7a5b00; } .verdict-sig { color: #0a6b2d; font-weight: 600; }
 """
 
