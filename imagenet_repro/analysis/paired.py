@@ -20,7 +20,6 @@ the runs' dataset in :data:`DEFAULT_TARGET_TOP1` applies.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
