@@ -57,8 +57,10 @@ def test_library_hyper_parameters_are_checked_against_the_constructor(data_paths
         config(data_paths, name="timm:lion", eps=1e-8)  # Lion has no eps
     with pytest.raises(ConfigError, match="unknown config key: optim.use_gc"):
         config(data_paths, name="pytorch_optimizer:Lion", use_gc=True)  # taken by its **kwargs, not a key
+    with pytest.raises(ConfigError, match="optim.eps must be > 0"):
+        config(data_paths, name="torch.optim:RAdam", eps=-1.0)  # the suite's rule for a declared eps, at config time
     with pytest.raises(ConfigError, match="refuses these settings"):
-        config(data_paths, name="torch.optim:RAdam", eps=-1.0)  # the class's own check, at config time
+        config(data_paths, name="torch.optim:Adagrad", lr_decay=-1.0)  # the class's own check, at config time
     with pytest.raises(ConfigError, match="unknown optimizer name: 'timm:no_such_opt'"):
         config(data_paths, name="timm:no_such_opt")
     with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
