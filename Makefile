@@ -5,7 +5,7 @@ REPRO := $(VENV)/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test lint rehearse sweep status aggregate figures report bench slurm-up slurm-down
+.PHONY: help install demo test test-rehearsals lint rehearse sweep status aggregate figures report bench slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ install:  ## check (as root: install) the build's libraries, make the venv (VENV
 demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures -> report in results/demo/
 	$(REPRO) demo
 
-test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo, rehearsals)
+test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo, the flagship rehearsal)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-rehearsals: install  ## rehearse every other shipped spec end to end (minutes each; CI runs it after make test)
+	$(VENV)/bin/python -m pytest -m rehearsal $(PYTEST_ARGS)
 
 lint: install  ## ruff (pyflakes + import order) over the whole tree
 	$(VENV)/bin/ruff check .

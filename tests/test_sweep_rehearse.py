@@ -198,6 +198,7 @@ def test_flagship_rehearses_clean_under_two_rank_ddp(rehearsal_root):
 
 
 @pytest.mark.slow
+@pytest.mark.rehearsal
 @pytest.mark.parametrize("spec", sorted(p.name for p in (REPO / "sweeps").glob("*.yaml") if p.name != FLAGSHIP.name))
 def test_every_other_shipped_spec_rehearses_clean(spec, rehearsal_root):
     proc = rehearse(REPO / "sweeps" / spec, rehearsal_root)
