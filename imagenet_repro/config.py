@@ -300,6 +300,24 @@ def _at_least(key: str, value: float, lo: float) -> None:
     _require(value >= lo, f"{key} must be >= {lo:g} (got {value})")
 
 
+class ContainerView(dict):
+    """Attribute access over a resolved config's plain container, for :func:`validate`.
+
+    The sweep planner types each grid point with OmegaConf (per axis value, once) and then
+    validates hundreds of plain containers: wrapping each in a DictConfig would cost more
+    than the rest of the plan.  Nothing is typed or converted here."""
+
+    def __getattr__(self, item: str) -> Any:
+        try:
+            return self[item]
+        except KeyError:
+            raise AttributeError(item) from None
+
+    def __getitem__(self, item: str) -> Any:
+        value = dict.__getitem__(self, item)
+        return ContainerView(value) if isinstance(value, dict) else value
+
+
 def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     """Every field of every section: finite numbers, ranges, lengths, cross-field rules.
 

@@ -51,6 +51,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from imagenet_repro.config import (
     ConfigError,
+    ContainerView,
     build_config,
     config_hash,
     merge_error,
@@ -441,7 +442,7 @@ def resolve_runs(spec: SweepSpec, points: Optional[list[dict]] = None) -> list[P
             for k, v in point.items():
                 if k != "optim.name":
                     _set(container, k, templates.typed(key, k, v))
-            validate(OmegaConf.create(container), check_paths=False)
+            validate(ContainerView(container), check_paths=False)
         except ConfigError as exc:
             raise ConfigError(f"grid point {label}: {exc}") from None
         run_id = config_hash(container)
