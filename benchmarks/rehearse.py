@@ -2,9 +2,10 @@
 the real ResNet-50, every variant run three times: reference, killed, resumed), end to end
 as a user runs it, through SLURM when a cluster answers, else the local executor.
 
-The synthetic ImageNet-shaped dataset is built once and cached under the rehearsal root:
-the first (cold) rehearsal pays for it, the second (warm) is what a user pays again
-after changing a config.  Target: the warm rehearsal in <= 5 min on 2 cores.  Baseline in
+The synthetic ImageNet-shaped dataset is built once and cached under the rehearsal root
+(timed apart: the first rehearsal of a spec pays it once); the rehearsal itself is then timed
+with the cache warm, which is what a user pays again after changing a config.  Target: the
+warm rehearsal in <= 5 min on 2 cores.  Baseline in
 the same run: one bare 2-rank ``torch.distributed.run`` of ``repro train`` on the same
 shrunk config (one run of the nine process starts a 2-variant rehearsal makes), so the
 JSON also gives the rehearsal as a multiple of one run.
@@ -41,9 +42,12 @@ def main() -> None:
     repro = [sys.executable, "-m", "imagenet_repro"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "rehearsal"
-        cold_s, cold = timed([*repro, "sweep", args.spec, "--rehearse", "--rehearse-root", str(root)])
-        if cold.returncode != 0:
-            raise SystemExit(f"rehearsal failed:\n{cold.stdout[-3000:]}{cold.stderr[-3000:]}")
+        from imagenet_repro.sweep.rehearse import rehearsal_data
+        from imagenet_repro.sweep.spec import load_spec, resolve_runs
+
+        t0 = time.perf_counter()
+        rehearsal_data(root, resolve_runs(load_spec(REPO / args.spec))[0].config)
+        data_s = time.perf_counter() - t0
         warm_s, warm = timed([*repro, "sweep", args.spec, "--rehearse", "--rehearse-root", str(root)])
         if warm.returncode != 0:
             raise SystemExit(f"rehearsal failed:\n{warm.stdout[-3000:]}{warm.stderr[-3000:]}")
@@ -59,7 +63,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
         "spec": args.spec,
         "cluster": cluster.group(1) if cluster else None,
-        "rehearsal_cold_s": round(cold_s, 1),
+        "synthetic_data_build_s": round(data_s, 1),
         "rehearsal_warm_s": round(warm_s, 1),
         "target_warm_s": 300,
         "target_met": warm_s <= 300,
