@@ -47,7 +47,6 @@ from omegaconf import OmegaConf
 from imagenet_repro import rundir
 from imagenet_repro.config import ConfigError, build_config, config_hash
 from imagenet_repro.sweep.spec import (
-    SHORT_NAMES,
     LocalSpec,
     PlannedRun,
     SweepSpec,
@@ -390,5 +389,4 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
     return 1 if failed else 0
 
 
-__all__ = ["choose_variants", "rehearsal_data", "shrink", "rehearse", "KillAfterCheckpoint", "compare_runs",
-           "SHORT_NAMES"]
+__all__ = ["choose_variants", "rehearsal_data", "shrink", "rehearse", "KillAfterCheckpoint", "compare_runs"]
