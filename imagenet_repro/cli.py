@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 DEFAULT_RUNS_ROOT = "runs"
 

@@ -22,9 +22,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message is one line."""
+from imagenet_repro.errors import ConfigError, first_line
 
 
 # Choice fields are StrEnums: OmegaConf rejects any other value when merging (one line,
@@ -143,11 +141,6 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-def _one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    return msg[0] if msg else type(exc).__name__
-
-
 def _parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
@@ -155,7 +148,7 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad override: {_one_line(exc)}") from None
+        raise ConfigError(f"bad override: {first_line(exc)}") from None
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> DictConfig:
@@ -166,7 +159,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:  # yaml.YAMLError and friends
-        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+        raise ConfigError(f"{path}: not valid YAML: {first_line(exc)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return loaded
@@ -176,7 +169,7 @@ def merge_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     key = getattr(exc, "full_key", None)
     if key and prefix and not str(key).startswith(prefix):
         key = prefix + str(key)
-    text = _one_line(exc)
+    text = first_line(exc)
     if type(exc).__name__ == "ConfigKeyError" and key:
         return ConfigError(f"unknown config key: {key}")
     if key:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import imagenet_repro  # noqa: F401  (torchvision compatibility shim first)
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 SMALL = "small_resnet"
 

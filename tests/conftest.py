@@ -54,8 +54,8 @@ def fmnist_folder() -> Path:
     """Fashion-MNIST's idx folder, by the package's one lookup ($FASHION_MNIST_DIR, Debian's
     folder, else torchvision's download into the repo's data/); a test needing it fails with
     the lookup's one-line error when there is none."""
-    from imagenet_repro.config import ConfigError
     from imagenet_repro.data.imagefolder import fashion_mnist_source
+    from imagenet_repro.errors import ConfigError
 
     try:
         return fashion_mnist_source(download_root=REPO / "data")

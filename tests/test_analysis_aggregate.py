@@ -12,7 +12,7 @@ from synthetic_runs import truncate_file, write_run, write_spec
 from imagenet_repro.analysis.aggregate import aggregate_runs, aggregate_sweep
 from imagenet_repro.analysis.metrics import bin_index, binned_means, tail_ratio
 from imagenet_repro.analysis.sweepref import sweep_ref
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 N = 100  # steps 0..99: the 40-60% window is steps 40..59, the last 10% is 90..99
 

@@ -19,7 +19,7 @@ from imagenet_repro.analysis.paired import (
     spec_target_top1,
     t_interval,
 )
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 N = 100  # steps 0..99: the 40-60% window is steps 40..59, the last 10% is 90..99
 T975_2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2): 3 seeds

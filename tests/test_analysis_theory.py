@@ -10,7 +10,7 @@ import pytest
 from synthetic_runs import write_config
 
 from imagenet_repro.analysis.theory import agreement_from_layers, default_window, main, theory_agreement
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 
 def layer_table(n_logged: int = 20, every: int = 10) -> pd.DataFrame:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from imagenet_repro.cli import main
-from imagenet_repro.config import ConfigError, config_hash, load_config
+from imagenet_repro.config import config_hash, load_config
+from imagenet_repro.errors import ConfigError
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_repro.config import ConfigError, build_config
+from imagenet_repro.config import build_config
 from imagenet_repro.data import build_loaders
 from imagenet_repro.data.beton import check_beton
 from imagenet_repro.data.loaders import train_resolution
+from imagenet_repro.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 

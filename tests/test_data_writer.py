@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 
 from imagenet_repro.cli import main
-from imagenet_repro.config import ConfigError, build_config
+from imagenet_repro.config import build_config
 from imagenet_repro.data import build_loaders
 from imagenet_repro.data.beton import check_beton
 from imagenet_repro.data.loaders import IMAGENET_MEAN, IMAGENET_STD, VAL_CROP_RATIO
 from imagenet_repro.data.writer import write_imagefolder
+from imagenet_repro.errors import ConfigError
 
 COUNTS = {"cat": 5, "dog": 3, "eel": 4}
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

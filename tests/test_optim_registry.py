@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from imagenet_repro.config import ConfigError, build_config
+from imagenet_repro.config import build_config
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import (
     OptimConfig,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from imagenet_repro import cli
-from imagenet_repro.config import ConfigError
 from imagenet_repro.data import imagefolder
 from imagenet_repro.data.imagefolder import FASHION_MNIST_FILES, fashion_mnist_source
+from imagenet_repro.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "scripts" / "check-system.sh"

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from test_sweep_cluster import slurm_cluster, tiny_spec  # noqa: F401  (fixture)
 
 from imagenet_repro import cli, rundir
-from imagenet_repro.config import ConfigError, build_config, config_hash
+from imagenet_repro.config import build_config, config_hash
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import grid_points, load_spec, resolve_runs, select_points
 from imagenet_repro.sweep.state import classify_all, run_refs

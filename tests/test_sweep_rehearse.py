@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from imagenet_repro import cli, rundir
-from imagenet_repro.config import ConfigError, check_placement, placement_problems
+from imagenet_repro.config import check_placement, placement_problems
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.sweep.rehearse import Scale, VariantResult, choose_variants, compare_runs, format_table, shrink
 from imagenet_repro.sweep.spec import load_spec
 

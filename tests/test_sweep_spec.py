@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from imagenet_repro import cli, rundir
-from imagenet_repro.config import ConfigError, build_config, config_hash
+from imagenet_repro.config import build_config, config_hash
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.spec import grid_points, load_spec, resolve_runs, select_points
 from imagenet_repro.sweep.state import classify_all, run_refs

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagenet_repro.config import ConfigError
 from imagenet_repro.data.imagefolder import scan_imagefolder
 from imagenet_repro.data.synthetic import write_synthetic_imagefolder
+from imagenet_repro.errors import ConfigError
 
 
 def digest(paths) -> list[str]:

@@ -98,7 +98,8 @@ def test_checkpoint_round_trip_restores_rng_and_state(tmp_path):
 
 
 def test_bad_beton_fresh_run_writes_nothing_but_an_existing_run_records_the_failure(tmp_path):
-    from imagenet_repro.config import ConfigError, build_config
+    from imagenet_repro.config import build_config
+    from imagenet_repro.errors import ConfigError
     from imagenet_repro.rundir import read_status
     from imagenet_repro.train import run_training
 

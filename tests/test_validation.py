@@ -211,7 +211,8 @@ def test_plain_container_views_get_the_same_choice_and_finite_checks():
     """``validate`` also runs on plain containers (the sweep planner's fast path)."""
     from omegaconf import OmegaConf
 
-    from imagenet_repro.config import ConfigError, ContainerView, build_config, read_yaml, validate
+    from imagenet_repro.config import ContainerView, build_config, read_yaml, validate
+    from imagenet_repro.errors import ConfigError
 
     base = OmegaConf.to_container(build_config(read_yaml(ROOT / "experiments/demo.yaml"), check_paths=False))
     for section, key, value, message in (("data", "backend", "dali", "data.backend must be one of ffcv, torchvision"),

@@ -47,7 +47,7 @@ from imagenet_repro.analysis.metrics import binned_means, tail_ratio
 from imagenet_repro.analysis.paired import default_target, format_paired, paired_table, spec_target_top1, time_to_target
 from imagenet_repro.analysis.sweepref import sweep_ref
 from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError, first_line
 
 STEP_READ_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
                      "grad_norm_normalized", "weight_norm_normalized"]
@@ -81,10 +81,6 @@ class Aggregate:
 Columns = dict[str, np.ndarray]
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _read_parquet(path: Path, columns: list[str], optional: list[str] | None = None) -> Columns | None:
     """``columns`` (and those of ``optional`` the file has) of the table at ``path`` as numpy
     arrays (string columns as integer codes plus ``<name>__names``); None if absent;
@@ -107,7 +103,7 @@ def _read_parquet(path: Path, columns: list[str], optional: list[str] | None = N
                 out[name] = col.to_numpy()
         return out
     except Exception as exc:
-        raise CorruptRun(f"{path.name}: {_first_line(exc)}") from None
+        raise CorruptRun(f"{path.name}: {first_line(exc)}") from None
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -139,7 +135,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         if not isinstance(tree, dict):
             raise ValueError("not a mapping")
     except Exception as exc:
-        raise CorruptRun(f"{rundir.CONFIG}: {_first_line(exc)}") from None
+        raise CorruptRun(f"{rundir.CONFIG}: {first_line(exc)}") from None
     row: dict[str, Any] = {}
     for key, dotted in (("optimizer", "optim.name"), ("lr", "optim.lr"), ("wd", "optim.weight_decay"),
                         ("seed", "seed")):
@@ -150,7 +146,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     try:
         row["lr"], row["wd"], row["seed"] = float(row["lr"]), float(row["wd"]), int(row["seed"])
     except (TypeError, ValueError) as exc:
-        raise CorruptRun(f"{rundir.CONFIG}: {_first_line(exc)}") from None
+        raise CorruptRun(f"{rundir.CONFIG}: {first_line(exc)}") from None
     row["optimizer"] = str(row["optimizer"])
     row["schedule"] = _select(tree, "schedule.name")
     flat: dict[str, Any] = {}

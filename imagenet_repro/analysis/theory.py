@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from imagenet_repro import rundir
 from imagenet_repro.analysis.metrics import positions, window_mask
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError, first_line
 
 LAYER_READ_COLUMNS = ["step", "layer", "grad_norm", "weight_norm", "predicted_ratio"]
 FLAT_WINDOW = (0.5, 1.0)
@@ -116,7 +116,7 @@ def theory_agreement(run_dir: str | Path, window: tuple[float, float] | None = N
     try:
         layers = pq.read_table(path, columns=LAYER_READ_COLUMNS).to_pandas()
     except Exception as exc:
-        raise ConfigError(f"{path}: unreadable parquet: {(str(exc).splitlines() or [''])[0]}") from None
+        raise ConfigError(f"{path}: unreadable parquet: {first_line(exc)}") from None
     table = agreement_from_layers(layers, window, total_steps=_total_steps(run_dir))
     table.attrs["window"] = tuple(window)
     table.attrs["summary"] = summarize_agreement(table)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 _IMAGE_TYPE_ID, _INT_TYPE_ID = 2, 1  # ffcv.types.TYPE_ID_HANDLER: RGBImageField, IntField
 

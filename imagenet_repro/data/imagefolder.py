@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError, first_line
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -105,7 +105,7 @@ def load_rgb(path: str) -> Image.Image:
             img = Image.open(fh)
             return img.convert("RGB")
     except Exception as exc:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ConfigError(f"unreadable image {path}: {reason}") from None
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError, describe
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
@@ -106,8 +106,7 @@ def ffcv_import_error() -> str | None:
     try:
         import ffcv.loader  # noqa: F401
     except Exception as exc:  # ImportError, or a broken compiled extension
-        text = str(exc).strip().splitlines()
-        return f"{type(exc).__name__}: {text[0] if text else ''}"
+        return describe(exc)
     return None
 
 

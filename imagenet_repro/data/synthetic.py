@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 __all__ = ["natural_image", "class_dir", "write_synthetic_imagefolder"]
 

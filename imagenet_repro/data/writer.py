@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.data.beton import check_beton
 from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
                                              read_fashion_mnist, scan_imagefolder)

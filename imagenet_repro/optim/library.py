@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 MISSING = "???"  # OmegaConf's mark for a value the user must give
 

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 from torch import fx, nn
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 
 NORMS: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 LAYERS: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)

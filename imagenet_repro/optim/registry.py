@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError, describe
 
 ENTRY_POINT_GROUP = "imagenet_repro.optimizers"
 RULES = ("graph", "transformer")
@@ -104,12 +104,7 @@ def _load_entry_points() -> None:
         try:
             ep.load()
         except Exception as exc:
-            raise ConfigError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}): {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            raise ConfigError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}): {describe(exc)}") from None
 
 
 def import_modules(imports: Iterable[str]) -> None:
@@ -138,7 +133,7 @@ def import_modules(imports: Iterable[str]) -> None:
         except ConfigError:
             raise
         except Exception as exc:  # ImportError, SyntaxError, an error the module raises
-            raise ConfigError(f"optim.imports: cannot import {item!r}: {_one_line(exc)}") from None
+            raise ConfigError(f"optim.imports: cannot import {item!r}: {describe(exc)}") from None
 
 
 def available_optimizers() -> list[str]:
@@ -205,7 +200,7 @@ def check_optim_config(cfg) -> None:
     try:
         entry.cls(_probe_groups(cfg), **_constructor_kwargs(entry, cfg))
     except Exception as exc:  # ValueError / TypeError of the optimizer's own checks
-        raise ConfigError(f"optim: {cfg.name} refuses these settings: {_one_line(exc)}") from None
+        raise ConfigError(f"optim: {cfg.name} refuses these settings: {describe(exc)}") from None
 
 
 def build_optimizer(model: torch.nn.Module, cfg, example_input: torch.Tensor | None = None) -> torch.optim.Optimizer:

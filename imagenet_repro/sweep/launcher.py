@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.spec import (
     SHORT_NAMES,

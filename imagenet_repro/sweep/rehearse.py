@@ -45,7 +45,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from imagenet_repro import rundir
-from imagenet_repro.config import ConfigError, build_config, config_hash
+from imagenet_repro.config import build_config, config_hash
+from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.sweep.spec import (
     LocalSpec,
     PlannedRun,
@@ -252,7 +253,7 @@ def compare_runs(reference: Path, resumed: Path) -> list[str]:
         try:
             a, b = pd.read_parquet(reference / table), pd.read_parquet(resumed / table)
         except Exception as exc:  # missing or unreadable
-            problems.append(f"{table}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            problems.append(f"{table}: {describe(exc)}")
             continue
         drop = [c for c in TIMING_COLUMNS if c in a.columns]
         try:
@@ -374,7 +375,7 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
         files = make_figures(ref_sweep, results_root=root / "results", quiet=True)
         analysis.append(f"aggregate + figures: {len(files)} files in {root / 'results' / spec.name}/")
     except Exception as exc:  # reported in the table's verdict, not raised
-        analysis.append(f"aggregate/figures FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        analysis.append(f"aggregate/figures FAILED: {describe(exc)}")
     print(format_table(results))
     for line in analysis:
         print(line)

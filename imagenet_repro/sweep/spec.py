@@ -50,7 +50,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from imagenet_repro.config import (
-    ConfigError,
     ContainerView,
     build_config,
     config_hash,
@@ -59,6 +58,7 @@ from imagenet_repro.config import (
     read_yaml,
     validate,
 )
+from imagenet_repro.errors import ConfigError
 
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.sweep.spec import PlannedRun, SweepSpec, _same, run_hours
 
 STAGE_AXES = ("optim.name", "optim.lr", "optim.weight_decay", "seed")

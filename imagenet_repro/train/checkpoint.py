@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagenet_repro.config import ConfigError
+from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.rundir import _FILE_MODE, atomic_write_text
 
 KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng")
@@ -121,11 +121,6 @@ def checkpoint_paths(folder: str | Path) -> list[Path]:
     return [Path(folder) / LAST, Path(folder) / PREV]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def read_checkpoint(path: str | Path) -> dict:
     """The payload of ``path`` after the file checks (sidecar, weights_only load, keys);
     raises CheckpointError with the reason."""
@@ -144,7 +139,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, objects weights_only refuses...
-        raise CheckpointError(f"unreadable: truncated or corrupted ({_first_line(exc)[:100]})") from None
+        raise CheckpointError(f"unreadable: truncated or corrupted ({describe(exc)[:100]})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in KEYS):
         raise CheckpointError(f"not a checkpoint of this suite (keys {sorted(payload) if isinstance(payload, dict) else type(payload).__name__})")
     return payload
@@ -163,7 +158,7 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         _set_rng_state(payload["rng"])
         return {k: int(payload[k]) for k in ("step", "epoch", "batch_in_epoch")}
     except Exception as exc:
-        raise CheckpointError(f"does not fit this run's model/optimizer ({_first_line(exc)})") from None
+        raise CheckpointError(f"does not fit this run's model/optimizer ({describe(exc)})") from None
 
 
 def load_latest(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
