@@ -184,7 +184,7 @@ def train_cfg(data: dict, s: Sizes, device: torch.device, steps_per_epoch: int |
 def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
     import pandas as pd
 
-    from imagenet_repro import rundir
+    from imagenet_repro import files, rundir
     from imagenet_repro.train.distributed import shutdown
     from imagenet_repro.train.loop import Trainer, run_training
 
@@ -210,7 +210,7 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
                     "eval": evals.round(4).to_dict(orient="records"),
                     "eval_ran": bool(len(evals) == 2 and np.isfinite(evals.loss).all()),
                     "top1_over_chance": round(float(evals.top1.iloc[-1]) * s.classes, 2) if len(evals) else None,
-                    "manifest_device": rundir.read_json(a_dir / rundir.MANIFEST).get("device")})
+                    "manifest_device": files.read_json(a_dir / rundir.MANIFEST).get("device")})
 
         class StopAt(Trainer):  # the SIGUSR1 path: flag at a step boundary -> checkpoint -> exit
             def _train_step(self, images, labels):

@@ -44,7 +44,7 @@ def synthetic_sweep(root: Path) -> Path:
     """paper_fig5's grid under ``root``, every run folder with a status.json (mixed states)."""
     from imagenet_repro import rundir
     from imagenet_repro.sweep.spec import load_spec
-    from imagenet_repro.sweep.state import run_refs
+    from imagenet_repro.sweep.status import run_refs
 
     text = (REPO / "sweeps/paper_fig5.yaml").read_text()
     text = text.replace("runs_root: runs", f"runs_root: {root / 'runs'}")
@@ -61,8 +61,8 @@ def synthetic_sweep(root: Path) -> Path:
 
 
 def main() -> None:
+    from imagenet_repro.cli import main as repro
     from imagenet_repro.sweep.launcher import launch
-    from imagenet_repro.sweep.status import print_status
 
     startup, _ = timed_process([sys.executable, "-c", "import imagenet_repro"], REPO)
     dry_cli, out = timed_process([*REPRO, "sweep", "sweeps/paper_fig5.yaml", "--dry-run", "--stage", "all"], REPO)
@@ -73,7 +73,7 @@ def main() -> None:
         spec = synthetic_sweep(Path(tmp))
         status_cli, out = timed_process([*REPRO, "status", str(spec)], REPO)
         assert "560 runs" in out and "done 140" in out, out[:500]
-        status_lib = timed_call(print_status, str(spec))
+        status_lib = timed_call(repro, ["status", str(spec)])
     result = {
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
         "baseline_python_import_imagenet_repro_s": round(startup, 3),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import imagenet_repro  # noqa: F401  (torchvision shim)
 from imagenet_repro.models import build_model
-from imagenet_repro.optim import build_optimizer, predicted_ratio
+from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.train.telemetry import Telemetry
 
 OUT = Path("results/bench/telemetry.json")

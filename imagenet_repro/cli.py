@@ -12,20 +12,18 @@ import sys
 from pathlib import Path
 
 from imagenet_repro.errors import ConfigError
-
-DEFAULT_RUNS_ROOT = "runs"
+from imagenet_repro.rundir import DEFAULT_RUNS_ROOT, FINAL_STATES
 
 
 def _train(args: argparse.Namespace) -> int:
     from imagenet_repro.config import config_hash, load_config
+    from imagenet_repro.train.loop import run_training
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(DEFAULT_RUNS_ROOT) / cfg.name / config_hash(cfg)
-    from imagenet_repro.train import run_training
-
     state = run_training(cfg, out)
     print(f"{out}: {state}")
-    return 0 if state in ("done", "diverged") else 1
+    return 0 if state in FINAL_STATES else 1
 
 
 def _data_write(args: argparse.Namespace) -> int:
@@ -58,9 +56,23 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from imagenet_repro.sweep.status import print_status
+    from imagenet_repro.sweep.spec import load_spec
+    from imagenet_repro.sweep.status import classify_all, format_counts, run_refs, run_table, status_refs
 
-    return print_status(args.spec, show_runs=not args.counts_only)
+    spec = load_spec(args.spec)
+    refs = run_refs(spec)
+    states = classify_all(status_refs(spec, refs))
+    staged = f" (staged: stage 1 and the runs launched of a {len(refs)}-run grid)" if spec.stages else ""
+    print(f"sweep {spec.name}: {len(states)} runs{staged} in {spec.sweep_dir}: {format_counts(states)}")
+    if args.counts_only or not states:
+        return 0
+    print(run_table(states))
+    failed = [st for st in states if st.state == "failed"]
+    if failed:
+        print("failed runs:")
+        for st in failed:
+            print(f"  {st.ref.run_id}: {st.reason}")
+    return 0
 
 
 def _aggregate(args: argparse.Namespace) -> int:
@@ -85,11 +97,33 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _inspect_model(args: argparse.Namespace) -> int:
-    from imagenet_repro.optim.param_groups import print_param_table
+    """Every parameter of a named model with its group and decay rule."""
+    from imagenet_repro.config import ModelConfig
+    from imagenet_repro.models import build_model, known_model
+    from imagenet_repro.optim.param_groups import KINDS, classify_by, decay_rule, normalized_layers
 
-    print_param_table(args.model, num_classes=args.num_classes, decay_norm_and_bias=not args.no_decay_norm_and_bias,
-                      rule=args.rule)
+    if not known_model(args.model):
+        raise ConfigError(f"unknown model name: {args.model!r}")
+    if args.num_classes <= 0:
+        raise ConfigError(f"--num-classes must be > 0 (got {args.num_classes})")
+    decays = not args.no_decay_norm_and_bias
+    model = build_model(ModelConfig(name=args.model), args.num_classes)
+    normalized, method = normalized_layers(model, rule=args.rule)
+    classified = classify_by(model, normalized)
+    rows = [(name, "x".join(map(str, p.shape)), kind, decay_rule(kind, decays)) for name, p, kind in classified]
+    print(_table(("parameter", "shape", "group", "weight decay"), rows))
+    print(f"\n{args.model}: normalized_rule={args.rule}; normalized layers from {method}")
+    for kind in KINDS:
+        sel = [p for _, p, k in classified if k == kind]
+        print(f"  {kind:<12} {len(sel):4d} tensors {sum(p.numel() for p in sel):>12,d} values"
+              f"  decay {decay_rule(kind, decays)}")
     return 0
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns two spaces apart, the last one unpadded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]) for r in [header, *rows])
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from imagenet_repro.errors import ConfigError, first_line
+from imagenet_repro.optim.registry import check_optim_config, optimizer_config_class
 
 
 # Choice fields are StrEnums: OmegaConf rejects any other value when merging (one line,
@@ -192,10 +193,6 @@ def _optim_section(layers: list[DictConfig]) -> Optional[DictConfig]:
     So ``repro train experiments/demo.yaml optim.name=adamw`` works although the YAML sets
     SGD's ``momentum``: the keys belong to the optimizer that was replaced.  Keys given in
     the same layer as the new name, or later, must be declared by it (else: unknown key)."""
-    from dataclasses import fields
-
-    from imagenet_repro.optim.registry import optimizer_config_class
-
     merged: Optional[DictConfig] = None
     name: Optional[str] = None
     for layer in layers:
@@ -219,8 +216,6 @@ def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictCo
 
     ``check_paths=False`` skips the data-path existence checks (a sweep's dry run plans
     cluster paths that need not exist on the submitting machine)."""
-    from imagenet_repro.optim.registry import optimizer_config_class
-
     layers = [OmegaConf.create(layer) for layer in layers]
     optim_raw = _optim_section(layers)
     raw = OmegaConf.merge(*[_without_optim(layer) for layer in layers]) if layers else OmegaConf.create()
@@ -319,7 +314,9 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     Rules that depend on the world size (batch vs ranks) are checked where it is known;
     the contents of the data files (labels vs ``data.num_classes``) by
     :func:`imagenet_repro.data.loaders.check_data` before any loader is built."""
-    from imagenet_repro.models import known_model
+    from imagenet_repro.models import (
+        known_model,  # here: torch and torchvision load when a config is checked, not on import
+    )
 
     for key, value in _leaves(cfg):
         if isinstance(value, float):
@@ -349,8 +346,6 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
                  f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})")
     if "eps" in o:
         _require(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
-    from imagenet_repro.optim.registry import check_optim_config
-
     check_optim_config(o)  # normalized_rule, corrected_decay, and the optimizer's own checks
     t = cfg.train
     _require(t.epochs > 0, f"train.epochs must be > 0 (got {t.epochs})")
@@ -449,7 +444,3 @@ def config_hash(cfg: DictConfig | dict, length: int = 10) -> str:
     container.get("train", {}).pop("progress", None)
     blob = json.dumps(container, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def get(cfg: DictConfig, dotted: str, default: Optional[Any] = None) -> Any:
-    return OmegaConf.select(cfg, dotted, default=default)

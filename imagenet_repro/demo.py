@@ -12,16 +12,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from imagenet_repro.analysis.aggregate import aggregate_sweep
+from imagenet_repro.analysis.figures import make_figures
+from imagenet_repro.analysis.report import make_report
+from imagenet_repro.data import writer
+from imagenet_repro.sweep.launcher import launch
+
 DATA_DIR = Path("data/fashion_mnist")
 
 
 def run_demo(spec: str, cluster: str = "auto") -> int:
-    from imagenet_repro.analysis.aggregate import aggregate_sweep
-    from imagenet_repro.analysis.figures import make_figures
-    from imagenet_repro.analysis.report import make_report
-    from imagenet_repro.data import writer
-    from imagenet_repro.sweep.launcher import launch
-
     t0 = time.monotonic()
     if not all((DATA_DIR / f).exists() for f in ("train.beton", "val.beton")):
         print(f"demo: writing Fashion-MNIST to {DATA_DIR}/ (train.beton, val.beton)", flush=True)

@@ -1,4 +1,4 @@
-"""The run directory contract, and atomic file writes.
+"""The run directory contract: the files of one run, and its status.
 
 One run = one directory holding everything needed to plot it and to resume it::
 
@@ -12,19 +12,40 @@ One run = one directory holding everything needed to plot it and to resume it::
                       and prev.pt, the one before it, each with a .sha256 sidecar
                       (see train.checkpoint: verified on resume, prev.pt the fallback)
 
-Every file appears atomically: written to a temporary name in the same folder, flushed,
-then renamed, so a reader never sees half a file.
+Every file appears atomically (:mod:`imagenet_repro.files`), so a reader never sees half a file.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-STATES = ("pending", "running", "done", "failed", "diverged")
-FINAL_STATES = ("done", "diverged")
+# the writers are imported for the trainer's use of rundir.* while it moves to files.*
+from imagenet_repro.files import atomic_write_json, atomic_write_parquet, atomic_write_text, read_json  # noqa: F401
+
+
+class RunState(StrEnum):
+    """Every state a run is shown in, in the order tables list them: the suite's one list.
+
+    The trainer writes the first five into ``status.json`` (:data:`WRITTEN_STATES`);
+    ``repro status`` adds what the scheduler says of a run that is not final (``queued``,
+    ``unknown``; see :mod:`imagenet_repro.sweep.status`) and the analysis marks a run whose
+    files cannot be read ``corrupt``.  A member *is* its string (``RunState.done == "done"``)."""
+
+    done = "done"          # trained to the end (final: never resubmitted)
+    diverged = "diverged"  # a non-finite loss or gradient ended it (final)
+    running = "running"    # the trainer is at work
+    queued = "queued"      # submitted, not started yet (scheduler)
+    failed = "failed"      # stopped by an error, a signal or a time limit; resumable
+    pending = "pending"    # never started
+    unknown = "unknown"    # its job's fate cannot be told (scheduler unreachable)
+    corrupt = "corrupt"    # its files cannot be read (analysis)
+
+
+WRITTEN_STATES = (RunState.pending, RunState.running, RunState.done, RunState.failed, RunState.diverged)
+FINAL_STATES = (RunState.done, RunState.diverged)
+
+DEFAULT_RUNS_ROOT = "runs"  # where `repro train` and a spec without runs_root put runs
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
@@ -37,68 +58,15 @@ LAST_CHECKPOINT = "checkpoints/last.pt"
 PREV_CHECKPOINT = "checkpoints/prev.pt"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's default 0600 hides files from colleagues
-
-
-def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _FILE_MODE)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-
-    atomic_write(path, write)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_write_parquet(path: str | Path, frame) -> None:
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
-
-
-def read_json(path: str | Path) -> dict | None:
-    """The JSON object at ``path``, or None if missing or unreadable."""
-    try:
-        with open(path) as fh:
-            obj = json.load(fh)
-        return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def read_status(run_dir: str | Path) -> dict:
     status = read_json(Path(run_dir) / STATUS)
     if status is None:
-        return {"state": "pending"}
+        return {"state": RunState.pending}
     return status
 
 
 def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
-    assert state in STATES, state
+    assert state in WRITTEN_STATES, state
     current = read_json(Path(run_dir) / STATUS) or {}
     current.update(extra)
     current["state"] = state

@@ -11,8 +11,8 @@ from synthetic_runs import truncate_file, write_run, write_spec
 
 from imagenet_repro.analysis.aggregate import aggregate_runs, aggregate_sweep
 from imagenet_repro.analysis.metrics import bin_index, binned_means, tail_ratio
-from imagenet_repro.analysis.sweepref import sweep_ref
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.sweep.spec import as_spec
 
 N = 100  # steps 0..99: the 40-60% window is steps 40..59, the last 10% is 90..99
 
@@ -90,7 +90,7 @@ def test_states_are_all_reported_and_counted(sweep, capsys):
 
 def test_exact_per_run_numbers(sweep):
     spec, _ = sweep
-    runs = aggregate_runs(sorted(sweep_ref(spec).runs_dir.iterdir())).runs.set_index("run_id")
+    runs = aggregate_runs(sorted(as_spec(spec).sweep_dir.iterdir())).runs.set_index("run_id")
     a0 = runs.loc["a0"]
     assert (a0["optimizer"], a0["lr"], a0["wd"], a0["seed"]) == ("sgd", 0.1, 1e-4, 0)
     assert a0["grad_norm_tail_ratio"] == pytest.approx(2.5)
@@ -106,7 +106,7 @@ def test_exact_per_run_numbers(sweep):
 
 def test_curves_are_downsampled(sweep):
     spec, _ = sweep
-    agg = aggregate_runs(sorted(sweep_ref(spec).runs_dir.iterdir()), max_points=20)
+    agg = aggregate_runs(sorted(as_spec(spec).sweep_dir.iterdir()), max_points=20)
     a0 = agg.curves[agg.curves["run_id"] == "a0"]
     train, ev = a0[a0["source"] == "train"], a0[a0["source"] == "eval"]
     assert len(train) == 20 and len(ev) == 4

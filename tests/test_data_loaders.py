@@ -14,7 +14,7 @@ import torch
 from imagenet_repro.config import build_config
 from imagenet_repro.data import build_loaders
 from imagenet_repro.data.beton import check_beton
-from imagenet_repro.data.loaders import train_resolution
+from imagenet_repro.data.common import train_resolution
 from imagenet_repro.errors import ConfigError
 
 pytestmark = pytest.mark.slow

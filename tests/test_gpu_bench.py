@@ -132,8 +132,8 @@ def test_ffcv_gpu_pipeline_is_ffcv_imagenets_order():
     from ffcv.fields.basics import IntDecoder
     from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
+    from imagenet_repro.data.common import IMAGENET_MEAN, IMAGENET_STD
     from imagenet_repro.data.ffcv_backend import image_tail, label_pipeline
-    from imagenet_repro.data.loaders import IMAGENET_MEAN, IMAGENET_STD
 
     gpu = torch.device("cuda", 1)
     pre, post = image_tail(gpu, IMAGENET_MEAN, IMAGENET_STD)

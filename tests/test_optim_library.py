@@ -10,7 +10,7 @@ from imagenet_repro import cli
 from imagenet_repro.config import build_config
 from imagenet_repro.errors import ConfigError
 from imagenet_repro.models import build_model
-from imagenet_repro.optim import build_optimizer, predicted_ratio
+from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 
 LIONS = ["timm:lion", "pytorch_optimizer:Lion"]
 

@@ -162,7 +162,7 @@ def test_transformer_rule_counts_every_linear_layer_but_the_output_layer():
 def test_normalized_rule_is_a_checked_config_key_and_reaches_the_optimizer(tmp_path):
     from imagenet_repro.config import build_config
     from imagenet_repro.errors import ConfigError
-    from imagenet_repro.optim import build_optimizer
+    from imagenet_repro.optim.factory import build_optimizer
 
     data = {"train_path": str(tmp_path), "val_path": str(tmp_path), "num_classes": 10}
     with pytest.raises(ConfigError, match="optim.normalized_rule must be graph or transformer"):

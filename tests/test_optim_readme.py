@@ -12,7 +12,8 @@ import torch
 from imagenet_repro import cli
 from imagenet_repro.config import build_config
 from imagenet_repro.models import build_model
-from imagenet_repro.optim import available_optimizers, build_optimizer, registry, unregister_optimizer
+from imagenet_repro.optim import available_optimizers, registry, unregister_optimizer
+from imagenet_repro.optim.factory import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = {"name": "timm:vit_tiny_patch16_224",

@@ -15,11 +15,10 @@ from imagenet_repro.models import build_model
 from imagenet_repro.optim import (
     OptimConfig,
     available_optimizers,
-    build_optimizer,
-    predicted_ratio,
     register_optimizer,
     unregister_optimizer,
 )
+from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 
 
 @dataclass

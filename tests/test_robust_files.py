@@ -27,7 +27,7 @@ from imagenet_repro import rundir
 from imagenet_repro.cli import main
 from imagenet_repro.config import load_config
 from imagenet_repro.sweep import claims
-from imagenet_repro.sweep.state import RunRef, classify
+from imagenet_repro.sweep.status import RunRef, classify
 from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +249,7 @@ def test_interrupted_rotation_leaves_a_usable_checkpoint(tmp_path, monkeypatch):
     import imagenet_repro.train.checkpoint as ck
 
     real = os.replace
-    for k in range(1, 5):  # the 4 renames of a rotation (the sidecar goes through rundir.atomic_write)
+    for k in range(1, 5):  # the 4 renames of a rotation (os.replace is patched module-wide: files.atomic_write renames too)
         folder = tmp_path / f"k{k}"
         _save(folder, 1)
         _save(folder, 2)
@@ -388,7 +388,7 @@ def test_native_abort_is_reconciled_as_failed(tmp_path, fmnist_betons):
 def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_tiny):
     """SIGKILL mid-run with a checkpoint every few steps, truncate last.pt as a partial copy
     would: the run resumes from prev.pt and its tables equal an uninterrupted run's."""
-    from imagenet_repro.train import run_training
+    from imagenet_repro.train.loop import run_training
 
     full = tmp_path / "full"
     assert run_training(load_config(DEMO, fmnist_tiny), full) == "done"

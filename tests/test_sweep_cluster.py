@@ -18,7 +18,7 @@ from imagenet_repro import cli, rundir
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec
-from imagenet_repro.sweep.state import classify_all, run_refs
+from imagenet_repro.sweep.status import classify_all, run_refs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from imagenet_repro.config import build_config, config_hash
 from imagenet_repro.errors import ConfigError
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.spec import grid_points, load_spec, resolve_runs, select_points
-from imagenet_repro.sweep.state import classify_all, run_refs
+from imagenet_repro.sweep.status import classify_all, run_refs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import torch
 
 from imagenet_repro import rundir
 from imagenet_repro.config import load_config
-from imagenet_repro.train import run_training
+from imagenet_repro.train.loop import run_training
 
 DEMO = "experiments/demo.yaml"
 ROOT = Path(__file__).resolve().parents[1]

@@ -101,7 +101,7 @@ def test_bad_beton_fresh_run_writes_nothing_but_an_existing_run_records_the_fail
     from imagenet_repro.config import build_config
     from imagenet_repro.errors import ConfigError
     from imagenet_repro.rundir import read_status
-    from imagenet_repro.train import run_training
+    from imagenet_repro.train.loop import run_training
 
     bad = tmp_path / "bad.beton"
     bad.write_bytes(b"not an ffcv file")

@@ -1,6 +1,6 @@
 """Collect a sweep's run directories into tidy tables under ``results/<sweep>/``.
 
-``aggregate_sweep(spec)`` reads every run folder of the sweep (see :mod:`.sweepref`) and
+``aggregate_sweep(spec)`` reads every run folder of the sweep (``<runs_root>/<name>`` of its spec) and
 writes, each file atomically:
 
     runs.parquet    one row per run: state, problem, config axes (optimizer, lr, wd, seed
@@ -42,12 +42,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from imagenet_repro import rundir
+from imagenet_repro import files, rundir
 from imagenet_repro.analysis.metrics import binned_means, tail_ratio
-from imagenet_repro.analysis.paired import default_target, format_paired, paired_table, spec_target_top1, time_to_target
-from imagenet_repro.analysis.sweepref import sweep_ref
+from imagenet_repro.analysis.paired import default_target, format_paired, paired_table, time_to_target
 from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
 from imagenet_repro.errors import ConfigError, first_line
+from imagenet_repro.sweep.spec import as_spec
 
 STEP_READ_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
                      "grad_norm_normalized", "weight_norm_normalized"]
@@ -55,7 +55,6 @@ EVAL_READ_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
 EVAL_OPTIONAL_COLUMNS = ["images"]  # val images of each eval (absent in older run folders)
 CURVE_POINTS = 200
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-STATE_ORDER = ["done", "diverged", "running", "pending", "failed", "corrupt"]
 AXES = ["optimizer", "lr", "wd"]
 METRICS = ["final_top1", "final_top5", "best_top1", "best_top5", "grad_norm_tail_ratio",
            "ratio_tail_ratio", "weight_norm_tail_ratio", "theory_median_abs_err", "steps_to_target",
@@ -216,9 +215,9 @@ def read_run(run_dir: str | Path, max_points: int = CURVE_POINTS,
     row["reported_state"] = str(status.get("state", "pending"))
     row["state"] = row["reported_state"]
     try:
-        if status_path.exists() and rundir.read_json(status_path) is None:
+        if status_path.exists() and files.read_json(status_path) is None:
             raise CorruptRun(f"{rundir.STATUS} is not a JSON object")
-        if row["state"] not in rundir.STATES:
+        if row["state"] not in rundir.WRITTEN_STATES:
             raise CorruptRun(f"{rundir.STATUS} has unknown state {row['state']!r}")
         if row["state"] == "pending" and not (run_dir / rundir.CONFIG).exists():
             return row, None
@@ -289,7 +288,7 @@ def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINT
     curves = _concat_curves([c for _, c in results if c is not None])
     configs = config_table(runs)
     summary = summarize(runs, configs)
-    counts = {s: int((runs["state"] == s).sum()) for s in STATE_ORDER if (runs["state"] == s).any()}
+    counts = {s: int((runs["state"] == s).sum()) for s in rundir.RunState if (runs["state"] == s).any()}
     paired = paired_table(runs, select_best(configs))
     return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts, paired=paired)
 
@@ -427,28 +426,24 @@ def sweep_run_dirs(runs_dir: Path) -> list[Path]:
 def write_aggregate(agg: Aggregate, out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_parquet(out / "runs.parquet", agg.runs)
-    rundir.atomic_write_parquet(out / "curves.parquet", agg.curves)
-    rundir.atomic_write(out / "configs.csv", lambda tmp: agg.configs.to_csv(tmp, index=False))
-    rundir.atomic_write(out / "summary.csv", lambda tmp: agg.summary.to_csv(tmp, index=False))
-    rundir.atomic_write(out / "paired.csv", lambda tmp: agg.paired.to_csv(tmp, index=False))
-
-
-def results_dir(spec: str | Path, results_root: str | Path = "results") -> Path:
-    return Path(results_root) / sweep_ref(spec).name
+    files.atomic_write_parquet(out / "runs.parquet", agg.runs)
+    files.atomic_write_parquet(out / "curves.parquet", agg.curves)
+    files.atomic_write_csv(out / "configs.csv", agg.configs)
+    files.atomic_write_csv(out / "summary.csv", agg.summary)
+    files.atomic_write_csv(out / "paired.csv", agg.paired)
 
 
 def aggregate_sweep(spec: str | Path, results_root: str | Path = "results", max_points: int = CURVE_POINTS,
                     workers: int = 2, quiet: bool = False) -> Aggregate:
     """Aggregate the sweep of ``spec`` into ``results_root/<sweep>/`` and print the summary."""
-    ref = sweep_ref(spec)
-    agg = aggregate_runs(sweep_run_dirs(ref.runs_dir), max_points=max_points, workers=workers,
-                         target_top1=spec_target_top1(spec))
-    out = Path(results_root) / ref.name
+    sweep = as_spec(spec)
+    agg = aggregate_runs(sweep_run_dirs(sweep.sweep_dir), max_points=max_points, workers=workers,
+                         target_top1=sweep.target_top1)
+    out = Path(results_root) / sweep.name
     write_aggregate(agg, out)
     if not quiet:
         counts = ", ".join(f"{n} {s}" for s, n in agg.counts.items())
-        print(f"{ref.name}: {len(agg.runs)} runs ({counts}) -> {out}/")
+        print(f"{sweep.name}: {len(agg.runs)} runs ({counts}) -> {out}/")
         problems = format_problems(agg.runs)
         if problems:
             print("not in the statistics:\n" + problems)

@@ -32,10 +32,10 @@ import seaborn as sns  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from imagenet_repro import rundir  # noqa: E402
+from imagenet_repro import files, rundir  # noqa: E402
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best  # noqa: E402
-from imagenet_repro.analysis.sweepref import sweep_ref  # noqa: E402
 from imagenet_repro.analysis.theory import format_summary, summarize_agreement, theory_agreement  # noqa: E402
+from imagenet_repro.sweep.spec import as_spec  # noqa: E402
 
 FORMATS = ("png", "pdf")
 EMA_POINTS = 0.05  # EMA time constant as a fraction of the logged points
@@ -63,7 +63,7 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str, formats: Sequence[str]) -> 
     paths = []
     for fmt in formats:
         path = out_dir / f"{stem}.{fmt}"
-        rundir.atomic_write(path, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=150))
+        files.atomic_write(path, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=150))
         paths.append(path)
     plt.close(fig)
     return paths
@@ -226,8 +226,8 @@ def theory_tables(picked: pd.DataFrame, window: tuple[float, float] | None = Non
 def make_figures(spec: str | Path, results_root: str | Path = "results", theory_window: tuple[float, float] | None = None,
                  formats: Sequence[str] = FORMATS, quiet: bool = False) -> list[Path]:
     """Draw every figure of the sweep of ``spec``; returns the files written."""
-    ref = sweep_ref(spec)
-    res = Path(results_root) / ref.name
+    sweep = as_spec(spec)
+    res = Path(results_root) / sweep.name
     if not (res / "runs.parquet").is_file() or not (res / "curves.parquet").is_file():
         aggregate_sweep(spec, results_root=results_root, quiet=quiet)
     runs = pd.read_parquet(res / "runs.parquet")
@@ -248,7 +248,7 @@ def make_figures(spec: str | Path, results_root: str | Path = "results", theory_
             written += _save(fig_layer_ratios(have_layers), out, "fig2_layer_ratios", formats)
             per_layer, summary = theory_tables(have_layers, theory_window)
             for name, frame in (("theory_agreement.csv", per_layer), ("theory_summary.csv", summary)):
-                rundir.atomic_write(res / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+                files.atomic_write(res / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
                 written.append(res / name)
             if not quiet:
                 print("theory agreement (rel. error of sqrt(mean ||g||²)/||x|| vs prediction, best configs):")
@@ -256,5 +256,5 @@ def make_figures(spec: str | Path, results_root: str | Path = "results", theory_
                     print(f"  {r['optimizer']} ({r['n_seeds']} seeds, window {r['window_start']:g}-{r['window_end']:g}):"
                           f" {format_summary(r.to_dict())}")
     if not quiet:
-        print(f"{ref.name}: {len(written)} files -> {out}/")
+        print(f"{sweep.name}: {len(written)} files -> {out}/")
     return written

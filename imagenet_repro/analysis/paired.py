@@ -50,16 +50,6 @@ PAIRED_COLUMNS = ["comparison", "plain", "corrected", "metric", "plain_lr", "pla
                   "ci_high", "includes_zero", "ci_method", "seeds"]
 
 
-def spec_target_top1(spec: Any) -> float | None:
-    """The spec's ``target_top1`` (a fraction in (0, 1], checked by the spec schema), or None
-    when the spec has none; ``spec`` is a spec path or a loaded SweepSpec (the rehearsal's)."""
-    if not hasattr(spec, "target_top1"):
-        from imagenet_repro.sweep.spec import load_spec
-
-        spec = load_spec(spec)
-    return spec.target_top1
-
-
 def default_target(dataset: Any) -> float:
     return DEFAULT_TARGET_TOP1.get(str(dataset), math.nan)
 

@@ -23,10 +23,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from imagenet_repro import rundir
-from imagenet_repro.analysis.aggregate import config_table, format_summary, select_best, summarize
+from imagenet_repro import files
+from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, format_summary, select_best, summarize
+from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, paired_display, paired_table
-from imagenet_repro.analysis.sweepref import sweep_ref
+from imagenet_repro.rundir import RunState
+from imagenet_repro.sweep.spec import as_spec
 
 REPORT = "report.html"
 FIGURES = [("fig5_training_curves.png", "Fig 5: training curves of each optimizer's best config"),
@@ -70,8 +72,13 @@ def _pct(v) -> float:
     return 100 * v if v is not None and np.isfinite(v) else np.nan
 
 
+# the report lists the runs that need a look first
+PROBLEMS_FIRST = (RunState.diverged, RunState.failed, RunState.corrupt, RunState.running, RunState.pending,
+                  RunState.queued, RunState.unknown, RunState.done)
+
+
 def status_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    order = {s: i for i, s in enumerate(["diverged", "failed", "corrupt", "running", "pending", "done"])}
+    order = {s: i for i, s in enumerate(PROBLEMS_FIRST)}
     r = runs.assign(_o=runs["state"].map(order).fillna(9)).sort_values(["_o", "optimizer", "lr", "wd", "seed"])
     table = pd.DataFrame({
         "run": r["run_id"], "state": r["state"], "optimizer": r["optimizer"], "lr": r["lr"], "wd": r["wd"],
@@ -170,11 +177,8 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
 
 def make_report(spec: str | Path, results_root: str | Path = "results", quiet: bool = False) -> Path:
     """Write ``results/<sweep>/report.html`` for the sweep of ``spec``; returns its path."""
-    from imagenet_repro.analysis.aggregate import aggregate_sweep
-    from imagenet_repro.analysis.figures import make_figures
-
-    ref = sweep_ref(spec)
-    res = Path(results_root) / ref.name
+    sweep = as_spec(spec)
+    res = Path(results_root) / sweep.name
     runs_file = res / "runs.parquet"
     if not runs_file.is_file() or "steps_to_target" not in pq.read_schema(runs_file).names:  # missing or older
         aggregate_sweep(spec, results_root=results_root, quiet=quiet)
@@ -186,9 +190,9 @@ def make_report(spec: str | Path, results_root: str | Path = "results", quiet: b
         path = res / name
         return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else None
 
-    page = render_report(ref.name, runs, res / "figures", csv("theory_summary.csv"), csv("theory_agreement.csv"))
+    page = render_report(sweep.name, runs, res / "figures", csv("theory_summary.csv"), csv("theory_agreement.csv"))
     out = res / REPORT
-    rundir.atomic_write_text(out, page)
+    files.atomic_write_text(out, page)
     if not quiet:
-        print(f"{ref.name}: report -> {out}")
+        print(f"{sweep.name}: report -> {out}")
     return out

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from imagenet_repro.data.beton import check_beton
 from imagenet_repro.data.ffcv_ops import (EpochKey, PlannedOrder, SeededRandomHorizontalFlip,
                                           SeededRandomResizedCropRGBImageDecoder, TorchNormalizeImage)
-from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
+from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
                                          train_resolution)
 from imagenet_repro.data.seeding import epoch_key, epoch_order
 

@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as F
 from imagenet_repro.errors import ConfigError
 from imagenet_repro.data.imagefolder import (FASHION_MNIST_FILES, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
                                              read_fashion_mnist, scan_imagefolder)
-from imagenet_repro.data.loaders import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
+from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
                                          train_resolution)
 from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
 

@@ -4,8 +4,9 @@ Same fields and knobs as ffcv-imagenet's ``write_imagenet.py``: ``image`` is an
 ``RGBImageField`` (longest side capped at ``max_resolution``, a ``compress_probability``
 share stored as JPEG at ``jpeg_quality``, the rest raw) and ``label`` an ``IntField``.
 
-Every file is written to ``<out>.tmp-<pid>`` and renamed at the very end, so an
-interrupted or failed write never leaves a ``.beton`` that looks complete.
+Every file is written to a temporary name beside it and renamed once complete and checked
+(:func:`imagenet_repro.files.atomic_write`), so an interrupted or failed write never leaves
+a ``.beton`` that looks complete.
 
 ffcv's ``DatasetWriter`` waits for a sample count, so an exception in a worker process
 would hang it forever.  The dataset wrappers below therefore never raise: a failing
@@ -23,6 +24,7 @@ import numpy as np
 
 from imagenet_repro.errors import ConfigError
 from imagenet_repro.data.beton import check_beton
+from imagenet_repro.files import atomic_write
 from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
                                              read_fashion_mnist, scan_imagefolder)
 
@@ -69,31 +71,21 @@ def _page_size(max_side: int) -> int:
     return max(_MIN_PAGE, 1 << int(np.ceil(np.log2(max(need, 1)))))
 
 
-@contextmanager
-def _atomic_output(out: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``out``; rename it to ``out`` only if the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write(out: Path, dataset, image_field, num_workers: int, page_size: int,
            error_log: Path | None = None) -> None:
     """ffcv DatasetWriter into a temp file; rename to ``out`` once complete and checked."""
     from ffcv.fields import IntField
     from ffcv.writer import DatasetWriter
 
-    with _atomic_output(out) as tmp:
-        writer = DatasetWriter(str(tmp), {"image": image_field, "label": IntField()},
+    def write(tmp: str) -> None:
+        writer = DatasetWriter(tmp, {"image": image_field, "label": IntField()},
                                page_size=page_size, num_workers=num_workers)
         writer.from_indexed_dataset(dataset, chunksize=100)
         if error_log is not None and error_log.exists() and error_log.read_text().strip():
             raise ConfigError(sorted(error_log.read_text().splitlines())[0])
         check_beton(tmp)
+
+    atomic_write(out, write)
 
 
 def _check_knobs(num_workers: int, jpeg_quality: int = 90, compress_probability: float = 0.0,

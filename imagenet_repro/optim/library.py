@@ -21,8 +21,6 @@ import importlib
 import inspect
 from typing import Any, Optional
 
-import torch
-
 from imagenet_repro.errors import ConfigError
 
 MISSING = "???"  # OmegaConf's mark for a value the user must give
@@ -35,7 +33,7 @@ def split_name(name: str) -> tuple[str, str]:
     return module, attr
 
 
-def optimizer_class(name: str) -> type:
+def library_optimizer(name: str) -> type:
     """The class (or a ``functools.partial`` of one, as timm's registry gives) named by ``name``."""
     module, attr = split_name(name)
     if module == "timm":
@@ -50,6 +48,8 @@ def optimizer_class(name: str) -> type:
     except ImportError as exc:
         raise ConfigError(f"optimizer {name!r}: cannot import {module!r}: {exc}") from None
     cls = getattr(mod, attr, None)
+    import torch  # loaded with the library's module above; kept out of reading configs
+
     if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError(f"unknown optimizer name: {name!r} ({module} has no torch.optim.Optimizer named {attr!r})")
     return cls

@@ -165,10 +165,11 @@ def normalized_layers(model: nn.Module, example_input: Optional[torch.Tensor] = 
 def classify(model: nn.Module, example_input: Optional[torch.Tensor] = None,
              rule: str = "graph") -> list[tuple[str, nn.Parameter, str]]:
     """(name, parameter, kind) for every trainable parameter, kind in :data:`KINDS`."""
-    return _classify(model, normalized_layers(model, example_input, rule)[0])
+    return classify_by(model, normalized_layers(model, example_input, rule)[0])
 
 
-def _classify(model: nn.Module, normalized: set[str]) -> list[tuple[str, nn.Parameter, str]]:
+def classify_by(model: nn.Module, normalized: set[str]) -> list[tuple[str, nn.Parameter, str]]:
+    """:func:`classify` given the names of the normalized layers."""
     owner = {}
     for mname, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
@@ -208,14 +209,6 @@ def param_groups(model: nn.Module, weight_decay: float, lr_max: float, decay_nor
     return groups
 
 
-def _rule(kind: str, decay_norm_and_bias: bool) -> str:
-    if kind == "normalized":
-        return "λ; λ·γ_t/γ_max when corrected (sgdc, adamc, optim.corrected_decay)"
-    if kind == "other" or decay_norm_and_bias:
-        return "λ"
-    return "0"
-
-
 def group_summary(optimizer: torch.optim.Optimizer) -> dict:
     """Tensors and values per group kind, and the normalized tensors' names (for the run's manifest)."""
     out: dict = {}
@@ -229,29 +222,10 @@ def group_summary(optimizer: torch.optim.Optimizer) -> dict:
     return out
 
 
-def print_param_table(model_name: str, num_classes: int = 1000, decay_norm_and_bias: bool = True,
-                      rule: str = "graph") -> None:
-    """Print every parameter of a named model with its group and decay rule (``repro inspect-model``)."""
-    from imagenet_repro.config import ModelConfig
-    from imagenet_repro.models import build_model, known_model
-
-    if not known_model(model_name):
-        raise ConfigError(f"unknown model name: {model_name!r}")
-    if num_classes <= 0:
-        raise ConfigError(f"--num-classes must be > 0 (got {num_classes})")
-    model = build_model(ModelConfig(name=model_name), num_classes)
-    normalized, method = normalized_layers(model, rule=rule)
-    classified = _classify(model, normalized)
-    rows = [(name, "x".join(map(str, p.shape)), kind, _rule(kind, decay_norm_and_bias)) for name, p, kind in classified]
-    header = ("parameter", "shape", "group", "weight decay")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
-    fmt = "{:<%d}  {:<%d}  {:<%d}  {}" % tuple(widths)
-    print(fmt.format(*header))
-    for row in rows:
-        print(fmt.format(*row))
-    print(f"\n{model_name}: normalized_rule={rule}; normalized layers from {method}")
-    for kind in KINDS:
-        sel = [p for _, p, k in classified if k == kind]
-        print(f"  {kind:<12} {len(sel):4d} tensors {sum(p.numel() for p in sel):>12,d} values"
-              f"  decay {_rule(kind, decay_norm_and_bias)}")
-
+def decay_rule(kind: str, decay_norm_and_bias: bool) -> str:
+    """The decay a group of ``kind`` gets, in words (``repro inspect-model``)."""
+    if kind == "normalized":
+        return "λ; λ·γ_t/γ_max when corrected (sgdc, adamc, optim.corrected_decay)"
+    if kind == "other" or decay_norm_and_bias:
+        return "λ"
+    return "0"

@@ -25,19 +25,17 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import math
-import pkgutil
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable, Optional
-
-import torch
+from typing import Any, Callable, Iterable, Optional
 
 from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.optim.library import config_class, library_optimizer
 
 ENTRY_POINT_GROUP = "imagenet_repro.optimizers"
 RULES = ("graph", "transformer")
+BUILTIN_MODULES = tuple(f"imagenet_repro.optim.{m}" for m in ("sgd", "sgdc", "adamw", "adamc"))
 
 
 @dataclass
@@ -57,7 +55,7 @@ SUITE_KEYS = frozenset(f.name for f in fields(OptimConfig)) - {"lr", "weight_dec
 @dataclass(frozen=True)
 class _Entry:
     name: str
-    cls: Callable[..., torch.optim.Optimizer]
+    cls: Callable[..., Any]  # a torch.optim.Optimizer subclass (or a partial of one)
     config: type
     accepts: Optional[frozenset[str]] = None  # constructor keywords (library optimizers); None: every config field
 
@@ -86,13 +84,13 @@ def unregister_optimizer(name: str) -> None:
 
 
 def _load_builtin() -> None:
-    """Import every module of this package once, so their decorators run."""
+    """Import the built-in optimizers once, as plugins are (their decorators register them):
+    on the first lookup, so that reading a config file does not import torch."""
     if "builtin" in _LOADED:
         return
     _LOADED.add("builtin")
-    package = importlib.import_module("imagenet_repro.optim")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"imagenet_repro.optim.{info.name}")
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def _load_entry_points() -> None:
@@ -143,16 +141,14 @@ def available_optimizers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _entry(name: str) -> _Entry:
+def registered(name: str) -> _Entry:
     _load_builtin()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
         if name not in _LIBRARY:
-            from imagenet_repro.optim import library
-
-            cls = library.optimizer_class(name)
-            config, accepts = library.config_class(name, cls, OptimConfig)
+            cls = library_optimizer(name)
+            config, accepts = config_class(name, cls, OptimConfig)
             _LIBRARY[name] = _Entry(name, cls, config, accepts)
         return _LIBRARY[name]
     _load_entry_points()
@@ -165,10 +161,10 @@ def _entry(name: str) -> _Entry:
 def optimizer_config_class(name: str, imports: Iterable[str] = ()) -> type:
     """The config dataclass of optimizer ``name``, after importing ``imports``."""
     import_modules(imports)
-    return _entry(name).config
+    return registered(name).config
 
 
-def _constructor_kwargs(entry: _Entry, cfg) -> dict:
+def constructor_kwargs(entry: _Entry, cfg) -> dict:
     kwargs = {}
     for f in fields(entry.config):
         if f.name in SUITE_KEYS or (entry.accepts is not None and f.name not in entry.accepts):
@@ -179,6 +175,8 @@ def _constructor_kwargs(entry: _Entry, cfg) -> dict:
 
 
 def _probe_groups(cfg) -> list[dict]:
+    import torch  # here, not at the top: reading configs (repro status) does not load torch
+
     p = torch.zeros(2, 2, requires_grad=True)
     return [{"params": [p], "names": ["probe"], "weight_decay": float(cfg.weight_decay), "lr_max": float(cfg.lr),
              "normalized": True, "group": "normalized"}]
@@ -189,7 +187,7 @@ def check_optim_config(cfg) -> None:
     that the optimizer accepts these hyper-parameters (built once on a one-value tensor)."""
     if cfg.normalized_rule not in RULES:
         raise ConfigError(f"optim.normalized_rule must be {' or '.join(RULES)} (got {cfg.normalized_rule!r})")
-    entry = _entry(cfg.name)
+    entry = registered(cfg.name)
     if entry.accepts is not None and "weight_decay" not in entry.accepts:
         if cfg.weight_decay != 0 or cfg.corrected_decay:
             raise ConfigError(f"optimizer {cfg.name!r} takes no weight_decay: set optim.weight_decay=0 "
@@ -198,27 +196,6 @@ def check_optim_config(cfg) -> None:
         raise ConfigError("optim.corrected_decay and the library's own optim.corrected_weight_decay are both on; "
                           "keep one (corrected_decay corrects normalized groups only, as the paper does)")
     try:
-        entry.cls(_probe_groups(cfg), **_constructor_kwargs(entry, cfg))
+        entry.cls(_probe_groups(cfg), **constructor_kwargs(entry, cfg))
     except Exception as exc:  # ValueError / TypeError of the optimizer's own checks
         raise ConfigError(f"optim: {cfg.name} refuses these settings: {describe(exc)}") from None
-
-
-def build_optimizer(model: torch.nn.Module, cfg, example_input: torch.Tensor | None = None) -> torch.optim.Optimizer:
-    """Optimizer for ``model`` from an optim config section (DictConfig or dataclass)."""
-    from imagenet_repro.optim.decay import correct
-    from imagenet_repro.optim.param_groups import param_groups
-
-    import_modules(getattr(cfg, "imports", ()))
-    entry = _entry(cfg.name)
-    groups = param_groups(model, weight_decay=cfg.weight_decay, lr_max=cfg.lr,
-                          decay_norm_and_bias=cfg.decay_norm_and_bias, example_input=example_input,
-                          rule=getattr(cfg, "normalized_rule", "graph"))
-    optimizer = entry.cls(groups, **_constructor_kwargs(entry, cfg))
-    if getattr(cfg, "corrected_decay", False):
-        correct(optimizer)
-    return optimizer
-
-
-def predicted_ratio(optimizer: torch.optim.Optimizer, group: dict) -> float:
-    fn = getattr(optimizer, "predicted_ratio", None)
-    return float(fn(group)) if fn is not None else math.nan

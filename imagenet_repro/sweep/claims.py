@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from imagenet_repro import rundir
+from imagenet_repro import files
 
 CLAIM = "job.json"
 LOCK = ".lock"
@@ -83,14 +83,14 @@ def record_job(run_dir: Path, cluster: str, job_id: str, folder: Path, pid: Opti
              "submitit_folder": str(folder), "time": time.time()}
     if pid is not None:
         claim.update(pid=pid, pid_start=process_start(pid))
-    rundir.atomic_write_json(run_dir / CLAIM, claim)
+    files.atomic_write_json(run_dir / CLAIM, claim)
 
 
 def release(run_dir: Path, job_id: Optional[str] = None) -> None:
     """Remove the claim (only if it still names ``job_id``, when given)."""
     path = run_dir / CLAIM
     if job_id is not None:
-        claim = rundir.read_json(path)
+        claim = files.read_json(path)
         if not claim or str(claim.get("job_id")) != str(job_id):
             return
     try:

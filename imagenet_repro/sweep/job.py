@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import submitit
+from omegaconf import OmegaConf
 from submitit.helpers import DelayedSubmission
 
+from imagenet_repro.config import build_config
 from imagenet_repro.sweep import claims
 
 Trainer = Callable[[Any, Path], str]
 
 
 def _default_trainer(cfg, run_dir: Path) -> str:
-    from imagenet_repro.train import run_training
+    from imagenet_repro.train.loop import run_training  # in the job's process, not the submitting one
 
     return run_training(cfg, run_dir)
 
@@ -31,13 +33,9 @@ class TrainJob(submitit.helpers.Checkpointable):
     """``TrainJob()(cfg_yaml, run_dir)``: train (or resume) one run; DDP across the job's tasks."""
 
     def __init__(self, trainer: Optional[Trainer] = None) -> None:
-        self.trainer = trainer  # None: imagenet_repro.train.run_training (tests may pass another)
+        self.trainer = trainer  # None: imagenet_repro.train.loop.run_training (tests may pass another)
 
     def __call__(self, cfg_yaml: str, run_dir: str) -> str:
-        from omegaconf import OmegaConf
-
-        from imagenet_repro.config import build_config
-
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed's env://;

@@ -23,8 +23,13 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
+import submitit
+from tqdm import tqdm
+
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.rundir import FINAL_STATES, RunState
 from imagenet_repro.sweep import claims
+from imagenet_repro.sweep.job import RunLane, TrainJob
 from imagenet_repro.sweep.spec import (
     SHORT_NAMES,
     PlannedRun,
@@ -37,19 +42,23 @@ from imagenet_repro.sweep.spec import (
     run_hours,
     select_points,
 )
-from imagenet_repro.sweep.state import (
+from imagenet_repro.sweep.stages import plan_stage
+from imagenet_repro.sweep.status import (
     RunRef,
-    RunState,
+    TrackedRun,
     classify_all,
     counts,
     format_counts,
     run_refs,
+    run_table,
     save_plan_cache,
     summary_of,
 )
 
-SUBMIT_STATES = ("pending", "failed")
-LIVE_STATES = ("queued", "running", "unknown")
+SUBMIT_STATES = (RunState.pending, RunState.failed)
+LIVE_STATES = (RunState.queued, RunState.running, RunState.unknown)
+ACTIONS = {RunState.pending: "submit", RunState.failed: "resubmit", RunState.done: "skip", RunState.diverged: "skip",
+           RunState.running: "leave", RunState.queued: "leave", RunState.unknown: "leave"}  # the plan's column
 POLL_S = 2.0
 
 
@@ -78,7 +87,7 @@ def _ref(run: PlannedRun) -> RunRef:
 
 
 # ---------------------------------------------------------------------------- plan
-def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], cluster: str,
+def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[TrackedRun], cluster: str,
                missing: list[str], show_runs: bool = True, label: str = "") -> None:
     to_submit = [s for s in states if s.state in SUBMIT_STATES]
     c = counts(states)
@@ -105,20 +114,14 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState], 
     for path in missing:
         print(f"  warning: data path missing here: {path} (must exist where the jobs run)")
     if show_runs:
-        from imagenet_repro.sweep.status import run_table
-
-        action = {"pending": "submit", "failed": "resubmit", "done": "skip", "diverged": "skip",
-                  "running": "leave", "queued": "leave", "unknown": "leave"}
         table = run_table(states).splitlines()
         print("  " + "action    " + table[0])
         for st, line in zip(states, table[1:]):
-            print("  " + action[st.state].ljust(10) + line)
+            print("  " + ACTIONS[st.state].ljust(10) + line)
 
 
 # ---------------------------------------------------------------------------- submission
 def _slurm_executor(spec: SweepSpec):
-    import submitit
-
     s = spec.slurm
     ex = submitit.SlurmExecutor(folder=spec.sweep_dir / ".submitit" / "%j", max_num_timeout=s.max_timeout_requeues)
     params = dict(job_name=f"repro-{spec.name}", time=s.timeout_min, nodes=s.nodes, ntasks_per_node=s.tasks,
@@ -134,8 +137,6 @@ def _slurm_executor(spec: SweepSpec):
 
 
 def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None) -> list:
-    from imagenet_repro.sweep.job import TrainJob
-
     ex = _slurm_executor(spec)
     with ex.batch():
         jobs = [ex.submit(TrainJob(trainer), run.config_yaml(), str(run.run_dir)) for run in runs]
@@ -145,10 +146,6 @@ def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None) -> list
 
 
 def _submit_local(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) -> list:
-    import submitit
-
-    from imagenet_repro.sweep.job import RunLane
-
     folder = spec.sweep_dir / ".submitit" / "%j"
     lanes = max(1, min(spec.local.parallelism, len(runs)))
     items = [[(r.config_yaml(), str(r.run_dir)) for r in runs[i::lanes]] for i in range(lanes)]
@@ -195,10 +192,8 @@ def submit(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) 
 
 
 # ---------------------------------------------------------------------------- waiting
-def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S, progress: bool = True) -> list[RunState]:
+def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S, progress: bool = True) -> list[TrackedRun]:
     """Follow ``refs`` until none is queued or running; a tqdm bar counts finished runs."""
-    from tqdm import tqdm
-
     bar = tqdm(total=len(refs), desc="runs finished", unit="run", dynamic_ncols=True, file=sys.stderr,
                disable=not progress)
     try:
@@ -223,8 +218,6 @@ def _plan_stage(sweep: SweepSpec, stage: Optional[str], only: Iterable[str], dry
                 ) -> tuple[Optional[list[PlannedRun]], list[PlannedRun], str]:
     """A staged spec (or ``--stage``): the selected stage's runs (None: a dry run of a stage
     that waits), the whole grid (for the plan cache) and the plan's label."""
-    from imagenet_repro.sweep.stages import plan_stage
-
     grid = resolve_runs(sweep)
     check_placements(sweep, grid)  # every point of the grid, before anything is printed
     runs, label = plan_stage(sweep, grid, stage, dry_run)
@@ -263,7 +256,7 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
     if not wait:
         return 0
     print(f"sweep {sweep.name}: {format_counts(states)}")
-    bad = [s for s in states if s.state not in ("done", "diverged")]
+    bad = [s for s in states if s.state not in FINAL_STATES]
     for st in bad[:10]:
         reason = st.status.get("reason", "")
         print(f"  {st.state}: {st.ref.run_id} ({' '.join(f'{k}={v}' for k, v in st.ref.point.items())}) {reason}")
@@ -272,7 +265,7 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
 
 def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: bool = True, wait: bool = True,
             trainer=None, poll_s: float = POLL_S, progress: bool = True, announce: bool = True,
-            grid: Optional[list[PlannedRun]] = None, label: str = "") -> list[RunState]:
+            grid: Optional[list[PlannedRun]] = None, label: str = "") -> list[TrackedRun]:
     """Submit what is missing of the planned ``runs`` on ``cluster`` (under the sweep lock) and,
     with ``wait``, follow them to the end; returns their states (none without ``wait``).
     ``grid``: the whole grid of a staged sweep (for the plan cache); ``label``: the stage's.

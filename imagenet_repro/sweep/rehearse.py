@@ -44,9 +44,14 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from imagenet_repro import rundir
+from imagenet_repro import files, rundir
+from imagenet_repro.analysis.aggregate import aggregate_sweep
+from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.config import build_config, config_hash
+from imagenet_repro.data.synthetic import write_synthetic_imagefolder
+from imagenet_repro.data.writer import write_imagefolder
 from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.sweep.launcher import execute, pick_cluster
 from imagenet_repro.sweep.spec import (
     LocalSpec,
     PlannedRun,
@@ -56,6 +61,7 @@ from imagenet_repro.sweep.spec import (
     load_spec,
     resolve_runs,
 )
+from imagenet_repro.train.loop import run_training
 
 DEFAULT_ROOT = "rehearsal"
 STEPS_PER_EPOCH = 3
@@ -125,9 +131,6 @@ def rehearsal_data(root: Path, cfg: dict, image_root_only: bool = False) -> tupl
     data write`` runs).  Train and val read the same images.  The torchvision backend gets
     the folder itself.  Built once per shape under ``root/data/``; a marker written last
     makes an interrupted build start again."""
-    from imagenet_repro.data.synthetic import write_synthetic_imagefolder
-    from imagenet_repro.data.writer import write_imagefolder
-
     d = cfg["data"]
     classes = int(d["num_classes"])
     small = d["dataset"] in SMALL_IMAGE_DATASETS
@@ -145,7 +148,7 @@ def rehearsal_data(root: Path, cfg: dict, image_root_only: bool = False) -> tupl
         write_synthetic_imagefolder(images, n_images, classes, seed=0, **size)
         write_imagefolder(images, beton, max_resolution=256, jpeg_quality=90, compress_probability=0.5,
                           num_workers=2)
-        rundir.atomic_write_text(marker, key + "\n")
+        files.atomic_write_text(marker, key + "\n")
     if d["backend"] == "torchvision" or image_root_only:
         return str(images), str(images)
     return str(beton), str(beton)
@@ -228,8 +231,6 @@ class KillAfterCheckpoint:
         self.step = step
 
     def __call__(self, cfg, run_dir: Path) -> str:
-        from imagenet_repro.train import run_training
-
         return run_training(cfg, run_dir, on_step=self.on_step)
 
     def on_step(self, trainer) -> None:
@@ -290,7 +291,7 @@ class VariantResult:
 
 
 def _status(run_dir: Path) -> dict:
-    return rundir.read_json(run_dir / rundir.STATUS) or {}
+    return files.read_json(run_dir / rundir.STATUS) or {}
 
 
 def _check_variant(ref: PlannedRun, res: PlannedRun, ranks: int) -> VariantResult:
@@ -328,10 +329,6 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
              root: str | Path = DEFAULT_ROOT, mode: str = "cover", gpu: Optional[bool] = None,
              poll_s: float = 1.0) -> int:
     """Rehearse the sweep of ``spec_path``; the exit code of ``repro sweep --rehearse``."""
-    from imagenet_repro.analysis.aggregate import aggregate_sweep
-    from imagenet_repro.analysis.figures import make_figures
-    from imagenet_repro.sweep.launcher import execute, pick_cluster
-
     t0 = time.monotonic()
     if ranks < 1:
         raise ConfigError(f"--ranks must be >= 1 (got {ranks})")

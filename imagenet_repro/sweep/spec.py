@@ -41,6 +41,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -59,10 +60,10 @@ from imagenet_repro.config import (
     validate,
 )
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.rundir import DEFAULT_RUNS_ROOT
 
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}
-DEFAULT_RUNS_ROOT = "runs"
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class SpecSchema:
     gpu_hours_per_run: Optional[float] = None
     gpu_hours_per_epoch: Optional[float] = None
     target_top1: Optional[float] = None  # time-to-target threshold for the analysis (fraction)
-    stages: Optional[Any] = None  # checked by sweep.stages.parse_stages
+    stages: Optional[Any] = None  # checked by parse_stages
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class Grid:
         return [dict(zip(keys, combo)) for combo in itertools.product(*self.axes.values())]
 
     def holds(self, point: dict) -> bool:
-        return set(point) == set(self.axes) and all(any(_same(point[k], v) for v in self.axes[k]) for k in point)
+        return set(point) == set(self.axes) and all(any(same_value(point[k], v) for v in self.axes[k]) for k in point)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,80 @@ class PlannedRun:
 
 
 # ---------------------------------------------------------------------------- parsing
+# ---------------------------------------------------------------------------- stages (see sweep.stages)
+STAGE_AXES = ("optim.name", "optim.lr", "optim.weight_decay", "seed")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int  # 1 or 2
+    name: str
+    seeds: tuple
+    at: str  # "grid" (stage 1) or "best" (stage 2)
+    neighbours: bool = False
+
+    def title(self) -> str:
+        return f"stage {self.number} ({self.name})"
+
+
+def parse_stages(path: Path, raw: Any, axes: dict) -> tuple[Stage, ...]:
+    """The ``stages`` section of a spec (None: no stages); any problem is a one-line ConfigError."""
+    if raw is None:
+        return ()
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{path}: stages: {message}")
+
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise fail("must be a list of exactly two stages (stage 1: the grid; stage 2: at: best)")
+    if "seed" not in axes:
+        raise fail("need a seed axis to split between the stages")
+    others = [k for k in axes if k not in STAGE_AXES]
+    if others:
+        raise fail(f"axis {others[0]} is not supported with stages (allowed: optimizer, optim.lr, "
+                   f"optim.weight_decay, seed)")
+    allowed = ({"name", "seeds", "at"}, {"name", "seeds", "at", "neighbours"})
+    stages: list[Stage] = []
+    for number, (entry, keys) in enumerate(zip(raw, allowed), start=1):
+        where = f"stage {number}"
+        if not isinstance(entry, dict):
+            raise fail(f"{where} must be a mapping like {{name: search, seeds: [0]}}")
+        unknown = sorted(set(entry) - keys)
+        if unknown:
+            raise fail(f"unknown key in {where}: {', '.join(unknown)} (allowed: {', '.join(sorted(keys))})")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise fail(f"{where}: name must be a word like search or confirm (got {name!r})")
+        seeds = entry.get("seeds")
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                 for s in seeds):
+            raise fail(f"{where} ({name}): seeds must be a non-empty list of integers (got {seeds!r})")
+        if len(set(seeds)) != len(seeds):
+            raise fail(f"{where} ({name}): repeated seeds {seeds}")
+        outside = [s for s in seeds if not any(same_value(s, v) for v in axes["seed"])]
+        if outside:
+            raise fail(f"{where} ({name}): seed {outside[0]} is not in the seed axis {axes['seed']}")
+        at = entry.get("at", "grid" if number == 1 else None)
+        expected = "grid" if number == 1 else "best"
+        if at != expected:
+            raise fail(f"{where} ({name}): at must be {expected} (got {at!r})")
+        neighbours = entry.get("neighbours", False)
+        if not isinstance(neighbours, bool):
+            raise fail(f"{where} ({name}): neighbours must be true or false (got {neighbours!r})")
+        stages.append(Stage(number, name, tuple(seeds), at, neighbours))
+    first, second = stages
+    if first.name == second.name:
+        raise fail(f"both stages are named {first.name}")
+    both = sorted(set(first.seeds) & set(second.seeds))
+    if both:
+        raise fail(f"seed {both[0]} is in both stages")
+    left = [s for s in axes["seed"] if s not in first.seeds + second.seeds]
+    if left:
+        raise fail(f"seed {left[0]} of the seed axis is in no stage")
+    return tuple(stages)
+
+
 def _fail(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
 
@@ -302,14 +377,18 @@ def load_spec(path: str | Path) -> SweepSpec:
     for grid in grids:
         for key, values in grid.axes.items():
             union.setdefault(key, [])
-            union[key] += [v for v in values if not any(_same(v, u) for u in union[key])]
-    from imagenet_repro.sweep.stages import parse_stages
-
+            union[key] += [v for v in values if not any(same_value(v, u) for u in union[key])]
     stages = parse_stages(path, plain["stages"], union)
     return SweepSpec(path=path, name=schema.name, runs_root=Path(schema.runs_root).resolve(), base=base_path,
                      overrides=overrides, axes=union, slurm=schema.slurm, local=schema.local,
                      gpu_hours_per_run=schema.gpu_hours_per_run, gpu_hours_per_epoch=schema.gpu_hours_per_epoch,
                      stages=stages, grids=tuple(grids), target_top1=schema.target_top1)
+
+
+def as_spec(spec: "SweepSpec | str | Path") -> SweepSpec:
+    """A loaded spec as it is, or the spec YAML at ``spec`` loaded (the analysis takes either:
+    the CLI passes paths, the rehearsal its own specs)."""
+    return spec if isinstance(spec, SweepSpec) else load_spec(spec)
 
 
 # ---------------------------------------------------------------------------- grid
@@ -328,7 +407,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
         return float(a) == float(b)
     return a == b or str(a) == str(b)
@@ -345,10 +424,10 @@ def select_points(spec: SweepSpec, points: list[dict], only: Iterable[str]) -> l
         if canon not in spec.axes:
             raise ConfigError(f"--only {key}: not an axis of {spec.name} (axes: {', '.join(spec.axes) or 'none'})")
         value = _parse_value(text)
-        if not any(_same(value, v) for v in spec.axes[canon]):
+        if not any(same_value(value, v) for v in spec.axes[canon]):
             raise ConfigError(f"--only {item}: no grid point has this value (values: {spec.axes[canon]})")
         wanted.setdefault(canon, []).append(value)
-    return [p for p in points if all(any(_same(p[k], v) for v in vs) for k, vs in wanted.items())]
+    return [p for p in points if all(any(same_value(p[k], v) for v in vs) for k, vs in wanted.items())]
 
 
 # ---------------------------------------------------------------------------- resolution

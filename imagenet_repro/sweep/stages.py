@@ -33,87 +33,16 @@ folder as the corresponding point of the full grid, and ``repro status``, ``aggr
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
+from imagenet_repro.analysis.aggregate import aggregate_runs, format_summary, select_best
 from imagenet_repro.errors import ConfigError
-from imagenet_repro.sweep.spec import PlannedRun, SweepSpec, _same, run_hours
+from imagenet_repro.rundir import FINAL_STATES
+from imagenet_repro.sweep.spec import PlannedRun, Stage, SweepSpec, run_hours, same_value
+from imagenet_repro.sweep.status import RunRef, classify_all, format_counts, summary_of
 
-STAGE_AXES = ("optim.name", "optim.lr", "optim.weight_decay", "seed")
 ALL = "all"  # --stage all: the whole grid, ignoring the stages
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-@dataclass(frozen=True)
-class Stage:
-    number: int  # 1 or 2
-    name: str
-    seeds: tuple
-    at: str  # "grid" (stage 1) or "best" (stage 2)
-    neighbours: bool = False
-
-    def title(self) -> str:
-        return f"stage {self.number} ({self.name})"
-
-
-# ---------------------------------------------------------------------------- parsing
-def parse_stages(path: Path, raw: Any, axes: dict) -> tuple[Stage, ...]:
-    """The ``stages`` section of a spec (None: no stages); any problem is a one-line ConfigError."""
-    if raw is None:
-        return ()
-
-    def fail(message: str) -> ConfigError:
-        return ConfigError(f"{path}: stages: {message}")
-
-    if not isinstance(raw, list) or len(raw) != 2:
-        raise fail("must be a list of exactly two stages (stage 1: the grid; stage 2: at: best)")
-    if "seed" not in axes:
-        raise fail("need a seed axis to split between the stages")
-    others = [k for k in axes if k not in STAGE_AXES]
-    if others:
-        raise fail(f"axis {others[0]} is not supported with stages (allowed: optimizer, optim.lr, "
-                   f"optim.weight_decay, seed)")
-    allowed = ({"name", "seeds", "at"}, {"name", "seeds", "at", "neighbours"})
-    stages: list[Stage] = []
-    for number, (entry, keys) in enumerate(zip(raw, allowed), start=1):
-        where = f"stage {number}"
-        if not isinstance(entry, dict):
-            raise fail(f"{where} must be a mapping like {{name: search, seeds: [0]}}")
-        unknown = sorted(set(entry) - keys)
-        if unknown:
-            raise fail(f"unknown key in {where}: {', '.join(unknown)} (allowed: {', '.join(sorted(keys))})")
-        name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise fail(f"{where}: name must be a word like search or confirm (got {name!r})")
-        seeds = entry.get("seeds")
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                                 for s in seeds):
-            raise fail(f"{where} ({name}): seeds must be a non-empty list of integers (got {seeds!r})")
-        if len(set(seeds)) != len(seeds):
-            raise fail(f"{where} ({name}): repeated seeds {seeds}")
-        outside = [s for s in seeds if not any(_same(s, v) for v in axes["seed"])]
-        if outside:
-            raise fail(f"{where} ({name}): seed {outside[0]} is not in the seed axis {axes['seed']}")
-        at = entry.get("at", "grid" if number == 1 else None)
-        expected = "grid" if number == 1 else "best"
-        if at != expected:
-            raise fail(f"{where} ({name}): at must be {expected} (got {at!r})")
-        neighbours = entry.get("neighbours", False)
-        if not isinstance(neighbours, bool):
-            raise fail(f"{where} ({name}): neighbours must be true or false (got {neighbours!r})")
-        stages.append(Stage(number, name, tuple(seeds), at, neighbours))
-    first, second = stages
-    if first.name == second.name:
-        raise fail(f"both stages are named {first.name}")
-    both = sorted(set(first.seeds) & set(second.seeds))
-    if both:
-        raise fail(f"seed {both[0]} is in both stages")
-    left = [s for s in axes["seed"] if s not in first.seeds + second.seeds]
-    if left:
-        raise fail(f"seed {left[0]} of the seed axis is in no stage")
-    return tuple(stages)
 
 
 def pick_stage(spec: SweepSpec, which: Optional[str]) -> Optional[Stage]:
@@ -141,7 +70,7 @@ def _seed_of(run: PlannedRun) -> Any:
 
 def stage_one_runs(spec: SweepSpec, grid: list[PlannedRun]) -> list[PlannedRun]:
     seeds = spec.stages[0].seeds
-    return [r for r in grid if any(_same(_seed_of(r), s) for s in seeds)]
+    return [r for r in grid if any(same_value(_seed_of(r), s) for s in seeds)]
 
 
 @dataclass
@@ -160,8 +89,6 @@ def _axis(spec: SweepSpec, key: str, default: Any) -> list:
 
 def choose_stage_two(spec: SweepSpec, grid: list[PlannedRun]) -> StageTwoChoice:
     """Aggregate stage 1's runs and pick each optimizer's best (lr, wd) (and its neighbours)."""
-    from imagenet_repro.analysis.aggregate import aggregate_runs, format_summary, select_best
-
     first = stage_one_runs(spec, grid)
     agg = aggregate_runs([r.run_dir for r in first])
     best_rows = select_best(agg.configs)
@@ -183,8 +110,8 @@ def choose_stage_two(spec: SweepSpec, grid: list[PlannedRun]) -> StageTwoChoice:
                          f"no stage-2 runs")
             continue
         p = pick.iloc[0]
-        i = next(k for k, v in enumerate(lrs) if _same(v, float(p["lr"])))
-        j = next(k for k, v in enumerate(wds) if _same(v, float(p["wd"])))
+        i = next(k for k, v in enumerate(lrs) if same_value(v, float(p["lr"])))
+        j = next(k for k, v in enumerate(wds) if same_value(v, float(p["wd"])))
         best[str(opt)] = {"optim.lr": lrs[i], "optim.weight_decay": wds[j], "final_top1": float(p["final_top1_mean"])}
         cells = {(i, j)}
         if want_neighbours:
@@ -209,9 +136,9 @@ def stage_two_runs(spec: SweepSpec, grid: list[PlannedRun], choice: StageTwoChoi
 
     def chosen(run: PlannedRun) -> bool:
         k = key(run)
-        return any(all(_same(a, b) for a, b in zip(k, c)) for c in choice.configs)
+        return any(all(same_value(a, b) for a, b in zip(k, c)) for c in choice.configs)
 
-    return [r for r in grid if chosen(r) and any(_same(_seed_of(r), s) for s in seeds)]
+    return [r for r in grid if chosen(r) and any(same_value(_seed_of(r), s) for s in seeds)]
 
 
 # ---------------------------------------------------------------------------- plan
@@ -233,8 +160,6 @@ def plan_stage(spec: SweepSpec, grid: list[PlannedRun], which: Optional[str], dr
     """Print the stages (runs and GPU-hours each, saving versus the whole grid) and return the
     runs of the selected stage and a label for the plan, or (None, reason) for a dry run of
     stage 2 while stage 1 is unfinished.  A real launch of stage 2 then is a ConfigError."""
-    from imagenet_repro.sweep.state import RunRef, classify_all, format_counts, summary_of
-
     stage = pick_stage(spec, which)
     lines: list[str] = []  # printed once the stage is known to be launchable (a refusal is one line)
     say = lines.append
@@ -253,7 +178,7 @@ def plan_stage(spec: SweepSpec, grid: list[PlannedRun], which: Optional[str], dr
     say(f"  {one.title()}: {len(first)} runs, the whole lr x wd grid at {_seeds(one.seeds)}: {_gpu_h(first_h)}")
     what = "each optimizer's best (lr, wd)" + (" and its grid neighbours in lr and in wd" if two.neighbours else "")
     states = classify_all([RunRef(r.run_id, r.run_dir, r.point, summary_of(r.config)) for r in first])
-    unfinished = [s for s in states if s.state not in ("done", "diverged")]
+    unfinished = [s for s in states if s.state not in FINAL_STATES]
     second: Optional[list[PlannedRun]] = None
     choice = None
     if not unfinished:
@@ -300,12 +225,3 @@ def plan_stage(spec: SweepSpec, grid: list[PlannedRun], which: Optional[str], dr
         say(f"    {line}")
     print("\n".join(lines))
     return second, f"{two.title()} at {_seeds(two.seeds)}, best configs of stage 1"
-
-
-def status_refs(spec: SweepSpec, refs: list) -> list:
-    """What ``repro status`` shows of a staged sweep: stage 1's runs and every other grid
-    run that has a run folder (stage 2 once launched); all of the grid without stages."""
-    if not spec.stages:
-        return refs
-    seeds = spec.stages[0].seeds
-    return [r for r in refs if any(_same(r.point.get("seed"), s) for s in seeds) or r.run_dir.is_dir()]

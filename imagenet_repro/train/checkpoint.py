@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from imagenet_repro.errors import ConfigError, describe
-from imagenet_repro.rundir import _FILE_MODE, atomic_write_text
+from imagenet_repro.files import atomic_write, atomic_write_text
 
 KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng")
 LAST, PREV, SUFFIX = "last.pt", "prev.pt", ".sha256"
@@ -91,16 +90,9 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         "batch_in_epoch": batch_in_epoch,
         "rng": _rng_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _FILE_MODE)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+
+    def rotate(tmp: str) -> None:  # every intermediate state keeps one checkpoint that verifies
         digest = _sha256(Path(tmp))
-        # rotation: every intermediate state keeps one checkpoint that verifies
         _unlink(_sidecar(prev))                         # prev.pt: structure-checked only
         if path.exists():
             os.replace(path, prev)                      # prev.pt = old last.pt (no sidecar yet)
@@ -109,11 +101,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         else:
             _unlink(_sidecar(path))                     # an orphan from an interrupted rotation
         atomic_write_text(_sidecar(path), digest + "\n")  # names a last.pt that does not exist yet
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), before_replace=rotate)  # then tmp -> last.pt
 
 
 def checkpoint_paths(folder: str | Path) -> list[Path]:

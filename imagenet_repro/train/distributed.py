@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from imagenet_repro.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -28,8 +30,6 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     """``cuda:LOCAL_RANK`` when every task sees all the node's GPUs (SLURM's default, torchrun);
     ``cuda:0`` when the task sees exactly one (``--gpus-per-task``/``--gpu-bind``)."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        from imagenet_repro.errors import ConfigError
-
         if not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is available")
         visible = torch.cuda.device_count()

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from imagenet_repro import rundir
 from imagenet_repro.config import ConfigError, check_placement, to_yaml
 from imagenet_repro.models import build_model
-from imagenet_repro.optim import build_optimizer, predicted_ratio
+from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.sweep.claims import process_start
 from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint

@@ -1,0 +1,69 @@
+"""What both loader backends (FFCV and torchvision) share, so they compute the same thing:
+normalisation constants, ffcv-imagenet's progressive resolution, the per-rank batch
+geometry of DDP (``data.batch_size`` is global, drop_last), subsets and the label check."""
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import DictConfig
+
+from imagenet_repro.errors import ConfigError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+# Fashion-MNIST train-set pixel statistics in [0, 1] (grey, copied to 3 channels).
+FASHION_MNIST_MEAN = np.array([0.286] * 3) * 255
+FASHION_MNIST_STD = np.array([0.353] * 3) * 255
+VAL_CROP_RATIO = 224 / 256
+RES_STEP = 32  # progressive resolutions are rounded to a multiple of this, as ffcv-imagenet
+
+
+def mean_std(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel normalisation constants on the 0..255 scale for ``data.dataset``."""
+    if dataset == "fashion_mnist":
+        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def train_resolution(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
+    """ffcv-imagenet's progressive resizing: ``min_res`` until ``start_ramp``, linear to
+    ``max_res`` at ``end_ramp`` (rounded to a multiple of 32); ``end_ramp <= 0``: fixed ``max_res``."""
+    if end_ramp <= 0:
+        return max_res
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    interp = np.interp([epoch], [start_ramp, end_ramp], [min_res, max_res])[0]
+    return int(min(max(round(interp / RES_STEP) * RES_STEP, min_res), max_res))
+
+
+def per_rank_batch_size(global_batch: int, world_size: int) -> int:
+    bs = global_batch // world_size
+    if bs < 1:
+        raise ConfigError(f"data.batch_size={global_batch} is smaller than the world size {world_size}")
+    return bs
+
+
+def subset_indices(n: int, subset: int) -> np.ndarray:
+    return np.arange(min(n, subset) if subset > 0 else n, dtype=np.int64)
+
+
+def shard_length(n: int, world_size: int) -> int:
+    return -(-n // world_size) if world_size > 1 else n
+
+
+def train_geometry(d: DictConfig, num_examples: int, world_size: int) -> tuple[int, int]:
+    """(per-rank batch size, full batches per epoch on each rank); drop_last semantics."""
+    batch_size = per_rank_batch_size(d.batch_size, world_size)
+    length = shard_length(num_examples, world_size) // batch_size
+    if length == 0:
+        raise ConfigError(f"{d.train_path}: {num_examples} training images give no full batch of "
+                          f"{batch_size} per rank (data.batch_size / world size)")
+    return batch_size, length
+
+
+def check_labels_array(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Same rule for labels already in memory (torchvision backend)."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ConfigError(f"{where} has labels {int(labels.min())}..{int(labels.max())}, outside "
+                          f"[0, data.num_classes={num_classes}): set data.num_classes to {int(labels.max()) + 1}")
