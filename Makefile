@@ -22,8 +22,9 @@ test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM
 test-rehearsals: install  ## rehearse every other shipped spec end to end (minutes each; CI runs it after make test)
 	$(VENV)/bin/python -m pytest -m rehearsal $(PYTEST_ARGS)
 
-lint: install  ## ruff (pyflakes + import order) over the whole tree
+lint: install  ## ruff (pyflakes + import order) over the whole tree; the import graph has no cycles
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python scripts/import_graph.py --check
 
 rehearse: install  ## run every distinct variant of SPEC small (kill + exact resume + figures) before launching it
 	$(REPRO) sweep $(SPEC) --rehearse

@@ -1,0 +1,66 @@
+"""The package's import graph has no cycles, and every function-level import of its own
+modules is one that scripts/import_graph.py lists with its reason (run by `make lint`)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "import_graph.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_package_has_no_cycles_and_no_unlisted_deferred_imports():
+    result = _run("--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_the_graph_lists_every_module():
+    result = _run()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    modules = {line.split(" -> ")[0] for line in lines if " -> " in line}
+    on_disk = {p.relative_to(REPO / "imagenet_repro").with_suffix("").as_posix().replace("/", ".")
+               for p in (REPO / "imagenet_repro").rglob("*.py")}
+    on_disk = {m.removesuffix(".__init__") if m != "__init__" else "imagenet_repro" for m in on_disk}
+    assert modules == on_disk
+    assert "errors -> (nothing)" in lines  # the bottom of the house imports nothing of it
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    pkg = root / "imagenet_repro"
+    for name, text in files.items():
+        path = pkg / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return pkg
+
+
+def test_a_cycle_hidden_in_a_function_is_found(tmp_path):
+    pkg = _package(tmp_path, {
+        "__init__.py": "",
+        "config.py": "def build():\n    from imagenet_repro.optim import registry\n",
+        "optim/__init__.py": "",
+        "optim/registry.py": "from imagenet_repro.config import build\n",
+    })
+    result = _run("--check", "--root", str(pkg))
+    assert result.returncode == 1
+    assert "import cycle: imagenet_repro.config -> imagenet_repro.optim.registry" in result.stderr
+    assert ("imagenet_repro.config:2: imports imagenet_repro.optim.registry inside a function" in result.stderr)
+
+
+def test_relative_and_package_imports_resolve_to_modules(tmp_path):
+    pkg = _package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "from . import b\nfrom .c import thing\n",
+        "b.py": "",
+        "c.py": "thing = 1\nfrom imagenet_repro import a\n",
+    })
+    result = _run("--root", str(pkg))
+    assert "a -> b, c" in result.stdout
+    assert "import cycle: imagenet_repro.a -> imagenet_repro.c" in result.stderr and result.returncode == 1
