@@ -1,9 +1,11 @@
 """repro <verb>: the one command line of the suite (the Makefile only wraps it).
 
-Every verb parses its arguments here and calls one library function.  Heavy imports
-(torch, ffcv, submitit, seaborn) happen inside the handlers, so ``repro --help`` is fast.
-Bad input raises :class:`~imagenet_repro.config.ConfigError`; it is printed as one line
-and the process exits with code 2 before anything is written or submitted.
+Every verb parses its arguments here and calls the library; the printing of tables
+(``status``, ``inspect-model``) is done here too.  Each verb imports its modules when it
+runs (the import graph's one wholesale exception), so ``repro --help`` and ``repro status``
+never load torch, ffcv or seaborn.  Bad input raises
+:class:`~imagenet_repro.errors.ConfigError`; it is printed as one line and the process
+exits with code 2 before anything is written or submitted.
 """
 from __future__ import annotations
 

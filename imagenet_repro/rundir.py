@@ -55,7 +55,6 @@ LAYERS = "layers.parquet"
 EVAL = "eval.parquet"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "checkpoints/last.pt"
-PREV_CHECKPOINT = "checkpoints/prev.pt"
 
 
 def read_status(run_dir: str | Path) -> dict:

@@ -1,7 +1,7 @@
 """PyTorch ImageFolder layout (``root/<class>/<image>``) and Fashion-MNIST idx files.
 
 Both backends read their sources through this module, so a bad folder gives the same
-one-line :class:`~imagenet_repro.config.ConfigError` whether it is being written to a
+one-line :class:`~imagenet_repro.errors.ConfigError` whether it is being written to a
 ``.beton`` or loaded by the torchvision fallback.
 """
 from __future__ import annotations

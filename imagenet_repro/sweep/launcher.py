@@ -3,7 +3,7 @@
 1. Parse the spec and resolve every grid point (one bad point: a one-line ConfigError,
    nothing submitted).  Data paths are checked too: an error for a real submission, a
    warning for ``--dry-run`` (cluster paths need not exist on this machine).
-2. Under the sweep lock, classify every run (:mod:`.state`): done/diverged are skipped,
+2. Under the sweep lock, classify every run (:mod:`.status`): done/diverged are skipped,
    queued/running (a live job) are left alone, failed and pending ones are claimed
    (``job.json``, O_EXCL) and submitted: one SLURM job array with the spec's resources
    (``executor.batch()``), or ``local.parallelism`` lanes on submitit's local executor.
