@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import pyarrow.parquet as pq  # noqa: E402
 from synthetic_runs import write_grid, write_spec  # noqa: E402
 
+from imagenet_repro.files import atomic_write_text
+
 OPTIMIZERS = ("sgd", "sgdc")
 LRS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 WDS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3)
@@ -91,7 +93,7 @@ def main() -> int:
                         "note": "files just written (page cache warm); 2 worker threads"},
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0
     finally:

@@ -62,6 +62,7 @@ import torch  # noqa: E402
 
 import imagenet_repro  # noqa: E402,F401  (torchvision shim)
 from imagenet_repro.config import load_config  # noqa: E402
+from imagenet_repro.files import atomic_write_text  # noqa: E402
 
 YAML = ROOT / "experiments" / "imagenet_resnet50.yaml"
 PARTS = ("data", "train", "throughput", "optim", "loader")
@@ -474,9 +475,7 @@ def write_result(result: dict) -> None:
     result["wall_s"] = round(time.perf_counter() - result["_t0"], 1)
     text = json.dumps({k: v for k, v in result.items() if not k.startswith("_")}, indent=2, default=str) + "\n"
     _RESULT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _RESULT_PATH.with_name(_RESULT_PATH.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, _RESULT_PATH)
+    atomic_write_text(_RESULT_PATH, text)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], _RESULT_PATH.name).write_text(text)
 

@@ -37,6 +37,7 @@ from imagenet_repro.config import build_config
 from imagenet_repro.data import build_loaders
 from imagenet_repro.data.synthetic import write_synthetic_imagefolder
 from imagenet_repro.data.writer import write_imagefolder
+from imagenet_repro.files import atomic_write_text
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "bench" / "loader.json"
 CLASSES = 10
@@ -131,7 +132,7 @@ def main() -> None:
     }
     result["meets_targets"] = bool(result["ffcv_over_torchvision"] >= 3.0 and result["ffcv_over_ceiling"] >= 0.70)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(OUT, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

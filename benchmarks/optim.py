@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import imagenet_repro  # noqa: F401  (torchvision shim)
+from imagenet_repro.files import atomic_write_text
 from imagenet_repro.optim.adamc import AdamC
 from imagenet_repro.optim.adamw import AdamW
 from imagenet_repro.optim.decay import correct
@@ -118,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(out.read_text()) if out.exists() else {}
     existing[device.type] = result
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(existing, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(existing, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from imagenet_repro.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "bench" / "rehearse.json"
 
@@ -72,7 +74,7 @@ def main() -> None:
         "table": table,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(OUT, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from imagenet_repro.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "bench" / "sweep.json"
 REPRO = [sys.executable, "-m", "imagenet_repro.cli"]
@@ -83,7 +85,7 @@ def main() -> None:
                                       "target_s": 0.5, "cli_over_startup": round(status_cli / startup, 2)},
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(OUT, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import imagenet_repro  # noqa: F401  (torchvision shim)
+from imagenet_repro.files import atomic_write_text
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.train.telemetry import Telemetry
@@ -113,7 +114,7 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(OUT.read_text()) if OUT.exists() else {}
     previous[f"{'cuda' if cuda else 'cpu'}_batch{batch}_res{res}"] = result
-    OUT.write_text(json.dumps(previous, indent=2) + "\n")
+    atomic_write_text(OUT, json.dumps(previous, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
