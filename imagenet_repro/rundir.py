@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 # the writers are imported for the trainer's use of rundir.* while it moves to files.*
 from imagenet_repro.files import atomic_write_json, atomic_write_parquet, atomic_write_text, read_json  # noqa: F401
@@ -70,3 +70,14 @@ def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
     current.update(extra)
     current["state"] = state
     atomic_write_json(Path(run_dir) / STATUS, current)
+
+
+def process_start(pid: int) -> Optional[str]:
+    """Start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart: status.json
+    records the trainer's pid, its start and host, so a run whose process died is recognised."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]  # a zombie has finished

@@ -350,7 +350,7 @@ def test_running_status_with_a_dead_process_is_failed(tmp_path):
     rundir.write_status(run, "running", pid=_dead_pid(), pid_start="1", host=socket.gethostname())
     st = classify(_ref(run), {})
     assert st.state == "failed" and "is gone while status.json says running" in st.reason
-    rundir.write_status(run, "running", pid=os.getpid(), pid_start=claims.process_start(os.getpid()),
+    rundir.write_status(run, "running", pid=os.getpid(), pid_start=rundir.process_start(os.getpid()),
                         host=socket.gethostname())
     assert classify(_ref(run), {}).state == "running"
     # a local job claim whose process died, and a SLURM job no longer in the queue

@@ -143,7 +143,7 @@ def test_status_and_plan_on_hundreds_of_synthetic_runs(tmp_path, capsys):
     dead = {"state": "submitted", "cluster": "local", "host": os.uname().nodename, "job_id": "1", "pid": 1,
             "pid_start": "not-a-start-time"}
     mine = {"state": "submitted", "cluster": "local", "host": os.uname().nodename, "job_id": str(os.getpid()),
-            "pid": os.getpid(), "pid_start": claims.process_start(os.getpid())}
+            "pid": os.getpid(), "pid_start": rundir.process_start(os.getpid())}
     expected = {"done": 0, "diverged": 0, "running": 0, "queued": 0, "failed": 0, "pending": 0}
     for i, ref in enumerate(refs):
         kind = ("done", "diverged", "running", "queued", "failed", "lost", "pending")[i % 7]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from imagenet_repro import files
+from imagenet_repro.rundir import process_start
 
 CLAIM = "job.json"
 LOCK = ".lock"
@@ -109,16 +110,6 @@ def process_alive(host: Optional[str], pid, pid_start: Optional[str]) -> Optiona
         return False
     start = process_start(int(pid))
     return start is not None and (pid_start is None or start == pid_start)
-
-
-def process_start(pid: int) -> Optional[str]:
-    """Start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]  # a zombie has finished
 
 
 def live_slurm_jobs() -> Optional[dict[str, str]]:
