@@ -122,7 +122,7 @@ def problems(root: Path) -> list[str]:
     every = {m: set(t) for m, t in top.items()}
     for module, target, _ in deferred:
         every[module].add(target)
-    out = [f"import cycle: {' -> '.join(c)}" for c in cycles(every)]
+    out = [f"import cycle among: {', '.join(c)}" for c in cycles(every)]
     for module, target, line in deferred:
         if (module, target) not in DEFERRED and (module, "*") not in DEFERRED:
             out.append(f"{module}:{line}: imports {target} inside a function (move it to the top, or list it in "
