@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from imagenet_repro import rundir
-from imagenet_repro.config import ConfigError, check_placement, to_yaml
+from imagenet_repro.config import check_placement, to_yaml
+from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.models import build_model
 from imagenet_repro.optim import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
@@ -58,10 +61,6 @@ def cuda_backend_flags(deterministic: bool) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -226,10 +225,6 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, limit: int = 0) -> list:
         """[epoch, step, top1, top5, loss, images] on the val set (its first ``limit`` images if > 0)."""
-        import random
-
-        import numpy as np
-
         rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None,
                np.random.get_state(), random.getstate())
         self.model.eval()
@@ -348,11 +343,6 @@ class Trainer:
         return state
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
-
-
 def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callable[[Trainer], None]] = None) -> str:
     """Train (or resume) the run in ``out_dir``; return its final state.
 
@@ -369,14 +359,14 @@ def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callabl
         # bad input for a fresh run leaves nothing behind; anything else is recorded
         fresh_bad_input = isinstance(exc, ConfigError) and not out.exists()
         if not fresh_bad_input and int(os.environ.get("RANK", "0")) == 0:
-            rundir.write_status(out, "failed", reason=f"{type(exc).__name__}: {_first_line(exc)}", updated=time.time())
+            rundir.write_status(out, "failed", reason=describe(exc), updated=time.time())
         raise
     try:
         return trainer.fit()
     except SystemExit:
         raise
     except BaseException as exc:
-        trainer._status("failed", reason=f"{type(exc).__name__}: {_first_line(exc)}")
+        trainer._status("failed", reason=describe(exc))
         raise
     finally:
         shutdown(trainer.dist)
