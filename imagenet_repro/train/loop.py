@@ -285,9 +285,6 @@ class Trainer:
                 for images, labels in self.train_loader.epoch(self.epoch, skip=skip):
                     if self.batch_in_epoch >= self.steps_per_epoch:
                         break
-                    threads = self.cfg.train.threads
-                    if threads > 0 and torch.get_num_threads() != threads:
-                        torch.set_num_threads(threads)  # ffcv's Loader sets its own count each epoch
                     self._train_step(images, labels)
                     if self.on_step is not None:
                         self.on_step(self)
