@@ -67,6 +67,8 @@ def test_run_directory_contract(finished_run):
     assert first.predicted_ratio == pytest.approx((2 * 0.005 * (1 - 0.9) / 0.1) ** 0.5)  # sqrt(2λ(1-β)/γ_0)
 
     ev = t["eval"]
+    assert dict(ev.dtypes.astype(str)) == {"epoch": "int64", "step": "int64", "top1": "float64", "top5": "float64",
+                                           "loss": "float64", "images": "int64"}
     assert list(ev.epoch) == [1, 2] and list(ev.step) == [16, 32]
     assert ev.top1.iloc[-1] > 0.3  # chance is 0.1
     assert ((ev.top5 >= ev.top1) & (ev.top5 <= 1)).all()

@@ -28,7 +28,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -50,8 +50,25 @@ from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
 from imagenet_repro.train.telemetry import TENSORBOARD_DIR, Telemetry, TensorBoardLog
 
-EVAL_COLUMNS = ["epoch", "step", "top1", "top5", "loss", "images"]  # images: how many val images
 _DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class EvalRow(NamedTuple):
+    """One evaluation: a row of ``eval.parquet``."""
+    epoch: int  # epochs completed when it ran
+    step: int  # global steps completed
+    top1: float
+    top5: float
+    loss: float  # mean cross-entropy
+    images: int  # how many val images
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> list[EvalRow]:
+        return [cls(int(r.epoch), int(r.step), float(r.top1), float(r.top5), float(r.loss), int(r.images))
+                for r in frame.itertuples(index=False)]
+
+
+EVAL_COLUMNS = list(EvalRow._fields)
 
 
 def cuda_backend_flags(deterministic: bool) -> None:
@@ -109,7 +126,7 @@ class Trainer:
             list(model.named_parameters()), normalized,
             predicted=lambda name: predicted_ratio(self.optimizer, self.optimizer.param_groups[group_index[name]]),
             layer_every=cfg.telemetry.layer_every, flush_every=cfg.telemetry.flush_every, device=self.device)
-        self.eval_rows: list[list] = []
+        self.eval_rows: list[EvalRow] = []
         self.tensorboard = (TensorBoardLog(self.out / TENSORBOARD_DIR)
                             if cfg.train.tensorboard and self.dist.is_main else None)
         self.telemetry.sink = self.tensorboard
@@ -131,7 +148,7 @@ class Trainer:
     def _status(self, state: str, **extra) -> None:
         if not self.dist.is_main:
             return
-        top1 = self.eval_rows[-1][2] if self.eval_rows else None
+        top1 = self.eval_rows[-1].top1 if self.eval_rows else None
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
         rundir.write_status(self.out, state, epoch=self.epoch, step=self.step, total_steps=self.total_steps,
                             top1=top1, job_id=job_id or os.environ.get("SLURM_JOB_ID"), updated=time.time(), **extra)
@@ -167,9 +184,7 @@ class Trainer:
             # that step within the epochs it had completed (a checkpoint taken at the last
             # step of an epoch, before that epoch's evaluation, must not keep the eval row)
             keep = (evals.step < self.step) | ((evals.step == self.step) & (evals.epoch <= self.epoch))
-            self.eval_rows = evals[keep][EVAL_COLUMNS].values.tolist()
-            for row in self.eval_rows:
-                row[0], row[1] = int(row[0]), int(row[1])
+            self.eval_rows = EvalRow.from_frame(evals[keep])
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             rundir.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
@@ -223,8 +238,8 @@ class Trainer:
         self.batch_in_epoch += 1
 
     @torch.no_grad()
-    def evaluate(self, limit: int = 0) -> list:
-        """[epoch, step, top1, top5, loss, images] on the val set (its first ``limit`` images if > 0)."""
+    def evaluate(self, limit: int = 0) -> EvalRow:
+        """The model on the val set (its first ``limit`` images if > 0); every RNG state is kept."""
         rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None,
                np.random.get_state(), random.getstate())
         self.model.eval()
@@ -255,13 +270,13 @@ class Trainer:
         np.random.set_state(rng[2])
         random.setstate(rng[3])
         top1, top5, loss, count = totals.tolist()
-        return [self.epoch, self.step, top1 / count, top5 / count, loss / count, int(count)]
+        return EvalRow(self.epoch, self.step, top1 / count, top5 / count, loss / count, int(count))
 
     def _intermediate_eval_due(self) -> bool:
         every = self.cfg.train.eval_every_steps
         return every > 0 and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch
 
-    def _record_eval(self, row: list) -> None:
+    def _record_eval(self, row: EvalRow) -> None:
         self.eval_rows.append(row)
         if self.tensorboard is not None:
             self.tensorboard.eval(row)
@@ -297,7 +312,7 @@ class Trainer:
                     if self._intermediate_eval_due():  # before any checkpoint of this step: saved with it
                         row = self.evaluate(limit=self.cfg.train.eval_subset)
                         self._record_eval(row)
-                        if not math.isfinite(row[4]):
+                        if not math.isfinite(row.loss):
                             return self._finish("diverged")
                     if self._pending_signal is not None:
                         self._handle_pending_signal()
@@ -312,10 +327,10 @@ class Trainer:
                 self.batch_in_epoch = 0
                 row = self.evaluate()
                 self._record_eval(row)
-                if not math.isfinite(row[4]):
+                if not math.isfinite(row.loss):
                     return self._finish("diverged")
                 if self.dist.is_main and show_bar:
-                    tqdm.write(f"epoch {self.epoch}: top1 {row[2]:.4f} top5 {row[3]:.4f} loss {row[4]:.4f}")
+                    tqdm.write(f"epoch {self.epoch}: top1 {row.top1:.4f} top5 {row.top5:.4f} loss {row.loss:.4f}")
                 if self.cfg.checkpoint.every_epoch or self.epoch == self.cfg.train.epochs:
                     self._checkpoint()
                 self._status("running")
