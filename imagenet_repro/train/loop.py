@@ -1,5 +1,11 @@
 """One training run: config in, run directory out (see :mod:`imagenet_repro.rundir`).
 
+:meth:`Trainer.fit` is the recipe: start (or resume) the run's files, then for each epoch
+``_train_epoch()`` (its steps, each followed by the step-boundary work of ``_after_step``)
+and ``_end_epoch()`` (flush, eval, checkpoint).  It ends ``done``; ``diverged`` (a helper
+raises ``_Diverged``, caught once in ``fit``); with SystemExit for a deferred signal (below);
+or with the error, which :func:`run_training` records as ``failed``.
+
 The loop, in the order it happens each step::
 
     schedule.apply(t)            γ_t (and γ_max) into every param group
@@ -9,15 +15,17 @@ The loop, in the order it happens each step::
     [clip], optimizer.step()
 
 every ``flush_every`` steps the telemetry is synced to the host (non-finite → the run ends
-``diverged``), every ``checkpoint.every_minutes`` and at every epoch end a checkpoint is
-written, and each epoch ends with an evaluation on the whole val set.  With
-``train.eval_every_steps`` N > 0 the model is also evaluated after every global step that
-is a multiple of N (not the last of an epoch: the epoch-end eval covers it) on the first
-``train.eval_subset`` val images; the steps depend only on N, so a resumed run evaluates at
-the same steps, and evaluation saves and restores every RNG state, so it changes nothing
-in training.  SIGTERM/SIGUSR1/SIGUSR2 are deferred to
-the next step boundary: checkpoint, then the previously installed handler (submitit's,
-which requeues the job) runs.  A run directory with a checkpoint resumes where it stopped.
+``diverged``), every ``checkpoint.every_minutes`` and at every epoch end (with
+``checkpoint.every_epoch``; after the last one always) a checkpoint is written, and each
+epoch ends with an evaluation on the whole val set.  With ``train.eval_every_steps`` N > 0
+the model is also evaluated after every global step that is a multiple of N (not the last
+of an epoch: the epoch-end eval covers it) on the first ``train.eval_subset`` val images;
+the steps depend only on N, so a resumed run evaluates at the same steps, and evaluation
+saves and restores every RNG state, so it changes nothing in training.
+SIGTERM/SIGUSR1/SIGUSR2 are deferred to the next step boundary: checkpoint, status
+``failed`` with the reason, then the previously installed handler (submitit's, which
+requeues the job), then SystemExit(128 + signum).  A run directory with a checkpoint
+resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -69,6 +77,10 @@ class EvalRow(NamedTuple):
 
 
 EVAL_COLUMNS = list(EvalRow._fields)
+
+
+class _Diverged(Exception):
+    """A non-finite loss, gradient or eval loss: caught once, in :meth:`Trainer.fit`."""
 
 
 def cuda_backend_flags(deterministic: bool) -> None:
@@ -130,6 +142,7 @@ class Trainer:
         self.tensorboard = (TensorBoardLog(self.out / TENSORBOARD_DIR)
                             if cfg.train.tensorboard and self.dist.is_main else None)
         self.telemetry.sink = self.tensorboard
+        self.show_bar = self.dist.is_main and cfg.train.progress
         self.step = self.epoch = self.batch_in_epoch = 0
         self._pending_signal: int | None = None
         self._previous_handlers: dict[int, object] = {}
@@ -276,69 +289,85 @@ class Trainer:
         every = self.cfg.train.eval_every_steps
         return every > 0 and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch
 
+    def _checkpoint_due(self) -> bool:
+        every_s = self.cfg.checkpoint.every_minutes * 60
+        return every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s
+
     def _record_eval(self, row: EvalRow) -> None:
+        """Keep (and log) ``row``; a non-finite eval loss ends the run ``diverged``."""
         self.eval_rows.append(row)
         if self.tensorboard is not None:
             self.tensorboard.eval(row)
+        if not math.isfinite(row.loss):
+            raise _Diverged
 
     def _progress(self, bar) -> None:
         last = self.telemetry.last
-        if bar is not None and last:
+        if last:
             bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.3g}", g=f"{last['grad_norm']:.3g}",
                             img_s=f"{last['images_per_s']:.0f}", refresh=False)
 
     def fit(self) -> str:
+        """Train (or resume) to the last epoch; return ``done`` or ``diverged``.
+
+        A deferred signal exits (SystemExit) at a step boundary; an error propagates.
+        """
         self._start_files()
         self._install_signal_handlers()
-        every_s = self.cfg.checkpoint.every_minutes * 60
-        show_bar = self.dist.is_main and self.cfg.train.progress
         try:
             while self.epoch < self.cfg.train.epochs:
-                skip = self.batch_in_epoch
-                bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
-                           disable=not show_bar, dynamic_ncols=True, leave=False)
-                for images, labels in self.train_loader.epoch(self.epoch, skip=skip):
-                    if self.batch_in_epoch >= self.steps_per_epoch:
-                        break
-                    self._train_step(images, labels)
-                    if self.on_step is not None:
-                        self.on_step(self)
-                    bar.update(1)
-                    if self.step % self.telemetry.flush_every == 0:  # (record() flushes a full buffer itself)
-                        self.telemetry.flush()
-                        self._progress(bar)
-                    if self.telemetry.diverged:
-                        return self._finish("diverged")
-                    if self._intermediate_eval_due():  # before any checkpoint of this step: saved with it
-                        row = self.evaluate(limit=self.cfg.train.eval_subset)
-                        self._record_eval(row)
-                        if not math.isfinite(row.loss):
-                            return self._finish("diverged")
-                    if self._pending_signal is not None:
-                        self._handle_pending_signal()
-                    if every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s:
-                        self._checkpoint()
-                        if self.telemetry.diverged:
-                            return self._finish("diverged")
-                bar.close()
-                if not self.telemetry.flush():
-                    return self._finish("diverged")
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                row = self.evaluate()
-                self._record_eval(row)
-                if not math.isfinite(row.loss):
-                    return self._finish("diverged")
-                if self.dist.is_main and show_bar:
-                    tqdm.write(f"epoch {self.epoch}: top1 {row.top1:.4f} top5 {row.top5:.4f} loss {row.loss:.4f}")
-                if self.cfg.checkpoint.every_epoch or self.epoch == self.cfg.train.epochs:
-                    self._checkpoint()
-                self._status("running")
+                self._train_epoch()
+                self._end_epoch()
             return self._finish("done")
+        except _Diverged:
+            return self._finish("diverged")
         finally:
             self._restore_signal_handlers()
             if self.tensorboard is not None:
                 self.tensorboard.close()
+
+    def _train_epoch(self) -> None:
+        """The current epoch's remaining steps (all of them unless resumed mid-epoch)."""
+        with tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
+                  desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", disable=not self.show_bar) as bar:
+            for images, labels in self.train_loader.epoch(self.epoch, skip=self.batch_in_epoch):
+                if self.batch_in_epoch >= self.steps_per_epoch:  # train.steps_per_epoch caps the epoch
+                    break
+                self._train_step(images, labels)
+                if self.on_step is not None:
+                    self.on_step(self)
+                bar.update(1)
+                self._after_step(bar)
+
+    def _after_step(self, bar) -> None:
+        """The step boundary: telemetry flush, intermediate eval, a deferred signal, a timed checkpoint."""
+        if self.step % self.telemetry.flush_every == 0:  # (record() flushes a full buffer itself)
+            self.telemetry.flush()
+            self._progress(bar)
+        if self.telemetry.diverged:
+            raise _Diverged
+        if self._intermediate_eval_due():  # before any checkpoint of this step: saved with it
+            self._record_eval(self.evaluate(limit=self.cfg.train.eval_subset))
+        if self._pending_signal is not None:
+            self._handle_pending_signal()  # checkpoint, status failed, SystemExit
+        if self._checkpoint_due():
+            self._checkpoint()  # (its flush may find a non-finite step)
+            if self.telemetry.diverged:
+                raise _Diverged
+
+    def _end_epoch(self) -> None:
+        """Flush, evaluate on the whole val set, checkpoint (every epoch or the last), status."""
+        if not self.telemetry.flush():
+            raise _Diverged
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        row = self.evaluate()
+        self._record_eval(row)
+        if self.show_bar:
+            tqdm.write(f"epoch {self.epoch}: top1 {row.top1:.4f} top5 {row.top5:.4f} loss {row.loss:.4f}")
+        if self.cfg.checkpoint.every_epoch or self.epoch == self.cfg.train.epochs:
+            self._checkpoint()
+        self._status("running")
 
     def _finish(self, state: str) -> str:
         self.telemetry.flush()
