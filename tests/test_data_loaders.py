@@ -30,8 +30,8 @@ def cfg_for(folder: Path, **data):
     base = {"dataset": "fashion_mnist", "train_path": str(folder / "train.beton"), "val_path": str(folder / "val.beton"),
             "num_classes": 10, "batch_size": 32, "val_batch_size": 250, "num_workers": 1, "min_res": 24,
             "max_res": 32, "val_res": 32, "train_subset": 320, "val_subset": 500, "rrc_scale_min": 0.35}
-    seed = data.pop("seed", 0)
-    return build_config({"seed": seed, "data": {**base, **data}, "model": {"name": "small_resnet"}})
+    seed, train = data.pop("seed", 0), data.pop("train", {})
+    return build_config({"seed": seed, "data": {**base, **data}, "model": {"name": "small_resnet"}, "train": train})
 
 
 def digest(batches) -> str:
@@ -110,6 +110,26 @@ def test_seed_changes_order(fmnist):
 def test_progressive_resolution():
     assert [train_resolution(e, 160, 192, 0, 0) for e in (0, 5)] == [192, 192]
     assert [train_resolution(e, 160, 224, 2, 6) for e in (0, 2, 4, 6, 9)] == [160, 160, 192, 224, 224]
+
+
+@pytest.mark.timeout(180)
+def test_ffcv_loaders_keep_the_configured_torch_threads(fmnist):
+    # ffcv's Loader sets torch's thread count to its num_workers (2 here) when built and at each
+    # epoch's start; with train.threads=1 both loaders put 1 back before every batch they hand out
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: ffcv's thread count is 1 as well")
+    before = torch.get_num_threads()
+    try:
+        cfg = cfg_for(fmnist, num_workers=2, train_subset=64, val_subset=250, train={"threads": 1})
+        train, val = build_loaders(cfg, torch.device("cpu"))
+        assert train.loader.num_workers == val.loader.num_workers == 2
+        assert torch.get_num_threads() == 1
+        during = [torch.get_num_threads() for _ in train.epoch(0)] + [torch.get_num_threads() for _ in val]
+        assert during == [1] * (len(train) + len(val)) and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.timeout(180)

@@ -67,6 +67,8 @@ def test_run_directory_contract(finished_run):
     assert first.predicted_ratio == pytest.approx((2 * 0.005 * (1 - 0.9) / 0.1) ** 0.5)  # sqrt(2λ(1-β)/γ_0)
 
     ev = t["eval"]
+    assert dict(ev.dtypes.astype(str)) == {"epoch": "int64", "step": "int64", "top1": "float64", "top5": "float64",
+                                           "loss": "float64", "images": "int64"}
     assert list(ev.epoch) == [1, 2] and list(ev.step) == [16, 32]
     assert ev.top1.iloc[-1] > 0.3  # chance is 0.1
     assert ((ev.top5 >= ev.top1) & (ev.top5 <= 1)).all()
@@ -97,6 +99,39 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, finished_run, fmnist_t
     assert train(killed, overrides) == "done"
     assert json.loads((killed / "status.json").read_text())["resumed_from_step"] == step
     a, b = tables(finished_run), tables(killed)
+    pd.testing.assert_frame_equal(a["steps"].drop(columns="images_per_s"), b["steps"].drop(columns="images_per_s"),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(a["layers"], b["layers"], check_exact=True)
+    pd.testing.assert_frame_equal(a["eval"], b["eval"], check_exact=True)
+
+
+def test_deferred_signal_checkpoints_at_the_step_boundary_then_resume_is_exact(tmp_path, finished_run, fmnist_tiny):
+    # SIGUSR1 in the middle of step 3's boundary work: checkpoint at step 3, status failed with the
+    # reason, the previously installed handler (submitit's requeue), then SystemExit(128 + signum)
+    out, calls = tmp_path / "signalled", []
+
+    def send_at_step_3(trainer) -> None:
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def requeue(signum, frame) -> None:
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGUSR1, requeue)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_training(load_config(ROOT / DEMO, fmnist_tiny), out, on_step=send_at_step_3)
+        assert exit_info.value.code == 128 + signal.SIGUSR1 and calls == [signal.SIGUSR1]
+        assert signal.getsignal(signal.SIGUSR1) is requeue  # the trainer's handlers are gone
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and status["step"] == 3
+    assert status["reason"] == "interrupted by SIGUSR1 at step 3; resumes from its checkpoint"
+    assert torch.load(out / rundir.LAST_CHECKPOINT, weights_only=True)["step"] == 3
+    assert train(out, fmnist_tiny) == "done"
+    assert json.loads((out / "status.json").read_text())["resumed_from_step"] == 3
+    a, b = tables(finished_run), tables(out)
     pd.testing.assert_frame_equal(a["steps"].drop(columns="images_per_s"), b["steps"].drop(columns="images_per_s"),
                                   check_exact=True)
     pd.testing.assert_frame_equal(a["layers"], b["layers"], check_exact=True)

@@ -13,6 +13,10 @@ after a non-jitted one (ToTensor) makes ``Loader()`` spin forever (libffcv/ffcv#
 On CPU, NormalizeImage therefore runs right after the jitted decode/flip, before
 ToTensor; ToDevice is dropped (the batch is already on the CPU).
 
+ffcv's ``Loader`` sets torch's thread count to its ``num_workers`` when it is built and at
+each epoch's start; with ``train.threads`` > 0 both loaders put that count back before
+handing out each batch, so training and evaluation run with the configured threads.
+
 The first epoch of each loader includes numba's compilation (~12-18 s here).
 """
 from __future__ import annotations
@@ -35,11 +39,18 @@ from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices
 from imagenet_repro.data.seeding import epoch_key, epoch_order
 
 
-def _batches(loader: Loader):
+def _keep_threads(threads: int) -> None:
+    """Put torch's thread count back to ``threads`` (``train.threads``; 0: leave ffcv's)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _batches(loader: Loader, threads: int):
     """(images, labels) of one pass; the epoch iterator is closed even if the caller stops early."""
-    it = iter(loader)
+    it = iter(loader)  # sets torch's thread count to num_workers
     try:
         for images, labels in it:
+            _keep_threads(threads)
             yield images, labels.view(-1)
     finally:
         it.close()
@@ -82,6 +93,7 @@ class FFCVTrainLoader:
     def __init__(self, cfg: DictConfig, device: torch.device, rank: int, world_size: int):
         d = cfg.data
         self.seed, self.rank, self.world_size = int(cfg.seed), rank, world_size
+        self.threads = int(cfg.train.threads)
         self.min_res, self.max_res, self.start_ramp, self.end_ramp = d.min_res, d.max_res, d.start_ramp, d.end_ramp
         self.quasi_random = d.order == "quasi_random"
         # several ranks with quasi_random are refused by config.placement_problems at the trainer's start
@@ -103,6 +115,7 @@ class FFCVTrainLoader:
         self.loader.distributed = world_size > 1
         self.order = PlannedOrder(self.loader)
         self.loader.traversal_order = self.order
+        _keep_threads(self.threads)
         if self.quasi_random:
             self._quasi = QuasiRandom(self.loader)
             self._quasi_pages = self._quasi.page_to_samples_array.copy()
@@ -132,7 +145,7 @@ class FFCVTrainLoader:
         self.key.set(epoch_key(self.seed, epoch))
         if len(self.order.planned) == 0:
             return
-        yield from _batches(self.loader)
+        yield from _batches(self.loader, self.threads)
 
 
 class FFCVValLoader:
@@ -140,6 +153,7 @@ class FFCVValLoader:
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         d = cfg.data
+        self.threads = int(cfg.train.threads)
         n = check_beton(d.val_path)
         indices = subset_indices(n, d.val_subset)
         self.num_examples = len(indices)
@@ -149,12 +163,13 @@ class FFCVValLoader:
                              os_cache=d.os_cache, order=OrderOption.SEQUENTIAL, indices=indices,
                              drop_last=False, batches_ahead=3,
                              pipelines={"image": [decoder, *pre, *post], "label": label_pipeline(device)})
+        _keep_threads(self.threads)
 
     def __len__(self) -> int:
         return -(-self.num_examples // self.loader.batch_size)
 
     def __iter__(self):
-        yield from _batches(self.loader)
+        yield from _batches(self.loader, self.threads)
 
 
 def build_ffcv_loaders(cfg: DictConfig, device: torch.device, rank: int, world_size: int):

@@ -1,5 +1,11 @@
 """One training run: config in, run directory out (see :mod:`imagenet_repro.rundir`).
 
+:meth:`Trainer.fit` is the recipe: start (or resume) the run's files, then for each epoch
+``_train_epoch()`` (its steps, each followed by the step-boundary work of ``_after_step``)
+and ``_end_epoch()`` (flush, eval, checkpoint).  It ends ``done``; ``diverged`` (a helper
+raises ``_Diverged``, caught once in ``fit``); with SystemExit for a deferred signal (below);
+or with the error, which :func:`run_training` records as ``failed``.
+
 The loop, in the order it happens each step::
 
     schedule.apply(t)            γ_t (and γ_max) into every param group
@@ -9,26 +15,30 @@ The loop, in the order it happens each step::
     [clip], optimizer.step()
 
 every ``flush_every`` steps the telemetry is synced to the host (non-finite → the run ends
-``diverged``), every ``checkpoint.every_minutes`` and at every epoch end a checkpoint is
-written, and each epoch ends with an evaluation on the whole val set.  With
-``train.eval_every_steps`` N > 0 the model is also evaluated after every global step that
-is a multiple of N (not the last of an epoch: the epoch-end eval covers it) on the first
-``train.eval_subset`` val images; the steps depend only on N, so a resumed run evaluates at
-the same steps, and evaluation saves and restores every RNG state, so it changes nothing
-in training.  SIGTERM/SIGUSR1/SIGUSR2 are deferred to
-the next step boundary: checkpoint, then the previously installed handler (submitit's,
-which requeues the job) runs.  A run directory with a checkpoint resumes where it stopped.
+``diverged``), every ``checkpoint.every_minutes`` and at every epoch end (with
+``checkpoint.every_epoch``; after the last one always) a checkpoint is written, and each
+epoch ends with an evaluation on the whole val set.  With ``train.eval_every_steps`` N > 0
+the model is also evaluated after every global step that is a multiple of N (not the last
+of an epoch: the epoch-end eval covers it) on the first ``train.eval_subset`` val images;
+the steps depend only on N, so a resumed run evaluates at the same steps, and evaluation
+saves and restores every RNG state, so it changes nothing in training.
+SIGTERM/SIGUSR1/SIGUSR2 are deferred to the next step boundary: checkpoint, status
+``failed`` with the reason, then the previously installed handler (submitit's, which
+requeues the job), then SystemExit(128 + signum).  A run directory with a checkpoint
+resumes where it stopped.
 """
 from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -36,7 +46,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from imagenet_repro import rundir
-from imagenet_repro.config import ConfigError, check_placement, to_yaml
+from imagenet_repro.config import check_placement, to_yaml
+from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
@@ -47,8 +58,29 @@ from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
 from imagenet_repro.train.telemetry import TENSORBOARD_DIR, Telemetry, TensorBoardLog
 
-EVAL_COLUMNS = ["epoch", "step", "top1", "top5", "loss", "images"]  # images: how many val images
 _DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class EvalRow(NamedTuple):
+    """One evaluation: a row of ``eval.parquet``."""
+    epoch: int  # epochs completed when it ran
+    step: int  # global steps completed
+    top1: float
+    top5: float
+    loss: float  # mean cross-entropy
+    images: int  # how many val images
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> list[EvalRow]:
+        return [cls(int(r.epoch), int(r.step), float(r.top1), float(r.top5), float(r.loss), int(r.images))
+                for r in frame.itertuples(index=False)]
+
+
+EVAL_COLUMNS = list(EvalRow._fields)
+
+
+class _Diverged(Exception):
+    """A non-finite loss, gradient or eval loss: caught once, in :meth:`Trainer.fit`."""
 
 
 def cuda_backend_flags(deterministic: bool) -> None:
@@ -58,10 +90,6 @@ def cuda_backend_flags(deterministic: bool) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -110,10 +138,11 @@ class Trainer:
             list(model.named_parameters()), normalized,
             predicted=lambda name: predicted_ratio(self.optimizer, self.optimizer.param_groups[group_index[name]]),
             layer_every=cfg.telemetry.layer_every, flush_every=cfg.telemetry.flush_every, device=self.device)
-        self.eval_rows: list[list] = []
+        self.eval_rows: list[EvalRow] = []
         self.tensorboard = (TensorBoardLog(self.out / TENSORBOARD_DIR)
                             if cfg.train.tensorboard and self.dist.is_main else None)
         self.telemetry.sink = self.tensorboard
+        self.show_bar = self.dist.is_main and cfg.train.progress
         self.step = self.epoch = self.batch_in_epoch = 0
         self._pending_signal: int | None = None
         self._previous_handlers: dict[int, object] = {}
@@ -132,7 +161,7 @@ class Trainer:
     def _status(self, state: str, **extra) -> None:
         if not self.dist.is_main:
             return
-        top1 = self.eval_rows[-1][2] if self.eval_rows else None
+        top1 = self.eval_rows[-1].top1 if self.eval_rows else None
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
         rundir.write_status(self.out, state, epoch=self.epoch, step=self.step, total_steps=self.total_steps,
                             top1=top1, job_id=job_id or os.environ.get("SLURM_JOB_ID"), updated=time.time(), **extra)
@@ -168,9 +197,7 @@ class Trainer:
             # that step within the epochs it had completed (a checkpoint taken at the last
             # step of an epoch, before that epoch's evaluation, must not keep the eval row)
             keep = (evals.step < self.step) | ((evals.step == self.step) & (evals.epoch <= self.epoch))
-            self.eval_rows = evals[keep][EVAL_COLUMNS].values.tolist()
-            for row in self.eval_rows:
-                row[0], row[1] = int(row[0]), int(row[1])
+            self.eval_rows = EvalRow.from_frame(evals[keep])
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             rundir.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
@@ -224,12 +251,8 @@ class Trainer:
         self.batch_in_epoch += 1
 
     @torch.no_grad()
-    def evaluate(self, limit: int = 0) -> list:
-        """[epoch, step, top1, top5, loss, images] on the val set (its first ``limit`` images if > 0)."""
-        import random
-
-        import numpy as np
-
+    def evaluate(self, limit: int = 0) -> EvalRow:
+        """The model on the val set (its first ``limit`` images if > 0); every RNG state is kept."""
         rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None,
                np.random.get_state(), random.getstate())
         self.model.eval()
@@ -260,78 +283,91 @@ class Trainer:
         np.random.set_state(rng[2])
         random.setstate(rng[3])
         top1, top5, loss, count = totals.tolist()
-        return [self.epoch, self.step, top1 / count, top5 / count, loss / count, int(count)]
+        return EvalRow(self.epoch, self.step, top1 / count, top5 / count, loss / count, int(count))
 
     def _intermediate_eval_due(self) -> bool:
         every = self.cfg.train.eval_every_steps
         return every > 0 and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch
 
-    def _record_eval(self, row: list) -> None:
+    def _checkpoint_due(self) -> bool:
+        every_s = self.cfg.checkpoint.every_minutes * 60
+        return every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s
+
+    def _record_eval(self, row: EvalRow) -> None:
+        """Keep (and log) ``row``; a non-finite eval loss ends the run ``diverged``."""
         self.eval_rows.append(row)
         if self.tensorboard is not None:
             self.tensorboard.eval(row)
+        if not math.isfinite(row.loss):
+            raise _Diverged
 
     def _progress(self, bar) -> None:
         last = self.telemetry.last
-        if bar is not None and last:
+        if last:
             bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.3g}", g=f"{last['grad_norm']:.3g}",
                             img_s=f"{last['images_per_s']:.0f}", refresh=False)
 
     def fit(self) -> str:
+        """Train (or resume) to the last epoch; return ``done`` or ``diverged``.
+
+        A deferred signal exits (SystemExit) at a step boundary; an error propagates.
+        """
         self._start_files()
         self._install_signal_handlers()
-        every_s = self.cfg.checkpoint.every_minutes * 60
-        show_bar = self.dist.is_main and self.cfg.train.progress
         try:
             while self.epoch < self.cfg.train.epochs:
-                skip = self.batch_in_epoch
-                bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
-                           disable=not show_bar, dynamic_ncols=True, leave=False)
-                for images, labels in self.train_loader.epoch(self.epoch, skip=skip):
-                    if self.batch_in_epoch >= self.steps_per_epoch:
-                        break
-                    threads = self.cfg.train.threads
-                    if threads > 0 and torch.get_num_threads() != threads:
-                        torch.set_num_threads(threads)  # ffcv's Loader sets its own count each epoch
-                    self._train_step(images, labels)
-                    if self.on_step is not None:
-                        self.on_step(self)
-                    bar.update(1)
-                    if self.step % self.telemetry.flush_every == 0:  # (record() flushes a full buffer itself)
-                        self.telemetry.flush()
-                        self._progress(bar)
-                    if self.telemetry.diverged:
-                        return self._finish("diverged")
-                    if self._intermediate_eval_due():  # before any checkpoint of this step: saved with it
-                        row = self.evaluate(limit=self.cfg.train.eval_subset)
-                        self._record_eval(row)
-                        if not math.isfinite(row[4]):
-                            return self._finish("diverged")
-                    if self._pending_signal is not None:
-                        self._handle_pending_signal()
-                    if every_s > 0 and time.monotonic() - self._last_checkpoint >= every_s:
-                        self._checkpoint()
-                        if self.telemetry.diverged:
-                            return self._finish("diverged")
-                bar.close()
-                if not self.telemetry.flush():
-                    return self._finish("diverged")
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                row = self.evaluate()
-                self._record_eval(row)
-                if not math.isfinite(row[4]):
-                    return self._finish("diverged")
-                if self.dist.is_main and show_bar:
-                    tqdm.write(f"epoch {self.epoch}: top1 {row[2]:.4f} top5 {row[3]:.4f} loss {row[4]:.4f}")
-                if self.cfg.checkpoint.every_epoch or self.epoch == self.cfg.train.epochs:
-                    self._checkpoint()
-                self._status("running")
+                self._train_epoch()
+                self._end_epoch()
             return self._finish("done")
+        except _Diverged:
+            return self._finish("diverged")
         finally:
             self._restore_signal_handlers()
             if self.tensorboard is not None:
                 self.tensorboard.close()
+
+    def _train_epoch(self) -> None:
+        """The current epoch's remaining steps (all of them unless resumed mid-epoch)."""
+        with tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
+                  desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", disable=not self.show_bar) as bar:
+            for images, labels in self.train_loader.epoch(self.epoch, skip=self.batch_in_epoch):
+                if self.batch_in_epoch >= self.steps_per_epoch:  # train.steps_per_epoch caps the epoch
+                    break
+                self._train_step(images, labels)
+                if self.on_step is not None:
+                    self.on_step(self)
+                bar.update(1)
+                self._after_step(bar)
+
+    def _after_step(self, bar) -> None:
+        """The step boundary: telemetry flush, intermediate eval, a deferred signal, a timed checkpoint."""
+        if self.step % self.telemetry.flush_every == 0:  # (record() flushes a full buffer itself)
+            self.telemetry.flush()
+            self._progress(bar)
+        if self.telemetry.diverged:
+            raise _Diverged
+        if self._intermediate_eval_due():  # before any checkpoint of this step: saved with it
+            self._record_eval(self.evaluate(limit=self.cfg.train.eval_subset))
+        if self._pending_signal is not None:
+            self._handle_pending_signal()  # checkpoint, status failed, SystemExit
+        if self._checkpoint_due():
+            self._checkpoint()  # (its flush may find a non-finite step)
+            if self.telemetry.diverged:
+                raise _Diverged
+
+    def _end_epoch(self) -> None:
+        """Flush, evaluate on the whole val set, checkpoint (every epoch or the last), status."""
+        if not self.telemetry.flush():
+            raise _Diverged
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        row = self.evaluate()
+        self._record_eval(row)
+        if self.show_bar:
+            tqdm.write(f"epoch {self.epoch}: top1 {row.top1:.4f} top5 {row.top5:.4f} loss {row.loss:.4f}")
+        if self.cfg.checkpoint.every_epoch or self.epoch == self.cfg.train.epochs:
+            self._checkpoint()
+        self._status("running")
 
     def _finish(self, state: str) -> str:
         self.telemetry.flush()
@@ -346,11 +382,6 @@ class Trainer:
             extra["reason"] = f"non-finite loss or gradient at step {at}" if at is not None else "non-finite eval loss"
         self._status(state, **extra)
         return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callable[[Trainer], None]] = None) -> str:
@@ -369,14 +400,14 @@ def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callabl
         # bad input for a fresh run leaves nothing behind; anything else is recorded
         fresh_bad_input = isinstance(exc, ConfigError) and not out.exists()
         if not fresh_bad_input and int(os.environ.get("RANK", "0")) == 0:
-            rundir.write_status(out, "failed", reason=f"{type(exc).__name__}: {_first_line(exc)}", updated=time.time())
+            rundir.write_status(out, "failed", reason=describe(exc), updated=time.time())
         raise
     try:
         return trainer.fit()
     except SystemExit:
         raise
     except BaseException as exc:
-        trainer._status("failed", reason=f"{type(exc).__name__}: {_first_line(exc)}")
+        trainer._status("failed", reason=describe(exc))
         raise
     finally:
         shutdown(trainer.dist)

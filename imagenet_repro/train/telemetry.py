@@ -20,14 +20,26 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import pandas as pd
 import torch
 
+if TYPE_CHECKING:
+    from imagenet_repro.train.loop import EvalRow
+
 STEP_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm", "grad_norm_normalized",
                 "weight_norm_normalized", "images_per_s"]
 LAYER_COLUMNS = ["step", "layer", "grad_norm", "weight_norm", "ratio", "predicted_ratio"]
+
+
+class _Pending(NamedTuple):
+    """A recorded step whose norms are still in the device buffer (row ``i`` of a flush)."""
+    step: int
+    epoch: int
+    lr: float
+    with_layers: bool  # its per-layer norms are in ``layer_buf`` too
+    predicted: dict[str, float] | None  # the theory's ratio per layer, on those steps
 
 
 class Telemetry:
@@ -44,7 +56,7 @@ class Telemetry:
         self.flush_every = flush_every
         self.buf = torch.zeros(flush_every, 5, device=device, dtype=torch.float32)
         self.layer_buf = torch.zeros(flush_every, 2, len(norm_idx), device=device, dtype=torch.float32)
-        self.pending: list[tuple[int, int, float, bool, dict[str, float] | None]] = []
+        self.pending: list[_Pending] = []
         self.step_rows: list[list] = []
         self.layer_rows: list[list] = []
         self._window_start = time.perf_counter()
@@ -69,7 +81,7 @@ class Telemetry:
             self.layer_buf[k, 0].copy_(g_n)
             self.layer_buf[k, 1].copy_(x_n)
             predicted = {n: self.predicted(n) for n in self.layer_names}
-        self.pending.append((step, epoch, lr, with_layers, predicted))
+        self.pending.append(_Pending(step, epoch, lr, with_layers, predicted))
         self._window_images += batch_images
         if len(self.pending) == self.flush_every:
             self.flush()
@@ -81,20 +93,20 @@ class Telemetry:
         n = len(self.pending)
         first_step_row, first_layer_row = len(self.step_rows), len(self.layer_rows)
         values = self.buf[:n].cpu().tolist()
-        layers = self.layer_buf[:n].cpu() if any(p[3] for p in self.pending) else None
+        layers = self.layer_buf[:n].cpu() if any(p.with_layers for p in self.pending) else None
         now = time.perf_counter()
         rate = self._window_images / max(now - self._window_start, 1e-9)
         self._window_start, self._window_images = now, 0
         finite = True
-        for i, (step, epoch, lr, with_layers, predicted) in enumerate(self.pending):
-            self.step_rows.append([step, epoch, lr, *values[i], rate])
-            if with_layers:
+        for i, p in enumerate(self.pending):
+            self.step_rows.append([p.step, p.epoch, p.lr, *values[i], rate])
+            if p.with_layers:
                 for j, name in enumerate(self.layer_names):
                     gn, xn = float(layers[i, 0, j]), float(layers[i, 1, j])
-                    self.layer_rows.append([step, name, gn, xn, gn / xn if xn > 0 else math.nan, predicted[name]])
+                    self.layer_rows.append([p.step, name, gn, xn, gn / xn if xn > 0 else math.nan, p.predicted[name]])
             if finite and not all(math.isfinite(v) for v in values[i]):
                 finite = False
-                self.diverged_at = step
+                self.diverged_at = p.step
                 del self.pending[i + 1:]  # keep everything up to the first non-finite step
                 break
         self.pending.clear()
@@ -163,18 +175,19 @@ class TensorBoardLog:
             if x_n > 0:
                 w.add_scalar("ratio/normalized", row[col["grad_norm_normalized"]] / x_n, step)
         predicted: dict[int, list[float]] = {}
-        for row in layer_rows:  # [step, layer, grad_norm, weight_norm, ratio, predicted_ratio]
-            if math.isfinite(row[5]):
-                predicted.setdefault(int(row[0]), []).append(row[5])
+        lcol = {name: i for i, name in enumerate(LAYER_COLUMNS)}
+        for row in layer_rows:
+            if math.isfinite(row[lcol["predicted_ratio"]]):
+                predicted.setdefault(int(row[lcol["step"]]), []).append(row[lcol["predicted_ratio"]])
         for step, values in predicted.items():
             w.add_scalar("ratio/predicted", sum(values) / len(values), step)
         w.flush()
 
-    def eval(self, row: list) -> None:
-        """One eval row [epoch, step, top1, top5, loss, images]."""
-        w = self._open(row[1])
-        for tag, value in (("eval/top1", row[2]), ("eval/top5", row[3]), ("eval/loss", row[4])):
-            w.add_scalar(tag, value, int(row[1]))
+    def eval(self, row: EvalRow) -> None:
+        """One evaluation (:class:`imagenet_repro.train.loop.EvalRow`), at its global step."""
+        w = self._open(row.step)
+        for tag, value in (("eval/top1", row.top1), ("eval/top5", row.top5), ("eval/loss", row.loss)):
+            w.add_scalar(tag, value, int(row.step))
         w.flush()
 
     def close(self) -> None:
