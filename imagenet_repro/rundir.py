@@ -20,8 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
-# the writers are imported for the trainer's use of rundir.* while it moves to files.*
-from imagenet_repro.files import atomic_write_json, atomic_write_parquet, atomic_write_text, read_json  # noqa: F401
+from imagenet_repro.files import atomic_write_json, read_json
 
 
 class RunState(StrEnum):

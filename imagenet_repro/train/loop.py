@@ -36,7 +36,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -45,38 +45,28 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from imagenet_repro import rundir
+from imagenet_repro import files, rundir
 from imagenet_repro.config import check_placement, to_yaml
+from imagenet_repro.data.loaders import build_loaders
 from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
-from imagenet_repro.sweep.claims import process_start
+from imagenet_repro.rundir import process_start
 from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
 from imagenet_repro.train.distributed import all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
-from imagenet_repro.train.telemetry import TENSORBOARD_DIR, Telemetry, TensorBoardLog
+from imagenet_repro.train.telemetry import (
+    EVAL_COLUMNS,
+    EVAL_DTYPES,
+    TENSORBOARD_DIR,
+    EvalRow,
+    Telemetry,
+    TensorBoardLog,
+)
 
 _DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-
-class EvalRow(NamedTuple):
-    """One evaluation: a row of ``eval.parquet``."""
-    epoch: int  # epochs completed when it ran
-    step: int  # global steps completed
-    top1: float
-    top5: float
-    loss: float  # mean cross-entropy
-    images: int  # how many val images
-
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> list[EvalRow]:
-        return [cls(int(r.epoch), int(r.step), float(r.top1), float(r.top5), float(r.loss), int(r.images))
-                for r in frame.itertuples(index=False)]
-
-
-EVAL_COLUMNS = list(EvalRow._fields)
 
 
 class _Diverged(Exception):
@@ -107,8 +97,6 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed)
-        from imagenet_repro.data import build_loaders
-
         self.train_loader, self.val_loader = build_loaders(cfg, self.device, self.dist.rank, self.dist.world_size)
         self.steps_per_epoch = len(self.train_loader)
         if cfg.train.steps_per_epoch > 0:
@@ -153,10 +141,10 @@ class Trainer:
         if not self.dist.is_main:
             return
         steps, layers = self.telemetry.frames()
-        rundir.atomic_write_parquet(self.out / rundir.STEPS, steps)
-        rundir.atomic_write_parquet(self.out / rundir.LAYERS, layers)
-        evals = pd.DataFrame(self.eval_rows, columns=EVAL_COLUMNS).astype({"epoch": "int64", "step": "int64", "images": "int64"})
-        rundir.atomic_write_parquet(self.out / rundir.EVAL, evals)
+        files.atomic_write_parquet(self.out / rundir.STEPS, steps)
+        files.atomic_write_parquet(self.out / rundir.LAYERS, layers)
+        evals = pd.DataFrame(self.eval_rows, columns=EVAL_COLUMNS).astype(EVAL_DTYPES)
+        files.atomic_write_parquet(self.out / rundir.EVAL, evals)
 
     def _status(self, state: str, **extra) -> None:
         if not self.dist.is_main:
@@ -200,13 +188,13 @@ class Trainer:
             self.eval_rows = EvalRow.from_frame(evals[keep])
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            rundir.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
-            manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
+            files.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
+            manifest = files.read_json(self.out / rundir.MANIFEST) or {}
             manifest.update(build_manifest(self.dist.world_size, self.device, manifest))
             manifest["param_groups"] = {"normalized_rule": self.cfg.optim.normalized_rule,
                                         "corrected_decay": bool(getattr(self.optimizer, "corrects_decay", False)),
                                         **group_summary(self.optimizer)}
-            rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
+            files.atomic_write_json(self.out / rundir.MANIFEST, manifest)
         # (always written, so a later resume never shows an earlier one's fallback)
         extra = {"resumed_from": pos["path"].name if pos else None, "skipped_checkpoints": pos["skipped"] if pos else []}
         self._status("running", resumed_from_step=self.step if pos is not None else None, reason=None,
@@ -373,9 +361,9 @@ class Trainer:
         self.telemetry.flush()
         self._write_tables()
         if self.dist.is_main:
-            manifest = rundir.read_json(self.out / rundir.MANIFEST) or {}
+            manifest = files.read_json(self.out / rundir.MANIFEST) or {}
             manifest["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            rundir.atomic_write_json(self.out / rundir.MANIFEST, manifest)
+            files.atomic_write_json(self.out / rundir.MANIFEST, manifest)
         extra = {}
         if state == "diverged":
             at = self.telemetry.diverged_at

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import Callable, NamedTuple, get_type_hints
 
 import pandas as pd
 import torch
-
-if TYPE_CHECKING:
-    from imagenet_repro.train.loop import EvalRow
 
 STEP_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm", "grad_norm_normalized",
                 "weight_norm_normalized", "images_per_s"]
@@ -40,6 +37,26 @@ class _Pending(NamedTuple):
     lr: float
     with_layers: bool  # its per-layer norms are in ``layer_buf`` too
     predicted: dict[str, float] | None  # the theory's ratio per layer, on those steps
+
+
+
+class EvalRow(NamedTuple):
+    """One evaluation: a row of ``eval.parquet``."""
+    epoch: int  # epochs completed when it ran
+    step: int  # global steps completed
+    top1: float
+    top5: float
+    loss: float  # mean cross-entropy
+    images: int  # how many val images
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> list[EvalRow]:
+        return [cls(int(r.epoch), int(r.step), float(r.top1), float(r.top5), float(r.loss), int(r.images))
+                for r in frame.itertuples(index=False)]
+
+
+EVAL_COLUMNS = list(EvalRow._fields)
+EVAL_DTYPES = {name: "int64" if kind is int else "float64" for name, kind in get_type_hints(EvalRow).items()}
 
 
 class Telemetry:
@@ -184,7 +201,7 @@ class TensorBoardLog:
         w.flush()
 
     def eval(self, row: EvalRow) -> None:
-        """One evaluation (:class:`imagenet_repro.train.loop.EvalRow`), at its global step."""
+        """One evaluation (:class:`EvalRow`), at its global step."""
         w = self._open(row.step)
         for tag, value in (("eval/top1", row.top1), ("eval/top5", row.top5), ("eval/loss", row.loss)):
             w.add_scalar(tag, value, int(row.step))
