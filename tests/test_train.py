@@ -31,6 +31,22 @@ def tables(run: Path) -> dict[str, pd.DataFrame]:
     return {name: pd.read_parquet(run / f"{name}.parquet") for name in ("steps", "layers", "eval")}
 
 
+def sigkill_after_checkpoint(out: Path, overrides: list[str], past_step: int = 0) -> int:
+    """`repro train` into ``out``, SIGKILLed once it has a checkpoint past ``past_step``; that checkpoint's step."""
+    proc = subprocess.Popen([sys.executable, "-m", "imagenet_repro", "train", str(ROOT / DEMO), *overrides,
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / rundir.LAST_CHECKPOINT
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] > past_step:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    return torch.load(ckpt, weights_only=True)["step"]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, fmnist_tiny) -> Path:
     out = tmp_path_factory.mktemp("run") / "r"
@@ -83,16 +99,7 @@ def test_finished_run_is_not_trained_again(finished_run, fmnist_tiny):
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, finished_run, fmnist_tiny):
     killed = tmp_path / "killed"
     overrides = fmnist_tiny + ["checkpoint.every_minutes=0.005"]  # a checkpoint every ~0.3 s
-    proc = subprocess.Popen([sys.executable, "-m", "imagenet_repro", "train", str(ROOT / DEMO), *overrides,
-                             "--out", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = killed / rundir.LAST_CHECKPOINT
-    deadline = time.monotonic() + 240
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    step = torch.load(ckpt, weights_only=True)["step"]
+    step = sigkill_after_checkpoint(killed, overrides)
     assert 0 < step < 16, f"killed at step {step}: not mid-epoch 1"
     assert json.loads((killed / "status.json").read_text())["state"] == "running"
 
@@ -199,18 +206,7 @@ def test_intermediate_evals_land_on_their_steps_and_change_nothing_in_training(r
 def test_sigkill_then_resume_with_intermediate_evals_is_exact(tmp_path, run_with_intermediate_evals, fmnist_tiny):
     killed = tmp_path / "killed"
     overrides = fmnist_tiny + EVAL_EVERY + ["checkpoint.every_minutes=0.005"]
-    proc = subprocess.Popen([sys.executable, "-m", "imagenet_repro", "train", str(ROOT / DEMO), *overrides,
-                             "--out", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = killed / rundir.LAST_CHECKPOINT
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] > 5:  # past the first intermediate eval
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    step = torch.load(ckpt, weights_only=True)["step"]
+    step = sigkill_after_checkpoint(killed, overrides, past_step=5)  # past the first intermediate eval
     assert 5 < step < 32, f"killed at step {step}"
     assert train(killed, overrides) == "done"
     a, b = tables(run_with_intermediate_evals), tables(killed)
