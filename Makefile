@@ -5,21 +5,27 @@ REPRO := $(VENV)/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-rehearsals lint rehearse sweep status aggregate figures report bench slurm-up slurm-down
+.PHONY: help install lock demo test test-rehearsals lint rehearse sweep status aggregate figures report bench slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install:  ## check (as root: install) the build's libraries, make the venv (VENV=DIR, default .venv), torch, the package
+install:  ## check (as root: install) the build's libraries, make the venv (VENV=DIR, default .venv): torch, requirements.lock, the package
 	@VENV='$(VENV)' scripts/setup.sh
 
-demo: install  ## CPU demo: Fashion-MNIST -> .beton -> sweep -> aggregate -> figures -> report in results/demo/
+lock:  ## regenerate requirements.lock (every dependency but the torch variant, with hashes; needs uv)
+	@scripts/lock.sh
+
+demo: install  ## CPU demo: Fashion-MNIST (as root: installed) -> .beton -> sweep -> aggregate -> figures -> report in results/demo/
+	@scripts/runtime-deps.sh demo
 	$(REPRO) demo
 
 test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo, the flagship rehearsal)
+	@scripts/runtime-deps.sh test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-rehearsals: install  ## rehearse every other shipped spec end to end (minutes each; CI runs it after make test)
+	@scripts/runtime-deps.sh test
 	$(VENV)/bin/python -m pytest -m rehearsal $(PYTEST_ARGS)
 
 lint: install  ## ruff (pyflakes + import order) over the whole tree; the import graph has no cycles

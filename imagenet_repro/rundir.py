@@ -80,3 +80,15 @@ def process_start(pid: int) -> Optional[str]:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return None if fields[0] == "Z" else fields[19]  # a zombie has finished
+
+
+def flatten_environment(env: dict, prefix: str = "") -> dict[str, str]:
+    """A manifest's ``environment`` as dotted keys: ``{"packages": {"numpy": "2.4.6"}, "cuda": None}``
+    -> ``{"packages.numpy": "2.4.6", "cuda": "None"}`` (what ``repro aggregate`` compares across runs)."""
+    flat: dict[str, str] = {}
+    for key, value in env.items():
+        if isinstance(value, dict):
+            flat.update(flatten_environment(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat

@@ -8,11 +8,12 @@
 # ($CONDA_PREFIX/lib/pkgconfig) and the pkgconfig folders next to LIBRARY_PATH,
 # LD_LIBRARY_PATH and CPATH entries (what `module load` and spack set), then its default path.
 #
-# Usage: scripts/check-system.sh [--install]
+# Usage: scripts/check-system.sh [--install] | --packages
 #   exit 0: all there; stdout has `export ...` lines (PKG_CONFIG_PATH, LDFLAGS) for setup.sh.
 #   exit 1: says on stderr what is missing and the install line for apt, dnf and conda-forge.
 #   --install: if something is missing and this runs as root with apt-get or dnf, install
 #   it and check again. Nothing here needs root or Debian otherwise.
+#   --packages: print the Debian library packages it may install (not the toolchain: .ci/run removes these)
 set -uo pipefail
 
 PYTHON=${PYTHON:-python3}
@@ -73,6 +74,7 @@ declare -A DNF=([python]=python3 [venv]=python3 [pyheaders]=python3-devel [compi
                 [pkgconfig]=pkgconf-pkg-config [turbojpeg]=turbojpeg-devel [opencv]=opencv-devel)
 declare -A CONDA=([python]=python [venv]=python [pyheaders]=python [compiler]="c-compiler cxx-compiler"
                   [pkgconfig]=pkg-config [turbojpeg]=libjpeg-turbo [opencv]=opencv)
+if [ "${1:-}" = --packages ]; then echo "${APT[turbojpeg]} ${APT[opencv]}"; exit 0; fi
 pkgs() {  # pkgs TABLE: the table's packages for the missing keys, each once
   local -n table=$1; local k
   for k in "${missing[@]}"; do echo "${table[$k]}"; done | tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd' ' -
@@ -83,7 +85,8 @@ if ((${#missing[@]})); then
     exec 3>&1 1>&2  # the package managers' chatter goes to stderr: stdout is for setup.sh's exports
     if command -v apt-get >/dev/null; then
       say "installing with apt-get: $(pkgs APT)"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(pkgs APT) >/dev/null \
+      apt-get -o Acquire::Retries=3 update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=3 install -y -qq $(pkgs APT) >/dev/null \
         || { say "apt-get install failed"; exit 1; }
       exec "$0" 1>&3 3>&-
     elif command -v dnf >/dev/null; then

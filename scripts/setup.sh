@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up, as any user: check what the FFCV build needs (scripts/check-system.sh; it
 # installs missing libraries itself only as root with apt-get or dnf), make the venv, install
-# torch + torchvision (pinned in pyproject.toml, first), then the package.
+# torch + torchvision (pinned in pyproject.toml, first), then every other dependency at the
+# versions and hashes of requirements.lock (scripts/lock.sh writes it), then the package.
 # Idempotent and fast when nothing changed (a stamp of the inputs lives in $VENV/).
 #
 # Environment:
@@ -20,7 +21,7 @@ TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 read -ra TORCH_PINS <<< "$(grep -oE '"(torch|torchvision)==[^"]+"' pyproject.toml | tr -d '"' | paste -sd' ' -)"
 ((${#TORCH_PINS[@]} == 2)) || { echo "setup: pyproject.toml must pin torch== and torchvision==" >&2; exit 1; }
 
-stamp_now=$( (cat pyproject.toml scripts/setup.sh scripts/check-system.sh; "$PYTHON" --version 2>&1 || true
+stamp_now=$( (cat pyproject.toml requirements.lock scripts/setup.sh scripts/check-system.sh; "$PYTHON" --version 2>&1 || true
               echo "torch index: $TORCH_INDEX_URL") | sha256sum | cut -c1-16)
 if [ -x "$VENV/bin/repro" ] && [ "$(cat "$VENV/.setup-stamp" 2>/dev/null)" = "$stamp_now" ]; then
   exit 0
@@ -30,7 +31,7 @@ env_lines=$(scripts/check-system.sh --install) || exit 1
 eval "$env_lines"   # PKG_CONFIG_PATH (conda/module folders it found), LDFLAGS (rpath to them) for ffcv's build
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-pip=("$VENV/bin/python" -m pip install -q)
+pip=("$VENV/bin/python" -m pip install -q --retries 5)   # a transient registry error is retried
 "${pip[@]}" --upgrade pip setuptools wheel
 # torch first and pinned, so nothing later can pull another torch. From a PyTorch index
 # .../whl/<variant> the pins get that local label (torch==2.13.0+cu126), so an installed
@@ -46,7 +47,12 @@ if [ -n "$TORCH_INDEX_URL" ]; then
 else
   "${pip[@]}" "${TORCH_PINS[@]}"
 fi
-"${pip[@]}" -e ".[dev]"
+# everything else exactly as locked (hash-checked; --no-deps: the lock is the whole closure),
+# then the package itself; pip check proves the result is consistent (torch's own CUDA
+# libraries came with torch above, pinned exactly by it)
+"${pip[@]}" --require-hashes --no-deps -r requirements.lock
+"${pip[@]}" --no-deps -e .
+"$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check >&2; echo "setup: the venv's packages do not fit together (above)" >&2; exit 1; }
 # ffcv's C extension must load (it links libturbojpeg and OpenCV), without importing all of ffcv
 "$VENV/bin/python" - <<'EOF' || { echo "setup: ffcv's C extension was built but does not load (is the libraries' folder on LD_LIBRARY_PATH?)" >&2; exit 1; }
 import ctypes, glob, importlib.util, sys

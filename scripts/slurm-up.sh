@@ -34,6 +34,7 @@ wait_for() {  # wait_for SECONDS WHAT CMD...
   die "$what did not come up within ${secs}s"
 }
 
+[ "${1:-}" = --packages ] && { echo "${PACKAGES[*]}"; exit 0; }   # for .ci/run's clean start
 [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts system daemons)"
 if command -v sinfo >/dev/null && node_ready; then
   say "already running ($(sinfo -h -N -o '%N %T' | head -1))"
@@ -47,10 +48,10 @@ for pkg in "${PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   say "installing ${missing[*]}"
-  apt-get update -qq
+  apt-get -o Acquire::Retries=3 update -qq
   # policy-rc.d 101: do not let the packages try to start services (there is no init system)
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=3 install -y -qq "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
 

@@ -15,6 +15,9 @@ writes, each file atomically:
     paired.csv      per (plain, corrected) optimizer pair: per-seed differences of final
                     top-1, ||g|| tail ratio and final val loss at the same (lr, wd) and at
                     each one's best, with a 95% t interval (see :mod:`.paired`)
+    environment.json  what the runs' environments share and where they differ (packages,
+                    CPU capability or CUDA device/driver/cuDNN, thread counts; see
+                    :mod:`.environment`); one warning line on stderr per differing key
 
 Time-to-target: each run's ``steps_to_target`` is the step of its first eval (intermediate
 evals on the val subset included) with top-1 >= ``target_top1`` (the spec's field, else
@@ -30,6 +33,7 @@ for an arbitrary list of run folders (no spec, nothing written).
 from __future__ import annotations
 
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from imagenet_repro import files, rundir
+from imagenet_repro.analysis.environment import compare_environments, environment_warnings
 from imagenet_repro.analysis.metrics import binned_means, tail_ratio
 from imagenet_repro.analysis.paired import default_target, format_paired, paired_table, time_to_target
 from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
@@ -73,6 +78,7 @@ class Aggregate:
     summary: pd.DataFrame
     counts: dict[str, int] = field(default_factory=dict)
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)
+    environment: dict = field(default_factory=dict)  # analysis.environment.compare_environments
 
 
 # ---------------------------------------------------------------------------- one run
@@ -290,7 +296,8 @@ def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINT
     summary = summarize(runs, configs)
     counts = {s: int((runs["state"] == s).sum()) for s in rundir.RunState if (runs["state"] == s).any()}
     paired = paired_table(runs, select_best(configs))
-    return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts, paired=paired)
+    return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts, paired=paired,
+                     environment=compare_environments(run_dirs))
 
 
 CURVE_COLUMNS = ["run_id", "source", "bin", "step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
@@ -431,6 +438,7 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> None:
     files.atomic_write_csv(out / "configs.csv", agg.configs)
     files.atomic_write_csv(out / "summary.csv", agg.summary)
     files.atomic_write_csv(out / "paired.csv", agg.paired)
+    files.atomic_write_json(out / "environment.json", agg.environment)
 
 
 def aggregate_sweep(spec: str | Path, results_root: str | Path = "results", max_points: int = CURVE_POINTS,
@@ -441,6 +449,8 @@ def aggregate_sweep(spec: str | Path, results_root: str | Path = "results", max_
                          target_top1=sweep.target_top1)
     out = Path(results_root) / sweep.name
     write_aggregate(agg, out)
+    for line in environment_warnings(sweep.name, agg.environment):
+        print(f"aggregate: {line}", file=sys.stderr)
     if not quiet:
         counts = ", ".join(f"{n} {s}" for s, n in agg.counts.items())
         print(f"{sweep.name}: {len(agg.runs)} runs ({counts}) -> {out}/")
