@@ -32,7 +32,7 @@ def test_the_environment_records_what_decides_the_numbers():
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["torch_threads"] == torch.get_num_threads() and env["cuda"] is None
     assert env["packages"]["torch"] == torch.__version__ and "numpy" in env["packages"] and "pandas" in env["packages"]
-    assert "ATEN_CPU_CAPABILITY" in env["thread_env"]
+    assert "ATEN_CPU_CAPABILITY" in env["kernel_env"] and "ONEDNN_MAX_CPU_ISA" in env["kernel_env"]
     flat = flatten_environment(env)
     assert flat["packages.numpy"] == env["packages"]["numpy"] and flat["cuda"] == "None"
 

@@ -17,7 +17,9 @@ import torch
 from imagenet_repro.rundir import flatten_environment
 
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"  # the checkout's lock (an editable install)
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ATEN_CPU_CAPABILITY")
+# environment variables that change kernels or thread counts, hence the numbers
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
 
 
 def git_commit() -> str:
@@ -62,7 +64,7 @@ def environment(device: torch.device) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "thread_env": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+        "kernel_env": {name: os.environ.get(name) for name in KERNEL_VARIABLES},
         "cuda": cuda,
     }
 
