@@ -12,7 +12,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-FMNIST_DEBIAN=/usr/share/datasets/fashion-mnist   # Debian's dataset-fashion-mnist (imagefolder.FASHION_MNIST_DIR)
+# Debian's dataset-fashion-mnist (imagefolder.FASHION_MNIST_DIR); the variable only lets tests move it
+FMNIST_DEBIAN=${RUNTIME_DEPS_DEBIAN_FMNIST:-/usr/share/datasets/fashion-mnist}
 FMNIST_FILES=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
 APT_RETRY=(-o Acquire::Retries=3)   # a transient mirror error is retried
 say() { echo "setup: $*" >&2; }

@@ -41,7 +41,7 @@ def environment_matches(committed: dict, run_dir: Path) -> list[str]:
     return [f"{k}: {committed.get(k)} (committed) vs {mine.get(k)}" for k in keys if committed.get(k) != mine.get(k)]
 
 
-@pytest.mark.slow
+@pytest.mark.reproduction
 def test_one_demo_run_reproduces_its_committed_row(fmnist_betons, tmp_path):
     committed_env = json.loads((RESULTS / "environment.json").read_text())
     assert not committed_env["differs"], "the committed demo mixes environments"

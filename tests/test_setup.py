@@ -136,7 +136,7 @@ def test_root_installs_what_is_missing_with_its_package_manager(no_dpkg_path, tm
     assert res.returncode == 1
     calls = log.read_text()
     if manager == "apt-get":
-        assert "apt-get install -y -qq libturbojpeg0-dev" in calls
+        assert "apt-get -o Acquire::Retries=3 install -y -qq libturbojpeg0-dev" in calls  # a transient error retried
     else:
         assert calls.splitlines()[0] == "dnf install -y -q turbojpeg-devel"
     assert f"installing with {manager}" in res.stderr and "missing: libjpeg-turbo" in res.stderr
@@ -185,8 +185,12 @@ def test_setup_passes_torch_index_url_to_pip_and_restamps_when_it_changes(fake_v
     assert res.returncode == 0, res.stderr
     calls = log.read_text().splitlines()
     cu126 = " ".join(f"{pin}+cu126" for pin in _pins().split())  # that variant, replacing another one
-    assert f"-m pip install -q {cu126} --index-url {url}" in calls
-    assert "-m pip install -q -e .[dev]" in calls
+    pip = "-m pip install -q --retries 5"  # a transient registry error is retried
+    assert f"{pip} {cu126} --index-url {url}" in calls
+    # then everything else exactly as locked, hash-checked, then the package alone, then pip check
+    order = [f"{pip} {cu126} --index-url {url}", f"{pip} --require-hashes --no-deps -r requirements.lock",
+             f"{pip} --no-deps -e .", "-m pip check"]
+    assert [calls.index(c) for c in order] == sorted(calls.index(c) for c in order)
     assert f"from {url}" in res.stdout and (venv / ".setup-stamp").is_file()
     (venv / "bin" / "repro").write_text("")
     (venv / "bin" / "repro").chmod(0o755)
@@ -195,7 +199,7 @@ def test_setup_passes_torch_index_url_to_pip_and_restamps_when_it_changes(fake_v
     assert not log.exists()  # stamp unchanged: nothing ran
     assert run([SETUP], path, VENV=str(venv)).returncode == 0  # default index now: set up again
     calls = log.read_text().splitlines()
-    assert f"-m pip install -q {_pins()}" in calls and not any("--index-url" in c for c in calls)
+    assert f"-m pip install -q --retries 5 {_pins()}" in calls and not any("--index-url" in c for c in calls)
 
 
 def test_setup_as_non_root_without_turbojpeg_stops_before_making_the_venv(fakes, tmp_path):
