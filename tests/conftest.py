@@ -1,14 +1,21 @@
-"""Shared fixtures: the real Fashion-MNIST idx folder and .beton files, found/written once per session."""
+"""Shared fixtures and helpers: the real Fashion-MNIST idx folder and .beton files (found/written
+once per session), a copy of the checkout's specs to plan in, placeholder data paths and one
+optimizer step for the optimizer tests, and the exact comparison of two runs' tables."""
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    import torch
+
 REPO = Path(__file__).resolve().parents[1]
+CHECKOUT_PARTS = ("sweeps", "experiments")  # what planning a shipped spec reads (its base configs)
 
 
 def slurm_answers() -> bool:
@@ -94,3 +101,47 @@ def fmnist_tiny(fmnist_betons) -> list[str]:
         # pinned here, so tests do not move when the demo's tuning does
         "optim.lr=0.1", "optim.weight_decay=0.005", "optim.momentum=0.9", "model.head_norm=false",
     ]
+
+
+# ---------------------------------------------------------------------------- planning
+@pytest.fixture
+def checkout_copy(tmp_path, monkeypatch) -> Path:
+    """The working directory for planning a shipped spec: a fresh copy of the checkout's
+    sweeps/ and experiments/ under tmp_path, so that the specs' relative runs_root (runs/)
+    and data paths (data/imagenet/...) point into tmp_path, whatever the checkout holds
+    (ImageNet written to data/imagenet/, a launched runs/paper_fig5)."""
+    root = tmp_path / "checkout"
+    for part in CHECKOUT_PARTS:
+        shutil.copytree(REPO / part, root / part)
+    monkeypatch.chdir(root)
+    return root
+
+
+# ---------------------------------------------------------------------------- optimizers
+@pytest.fixture
+def data_paths(tmp_path: Path) -> dict:
+    """A ``data`` section whose train/val files exist (placeholders: configs are built, no data is read)."""
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.beton").write_bytes(b"x")
+    return {"train_path": str(tmp_path / "train.beton"), "val_path": str(tmp_path / "val.beton"), "num_classes": 10}
+
+
+def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """One optimizer step of ``model`` on a fixed random batch of four 8x8 images, ten classes."""
+    import torch
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+# ---------------------------------------------------------------------------- runs
+def assert_same_tables(reference: Path, other: Path) -> None:
+    """The steps, layers and eval tables of two runs are equal bit for bit, the wall-clock
+    images/s aside: the package's own comparison (what the rehearsal's resume check uses)."""
+    from imagenet_repro.sweep.rehearse import compare_runs
+
+    problems = compare_runs(reference, other)
+    assert not problems, problems

@@ -119,7 +119,7 @@ def test_ffcv_loaders_keep_the_configured_torch_threads(fmnist):
     import numba
 
     if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("one core: ffcv's thread count is 1 as well")
+        pytest.skip("needs 2+ cores (numba sees one: ffcv's thread count is then 1 as well): run on 2+ cores")
     before = torch.get_num_threads()
     try:
         cfg = cfg_for(fmnist, num_workers=2, train_subset=64, val_subset=250, train={"threads": 1})

@@ -1,10 +1,9 @@
 """Library optimizers by name (timm:<name>, <module>:<Class>) and the corrected_decay switch on them."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import one_step
 
 from imagenet_repro import cli
 from imagenet_repro.config import build_config
@@ -15,23 +14,8 @@ from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 LIONS = ["timm:lion", "pytorch_optimizer:Lion"]
 
 
-@pytest.fixture
-def data_paths(tmp_path: Path) -> dict:
-    for split in ("train", "val"):
-        (tmp_path / f"{split}.beton").write_bytes(b"x")
-    return {"train_path": str(tmp_path / "train.beton"), "val_path": str(tmp_path / "val.beton"), "num_classes": 10}
-
-
 def config(data_paths: dict, **optim):
     return build_config({"model": {"name": "small_resnet", "widths": [4, 8]}, "data": data_paths, "optim": optim})
-
-
-def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    torch.manual_seed(0)
-    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
-    opt.zero_grad()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
 
 
 @pytest.mark.parametrize("name", LIONS + ["torch.optim:RAdam"])

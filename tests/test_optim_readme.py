@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_step
 
 from imagenet_repro import cli
 from imagenet_repro.config import build_config
@@ -45,21 +46,12 @@ def fresh_signsgd(monkeypatch):
     purge()
 
 
-@pytest.fixture
-def data_paths(tmp_path: Path) -> dict:
-    for split in ("train", "val"):
-        (tmp_path / f"{split}.beton").write_bytes(b"x")
-    return {"train_path": str(tmp_path / "train.beton"), "val_path": str(tmp_path / "val.beton"), "num_classes": 10}
-
-
 def train_a_step(cfg) -> torch.optim.Optimizer:
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=10)
     opt = build_optimizer(model, cfg.optim)
     before = [p.detach().clone() for p in model.parameters()]
-    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
+    one_step(model, opt)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     return opt
 
@@ -102,7 +94,8 @@ def test_the_command_line_example_imports_the_file(fresh_signsgd, tmp_path, caps
 
 
 def test_the_entry_point_example(fresh_signsgd, tmp_path, monkeypatch, data_paths):
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with tomllib, Python 3.11+: "
+                                                    "run the suite with PYTHON=python3.11 (or newer)")
     (toml,) = blocks("toml")
     entries = tomllib.loads(toml)["project"]["entry-points"]["imagenet_repro.optimizers"]
     assert entries == {"signsgd": "my_optimizers.signsgd"}

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_step
 
 from imagenet_repro.config import build_config
 from imagenet_repro.errors import ConfigError
@@ -52,23 +52,8 @@ def registered(name: str, cls: type, config: type):
         unregister_optimizer(name)
 
 
-@pytest.fixture
-def data_paths(tmp_path: Path) -> dict:
-    for split in ("train", "val"):
-        (tmp_path / f"{split}.beton").write_bytes(b"x")
-    return {"train_path": str(tmp_path / "train.beton"), "val_path": str(tmp_path / "val.beton"), "num_classes": 10}
-
-
 def small_config(data_paths: dict, optim: dict):
     return build_config({"model": {"name": "small_resnet"}, "data": data_paths, "optim": optim})
-
-
-def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    torch.manual_seed(0)
-    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
-    opt.zero_grad()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
 
 
 def test_registered_optimizer_is_built_from_config_and_trains(data_paths):

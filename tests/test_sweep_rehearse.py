@@ -64,10 +64,10 @@ def test_real_submission_is_refused_the_same_way(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_shipped_flagship_plans_clean(capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
-    assert cli.main(["sweep", str(FLAGSHIP), "--dry-run"]) == 0
-    assert "560 runs" in capsys.readouterr().out
+def test_shipped_flagship_plans_clean(capsys, checkout_copy):
+    assert cli.main(["sweep", "sweeps/paper_fig5.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "560 runs" in out and "to submit: 112 (new 112, failed 0)" in out
 
 
 def flagship_config(*overrides: str):

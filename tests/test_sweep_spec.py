@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,9 +58,8 @@ def test_run_ids_equal_config_hash_of_build_config(tmp_path):
     assert isinstance(runs[0].config["optim"]["lr"], float)  # lr: 1 became 1.0 as OmegaConf does
 
 
-def test_paper_fig5_grid_and_dry_run(capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
-    spec = load_spec(REPO / "sweeps/paper_fig5.yaml")
+def test_paper_fig5_grid_and_dry_run(capsys, checkout_copy):
+    spec = load_spec("sweeps/paper_fig5.yaml")
     assert [len(v) for v in spec.axes.values()] == [2, 7, 8, 5]
     assert spec.axes["optim.lr"] == [2.0 ** -k for k in range(6, -1, -1)]
     # the whole grid (the spec's two-stage plan: tests/test_sweep_stages.py)
@@ -68,7 +70,7 @@ def test_paper_fig5_grid_and_dry_run(capsys, monkeypatch):
     assert "warning: data path missing here: data/imagenet/train.beton" in out
     run_lines = [line for line in out.splitlines() if line.strip().startswith("submit ")]
     assert len(run_lines) == 560
-    assert not (REPO / "runs" / "paper_fig5").exists()  # a dry run writes nothing
+    assert not (checkout_copy / "runs").exists()  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("text, message", [
@@ -196,3 +198,50 @@ def test_status_uses_the_plan_cache_until_the_spec_changes(tmp_path):
     refs3 = run_refs(load_spec(spec_path))
     assert {r.run_id for r in refs3}.isdisjoint({r.run_id for r in refs})
     assert all(r.summary["epochs"] == 3 for r in refs3)
+
+
+PLANNER_TESTS = ["tests/test_sweep_spec.py::test_paper_fig5_grid_and_dry_run",
+                 "tests/test_sweep_stages.py::test_paper_fig5_two_stage_plan",
+                 "tests/test_sweep_rehearse.py::test_shipped_flagship_plans_clean"]
+
+
+def test_planner_tests_pass_in_a_checkout_with_imagenet_and_a_launched_stage(tmp_path, checkout_copy, capsys):
+    """The planner tests of the shipped flagship, run (pytest, as `make test` does) in a copy
+    of the checkout where the user has done the README's "Cluster usage" steps 1 and 3:
+    ImageNet written to data/imagenet/ and stage 1 of sweeps/paper_fig5.yaml launched (half
+    of its runs done, half running under a live job).  They plan in their own temporary
+    folders, so they pass there, and they leave the user's files alone."""
+    for part in ("tests", "pyproject.toml"):  # the test files, pytest's settings (markers)
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, checkout_copy / part)
+    data = checkout_copy / "data" / "imagenet"
+    data.mkdir(parents=True)
+    for split in ("train", "val"):  # the planner only checks that they exist where it plans
+        (data / f"{split}.beton").write_bytes(b"ImageNet-like placeholder\n")
+    spec = load_spec("sweeps/paper_fig5.yaml")  # (cwd: the copy, so its runs/ and data/)
+    assert spec.sweep_dir == checkout_copy / "runs" / "paper_fig5"
+    stage_one = [r for r in resolve_runs(spec) if r.point["seed"] == 0]
+    assert len(stage_one) == 112
+    live = {"state": "submitted", "cluster": "local", "host": os.uname().nodename, "job_id": str(os.getpid()),
+            "pid": os.getpid(), "pid_start": rundir.process_start(os.getpid())}
+    for i, run in enumerate(stage_one):
+        if i % 2:
+            _fake_run(run.run_dir, "running", live, epoch=37, top1=0.61)
+        else:
+            _fake_run(run.run_dir, "done", epoch=100, top1=0.76, job_id="41_%d" % i)
+    # the user's plan here: stage 1 is launched and the data is in place
+    assert cli.main(["sweep", "sweeps/paper_fig5.yaml", "--dry-run", "--cluster", "slurm"]) == 0
+    plan = capsys.readouterr().out
+    assert "to submit: 0 (new 0, failed 0); already done: 56 (diverged 0); running: 56" in plan
+    assert "data path missing" not in plan
+    before = sorted((p.relative_to(checkout_copy), p.stat().st_mtime_ns) for p in checkout_copy.rglob("*")
+                    if "tests" not in p.relative_to(checkout_copy).parts[:1])
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env["PYTHONPATH"] = str(REPO)  # the package under test; tests, specs and configs from the copy
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                           str(tmp_path / "basetemp"), *PLANNER_TESTS], cwd=checkout_copy, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"{len(PLANNER_TESTS)} passed" in proc.stdout
+    after = sorted((p.relative_to(checkout_copy), p.stat().st_mtime_ns) for p in checkout_copy.rglob("*")
+                   if "tests" not in p.relative_to(checkout_copy).parts[:1])
+    assert after == before  # the user's data, runs and specs untouched

@@ -167,8 +167,7 @@ def test_stage_one_dry_run_with_neighbours_gives_a_bound(tmp_path, capsys):
     assert "two stages: 38 runs, 38.0 GPU-hours" in out
 
 
-def test_paper_fig5_two_stage_plan(capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_paper_fig5_two_stage_plan(capsys, checkout_copy):
     for spec, per_run, grid_h in (("sweeps/paper_fig5.yaml", 25.0, "14,000.0"),
                                   ("sweeps/paper_fig5_budget.yaml", 2.0, "1,120.0")):
         loaded = load_spec(spec)
@@ -181,7 +180,9 @@ def test_paper_fig5_two_stage_plan(capsys, monkeypatch):
                f"{8 * per_run:,.1f} GPU-hours" in out
         assert f"saving 440 runs, {440 * per_run:,.1f} GPU-hours (78.6 %)" in out
         assert len(planned(out)) == 112
+        assert out.count("warning: data path missing here: data/imagenet/") == 2  # train and val
     assert load_spec("sweeps/paper_fig5.yaml").base.name == "imagenet_resnet50_faithful.yaml"
+    assert not (checkout_copy / "runs").exists()  # a dry run writes nothing
 
 
 # ---------------------------------------------------------------------------- stage 2

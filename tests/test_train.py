@@ -160,21 +160,124 @@ def test_huge_lr_ends_diverged_with_metrics_kept(tmp_path, fmnist_tiny):
     assert steps.iloc[:-1][["loss", "grad_norm"]].map(lambda v: v == v and abs(v) != float("inf")).all().all()
 
 
-def test_two_process_ddp_over_gloo(tmp_path, fmnist_tiny):
-    out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+# ---------------------------------------------------------------------------- DDP
+# A model whose forward does not depend on how the global batch is split: LayerNorm (per
+# image) where the demo's ResNet has BatchNorm (per rank's 64 images, no SyncBN), so that a
+# 2-rank run must equal a 1-rank run on the same 128 images to float tolerance.
+TINY_VIT = ["model.name=timm:vit_tiny_patch16_224", "train.epochs=1", "train.steps_per_epoch=6", "data.val_subset=256",
+            "model.kwargs={img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"]
+DDP_RUNS = {"resnet": (["train.epochs=1", "train.progress=true"], True),  # the demo's model
+            "vit": (TINY_VIT, True),
+            "vit-no-averaging": (TINY_VIT, False)}  # DDP's no_sync(): no gradient all-reduce at all
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory, fmnist_tiny) -> dict:
+    """The runs of DDP_RUNS, trained by 2 processes over gloo under tests/ddp_probe.py (one
+    torchrun, one process group): each run's folder with its probe.json, and the output."""
+    root = tmp_path_factory.mktemp("ddp")
+    plan = [{"out": str(root / name), "overrides": fmnist_tiny + extra, "sync": sync}
+            for name, (extra, sync) in DDP_RUNS.items()]
+    (root / "plan.json").write_text(json.dumps(plan))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "imagenet_repro", "train", str(ROOT / DEMO), *fmnist_tiny, "train.epochs=1",
-                           "train.progress=true", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+                           str(ROOT / "tests" / "ddp_probe.py"), str(root / "plan.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {name: root / name for name in DDP_RUNS}
+    return {**runs, "output": proc.stdout + proc.stderr,
+            "probe": {name: json.loads((run / "probe.json").read_text()) for name, run in runs.items()}}
+
+
+def test_two_process_ddp_over_gloo(ddp_runs):
+    out = ddp_runs["resnet"]
     assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
     assert json.loads((out / "status.json").read_text())["state"] == "done"
     steps = pd.read_parquet(out / "steps.parquet")
     # global batch 128 = 2 x 64: 2048 images give 16 steps, each logged once (rank 0 only)
     assert steps.step.tolist() == list(range(16))
-    assert (proc.stdout + proc.stderr).count("epoch 1: top1") == 1  # one progress/eval line, from rank 0
+    assert ddp_runs["output"].count("epoch 1: top1") == 1  # one progress/eval line, from rank 0
     assert pd.read_parquet(out / "eval.parquet").top1.iloc[-1] > 0.2
+    assert [r["step"] for r in ddp_runs["probe"]["resnet"]["steps"]] == list(range(16))  # probed at every step
+
+
+def weight_problems(probe: dict) -> list[str]:
+    """Steps after which some rank's parameters are not bit-identical to rank 0's."""
+    return [f"step {r['step']}: ranks' weights differ by up to {r['weights_max_diff']:.3g}"
+            for r in probe["steps"] if not r["weights_equal"]]
+
+
+def grad_norm_problems(run: Path, probe: dict) -> list[str]:
+    """Steps whose logged ||g|| is not the norm of the explicit all-reduce (mean over ranks) of
+    the ranks' own gradients, or whose .grad (what the optimizer used) is not that mean."""
+    logged = pd.read_parquet(run / "steps.parquet").set_index("step").grad_norm
+    problems = []
+    for r in probe["steps"]:
+        if logged[r["step"]] != pytest.approx(r["grad_norm_allreduced"], rel=1e-6):
+            problems.append(f"step {r['step']}: logged ||g|| {logged[r['step']]:.7g} != ||all-reduced g|| "
+                            f"{r['grad_norm_allreduced']:.7g}")
+        if r["grad_max_diff"] > 1e-7:
+            problems.append(f"step {r['step']}: .grad differs from the ranks' mean gradient by {r['grad_max_diff']:.3g}")
+    return problems
+
+
+def one_rank_problems(two: Path, one: Path) -> list[str]:
+    """Where a 2-rank run differs from a 1-rank run of the same global batches beyond float
+    tolerance: the step table (but the loss, which is rank 0's half of the batch, and the
+    wall-clock images/s), the final weights (checkpoint) and the eval table."""
+    problems = []
+    a, b = pd.read_parquet(two / "steps.parquet"), pd.read_parquet(one / "steps.parquet")
+    columns = [c for c in a.columns if c not in ("loss", "images_per_s")]
+    try:
+        pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=False, rtol=1e-5, atol=1e-7)
+    except AssertionError as exc:
+        problems.append(f"steps: {' '.join(str(exc).split())[:200]}")
+    wa, wb = (torch.load(r / rundir.LAST_CHECKPOINT, weights_only=True)["model"] for r in (two, one))
+    for name in wb:
+        if not torch.allclose(wa[name], wb[name], rtol=1e-5, atol=1e-6):
+            problems.append(f"weights {name}: differ by up to {float((wa[name] - wb[name]).abs().max()):.3g}")
+    try:
+        pd.testing.assert_frame_equal(pd.read_parquet(two / "eval.parquet"), pd.read_parquet(one / "eval.parquet"),
+                                      check_exact=False, rtol=1e-5)
+    except AssertionError as exc:
+        problems.append(f"eval: {' '.join(str(exc).split())[:200]}")
+    return problems
+
+
+def test_ddp_ranks_hold_bit_identical_weights_after_every_step(ddp_runs):
+    for name in ("resnet", "vit"):
+        assert weight_problems(ddp_runs["probe"][name]) == [], name
+    # without the averaging every step moves each rank its own way: the check sees every step
+    off = ddp_runs["probe"]["vit-no-averaging"]
+    assert len(weight_problems(off)) == len(off["steps"]) == 6
+
+
+def test_ddp_logged_grad_norm_is_the_norm_of_the_all_reduced_gradient(ddp_runs):
+    for name in ("resnet", "vit"):
+        probe = ddp_runs["probe"][name]
+        assert grad_norm_problems(ddp_runs[name], probe) == [], name
+        # the check has teeth: rank 0's own gradient norm (what it would log without the
+        # all-reduce) is 100 x the tolerance away from the mean's at every step
+        assert all(abs(r["grad_norm_local"][0] - r["grad_norm_allreduced"]) > 1e-4 * r["grad_norm_allreduced"]
+                   for r in probe["steps"]), name
+    off = ddp_runs["probe"]["vit-no-averaging"]
+    problems = grad_norm_problems(ddp_runs["vit-no-averaging"], off)
+    assert len(problems) == 2 * len(off["steps"]), problems  # logged: rank 0's own gradient, not the mean
+
+
+@pytest.fixture(scope="module")
+def one_rank_vit(tmp_path_factory, fmnist_tiny) -> Path:
+    out = tmp_path_factory.mktemp("run") / "vit-1rank"
+    assert train(out, fmnist_tiny + TINY_VIT) == "done"
+    return out
+
+
+def test_ddp_two_ranks_equal_one_rank_on_the_same_global_batch(ddp_runs, one_rank_vit):
+    # each rank's 64 images are every other one of the 1-rank run's 128 (data.seeding.epoch_order)
+    assert one_rank_problems(ddp_runs["vit"], one_rank_vit) == []
+    problems = one_rank_problems(ddp_runs["vit-no-averaging"], one_rank_vit)
+    assert any(p.startswith("steps: ") for p in problems) and any(p.startswith("weights ") for p in problems), problems
 
 
 EVAL_EVERY = ["train.eval_every_steps=5", "train.eval_subset=300", "train.tensorboard=true"]
