@@ -80,6 +80,15 @@ def test_best_config_summary_is_an_html_table(report):
     assert all(" ± " in c[head.index("final top-1 %")] for c in cells)  # mean ± std over the 3 seeds
 
 
+def test_paired_section_shows_each_at_its_best_and_folds_the_grid(report):
+    section = report.read_text().split("<h2>Paired statistics", 1)[1].split("<h2>", 1)[0]
+    shown, folded = section.split("<details>", 1)
+    assert "each at its best" in shown and "same (lr, wd)" not in shown.split("<table", 1)[1]
+    # 2 lr x 2 wd shared by sgd and sgdc, 3 metrics; lr 0.5 diverged at seed 0: still a row each
+    assert re.search(r"<summary>at every shared \(lr, wd\): 12 rows</summary>", folded)
+    assert folded.count("same (lr, wd)") == 12 and "each at its best" not in folded
+
+
 def test_report_verb_bad_spec_is_one_line_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing.yaml"), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

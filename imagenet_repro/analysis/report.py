@@ -163,9 +163,13 @@ def _paired_section(paired: pd.DataFrame) -> str:
                     f"({r['n_seeds']} seeds).")
             cls = "verdict-sig"
         sentences.append(f'<li class="{cls}">{html.escape(d["pair"])}, each at its best: {html.escape(text)}</li>')
+    at_best = (paired["comparison"] == "each at its best").to_numpy()
+    every = shown[~at_best]  # one row per shared (lr, wd) and metric: 168 on the flagship's grid
     return (f'<p class="note">Differences are corrected - plain, per seed (same initialisation and data order); '
             f'top-1 in percentage points. {html.escape(CI_DESCRIPTION)}.</p>'
-            + (f"<ul>{''.join(sentences)}</ul>" if sentences else "") + _table(shown))
+            + (f"<ul>{''.join(sentences)}</ul>" if sentences else "") + _table(shown[at_best])
+            + (f"<details><summary>at every shared (lr, wd): {len(every)} rows</summary>{_table(every)}</details>"
+               if len(every) else ""))
 
 
 def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summary: pd.DataFrame | None,
