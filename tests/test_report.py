@@ -19,6 +19,8 @@ NO_CHROMIUM = "no chromium on PATH: install it with `apt-get install -y chromium
 CHECK = """<script>
 window.addEventListener('load', () => {
   const imgs = Array.from(document.images);
+  const heading = Array.from(document.querySelectorAll('h2')).find(h => h.textContent.startsWith('Best config'));
+  const best = heading && heading.nextElementSibling.tagName === 'TABLE' ? heading.nextElementSibling : null;
   const out = document.createElement('pre');
   out.id = 'report-check';
   out.textContent = JSON.stringify({
@@ -28,6 +30,10 @@ window.addEventListener('load', () => {
     resources: performance.getEntriesByType('resource').map(r => r.name),
     tables: document.querySelectorAll('table').length,
     h2: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
+    page: {scroll: document.documentElement.scrollWidth, width: document.documentElement.clientWidth},
+    best: best ? {right: best.getBoundingClientRect().right, body: document.body.getBoundingClientRect().right,
+                  cells: Array.from(best.querySelectorAll('tbody td')).map(td => td.getBoundingClientRect().height)}
+               : null,
   });
   document.body.appendChild(out);
 });
@@ -60,6 +66,29 @@ def test_report_is_one_self_contained_page(report):
     assert "sgd-failed" in page and 'class="state-failed"' in page and 'class="state-diverged"' in page
 
 
+def test_best_config_summary_is_an_html_table(report):
+    page = report.read_text()
+    section = page.split("<h2>Best config per optimizer</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<pre" not in page
+    table = re.match(r"\s*<table[^>]*>(.*?)</table>", section, re.S)
+    assert table, "the best-config summary must be the section's first element, a <table>"
+    head = re.findall(r"<th>(.*?)</th>", table.group(1))
+    assert head[:5] == ["optimizer", "best lr", "best wd", "seeds", "final top-1 %"] and "steps to target" in head
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1).split("<tbody>", 1)[1], re.S)
+    cells = [re.findall(r"<td>(.*?)</td>", r) for r in rows]
+    assert [c[0] for c in cells] == ["sgd", "sgdc"] and all(len(c) == len(head) for c in cells)
+    assert all(" ± " in c[head.index("final top-1 %")] for c in cells)  # mean ± std over the 3 seeds
+
+
+def test_paired_section_shows_each_at_its_best_and_folds_the_grid(report):
+    section = report.read_text().split("<h2>Paired statistics", 1)[1].split("<h2>", 1)[0]
+    shown, folded = section.split("<details>", 1)
+    assert "each at its best" in shown and "same (lr, wd)" not in shown.split("<table", 1)[1]
+    # 2 lr x 2 wd shared by sgd and sgdc, 3 metrics; lr 0.5 diverged at seed 0: still a row each
+    assert re.search(r"<summary>at every shared \(lr, wd\): 12 rows</summary>", folded)
+    assert folded.count("same (lr, wd)") == 12 and "each at its best" not in folded
+
+
 def test_report_verb_bad_spec_is_one_line_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing.yaml"), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -78,13 +107,19 @@ def _chromium(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_report_renders_in_headless_chromium_with_every_image_loaded(report, tmp_path):
     checked = tmp_path / "checked.html"
     checked.write_text(report.read_text().replace("</body>", CHECK + "</body>"))
-    dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", checked.as_uri()], tmp_path)
+    dom = _chromium(["--virtual-time-budget=10000", "--window-size=1280,2400", "--dump-dom", checked.as_uri()],
+                    tmp_path)
     found = re.search(r'<pre id="report-check">(.*?)</pre>', dom.stdout, re.S)
     assert found, f"no check output in the DOM: {dom.stderr[-2000:]}"
     check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert check["images"] == 3 and check["loaded"] == 3 and min(check["widths"]) > 100
     assert check["resources"] == [], "the page fetched other files"
     assert check["tables"] >= 4 and "Paired statistics: corrected vs plain optimizer" in check["h2"]
+    assert check["page"]["scroll"] <= check["page"]["width"], "the page scrolls sideways at 1280 px"
+    best = check["best"]
+    assert best is not None, "no table right under 'Best config per optimizer'"
+    assert best["right"] <= best["body"] + 1, "the best-config table runs out of the page"
+    assert len(best["cells"]) > 0 and max(best["cells"]) < 1.5 * min(best["cells"]), "a best-config cell wraps"
 
     shot = tmp_path / "shot.png"
     out = _chromium([f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri()], tmp_path)

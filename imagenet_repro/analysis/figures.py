@@ -7,8 +7,8 @@
     fig5_training_curves   test top-1 vs step (every eval, intermediate ones included), ||g|| vs step, ||x|| vs step and the
                            normalized-layer ||g||/||x|| with the theory, per optimizer at its
                            best (lr, wd): mean over seeds with a ±1 std band
-    heatmap_top1           final top-1 over the lr x wd grid, one panel per optimizer;
-                           configs with a diverged seed are marked D, the best is boxed
+    heatmap_top1           final top-1 over the lr x wd grid, one panel per optimizer (on its
+                           own grid); configs with a diverged seed are marked D, the best is boxed
     fig2_layer_ratios      per-layer ||g||/||x|| (EMA-smoothed) with the theory line, for the
                            best config of each optimizer (its lowest done seed), log y
 
@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from imagenet_repro import files, rundir  # noqa: E402
@@ -38,6 +39,7 @@ from imagenet_repro.analysis.theory import format_summary, summarize_agreement, 
 from imagenet_repro.sweep.spec import as_spec  # noqa: E402
 
 FORMATS = ("png", "pdf")
+THEME = {"style": "whitegrid", "context": "notebook"}  # seaborn's theme for every figure (make_figures sets it)
 EMA_POINTS = 0.05  # EMA time constant as a fraction of the logged points
 
 
@@ -129,15 +131,30 @@ def fig_training_curves(curves: pd.DataFrame, picked: pd.DataFrame) -> plt.Figur
     return fig
 
 
+HEATMAP_CELL_IN = (0.85, 0.5)  # inches per (lr, wd) cell: room for "76.5" and "D1" at 8 pt
+
+
 def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
-    """Final top-1 (%) over the lr x wd grid, one panel per optimizer; D marks divergence."""
+    """Final top-1 (%) over the lr x wd grid, one panel per optimizer on that optimizer's own
+    grid (optimizer families may search different lr/wd values); D marks divergence.
+
+    Matplotlib's constrained layout places the panels (titled by optimizer), the shared
+    colorbar, the shared axis labels and the key above the panels, so none of them overlaps
+    at any grid size; the figure grows with the grid."""
     opts = sorted(configs["optimizer"].unique())
-    lrs, wds = sorted(configs["lr"].unique()), sorted(configs["wd"].unique())
+    grids = {o: (sorted(configs.loc[configs["optimizer"] == o, "lr"].unique()),
+                 sorted(configs.loc[configs["optimizer"] == o, "wd"].unique())) for o in opts}
+    n_lr = [len(lrs) for lrs, _ in grids.values()]
+    n_wd = max(len(wds) for _, wds in grids.values())
     values = 100 * configs["final_top1_mean"]
     vmin, vmax = (np.nanpercentile(values, 10), np.nanmax(values)) if values.notna().any() else (0, 1)
-    fig, axes = plt.subplots(1, len(opts), figsize=(0.9 * len(lrs) * len(opts) + 3, 0.6 * len(wds) + 2.2),
-                             squeeze=False)
-    for i, (ax, opt) in enumerate(zip(axes[0], opts)):
+    cell_w, cell_h = HEATMAP_CELL_IN
+    width = sum(max(cell_w * n, 1.6) + 0.9 for n in n_lr) + 1.6  # + tick labels per panel, + colorbar
+    height = max(cell_h * n_wd, 1.2) + 2.0  # + key, panel titles, x ticks and label
+    fig, axes = plt.subplots(1, len(opts), figsize=(max(width, 6.5), height), squeeze=False, layout="constrained",
+                             gridspec_kw={"width_ratios": [max(n, 2) for n in n_lr]})
+    for ax, opt in zip(axes[0], opts):
+        lrs, wds = grids[opt]
         mine = configs[configs["optimizer"] == opt]
         grid = mine.pivot(index="wd", columns="lr", values="final_top1_mean").reindex(index=wds, columns=lrs) * 100
         div = mine.pivot(index="wd", columns="lr", values="n_diverged").reindex(index=wds, columns=lrs).fillna(0)
@@ -146,21 +163,31 @@ def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
             for c in range(grid.shape[1]):
                 v, d = grid.iat[r, c], int(div.iat[r, c])
                 annot[r, c] = ("D" if not np.isfinite(v) else f"{v:.1f}\nD{d}") if d else ("" if not np.isfinite(v) else f"{v:.1f}")
-        sns.heatmap(grid, annot=annot, fmt="", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax, cbar=i == len(opts) - 1,
-                    cbar_kws={"label": "final top-1 (%)"}, linewidths=0.5, linecolor="white", annot_kws={"size": 8})
+        sns.heatmap(grid, annot=annot, fmt="", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax, cbar=False,
+                    linewidths=0.5, linecolor="white", annot_kws={"size": 8})
+        for r, c in zip(*np.nonzero(grid.isna().to_numpy() & (div.to_numpy() > 0))):  # seaborn skips NaN cells
+            ax.text(c + 0.5, r + 0.5, "D", ha="center", va="center", size=8, color="0.2")
         ax.set_facecolor("0.85")
+        ax.grid(False)
         ax.invert_yaxis()
         ax.set_xticklabels([_log_label(v) for v in lrs], rotation=0)
         ax.set_yticklabels([_log_label(v) for v in wds], rotation=0)
-        ax.set(xlabel="peak learning rate γ_max (log grid)", ylabel="weight decay λ (log grid)" if i == 0 else "",
-               title=f"{opt}: final top-1 (%), mean over seeds")
+        ax.set(xlabel="", ylabel="", title=opt)
         pick = best[best["optimizer"] == opt]
         if len(pick):
             r, c = wds.index(pick["wd"].iloc[0]), lrs.index(pick["lr"].iloc[0])
             ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-    fig.text(0.01, 0.005, "D/Dk: config with k diverged seeds (not eligible); grey: no finished run; red box: best",
-             fontsize=8, color="0.3", va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.colorbar(axes[0, 0].collections[0], ax=axes[0].tolist(), label="final top-1 (%), mean over seeds",
+                 aspect=max(10, 3 * n_wd))
+    fig.supxlabel("peak learning rate γ_max (log grid)", fontsize="medium")
+    fig.supylabel("weight decay λ (log grid)", fontsize="medium")
+    key = [Patch(fill=False, edgecolor="red", linewidth=2.5, label="best config"),
+           Patch(facecolor="0.85", label="no finished run"),
+           Line2D([], [], linestyle="none", marker="$Dk$", markersize=14, color="0.2",
+                  label="k seeds diverged (not eligible)")]
+    # above the panels: constrained layout gives a figure edge to one of an outside legend and a
+    # suptitle/supxlabel (the larger margin, not both), so the key takes the top edge
+    fig.legend(handles=key, loc="outside upper center", ncol=3, frameon=False, fontsize="small")
     return fig
 
 
@@ -237,7 +264,7 @@ def make_figures(spec: str | Path, results_root: str | Path = "results", theory_
     picked = _best_runs(runs, best)
     out = res / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(style="whitegrid", context="notebook")
+    sns.set_theme(**THEME)
     written: list[Path] = []
     if len(configs):
         written += _save(fig_heatmaps(configs, best), out, "heatmap_top1", formats)

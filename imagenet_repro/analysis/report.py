@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from imagenet_repro import files
-from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, format_summary, select_best, summarize
+from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best, summarize
 from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, paired_display, paired_table
 from imagenet_repro.rundir import RunState
@@ -41,15 +42,16 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+table.numbers td { white-space: nowrap; }
 tr.state-diverged td { background: #fde8e8; } tr.state-failed td, tr.state-corrupt td { background: #fff3cd; }
 tr.state-running td, tr.state-pending td { background: #eef4ff; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: .9em; color: #555; } .note { color: #555; font-size: .9em; } pre { overflow-x: auto; }
+figcaption { font-size: .9em; color: #555; } .note { color: #555; font-size: .9em; }
 .verdict-zero { color: #7a5b00; } .verdict-sig { color: #0a6b2d; font-weight: 600; }
 """
 
 
-def _table(frame: pd.DataFrame, row_classes: list[str] | None = None) -> str:
+def _table(frame: pd.DataFrame, row_classes: list[str] | None = None, css: str = "") -> str:
     if frame.empty:
         return '<p class="note">(none)</p>'
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
@@ -57,7 +59,8 @@ def _table(frame: pd.DataFrame, row_classes: list[str] | None = None) -> str:
     for i, (_, r) in enumerate(frame.iterrows()):
         cls = f' class="{row_classes[i]}"' if row_classes else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    cls = f' class="{css}"' if css else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _cell(v) -> str:
@@ -86,6 +89,38 @@ def status_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         "final top-1 %": r["final_top1"].map(_pct), "steps to target": r["steps_to_target"],
         "last step": r["last_step"], "problem": r["problem"].fillna("")})
     return table, [f"state-{s}" for s in r["state"]]
+
+
+def _pm(mean, std, fmt: str) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std is not None and np.isfinite(std) else "")
+
+
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The best config per optimizer (``summarize``), one row each, mean ± std as text: the
+    columns of ``aggregate.format_summary``'s text table, as a frame for an HTML table."""
+    rows = []
+    for _, r in summary.iterrows():
+        def pm(name: str, fmt: str, scale: float = 1.0) -> str:
+            mean, std = r.get(f"{name}_mean", math.nan), r.get(f"{name}_std", math.nan)
+            return _pm(scale * mean, scale * std, fmt)
+
+        rows.append({
+            "optimizer": r["optimizer"],
+            "best lr": f"{r['best_lr']:g}" if np.isfinite(r["best_lr"]) else "-",
+            "best wd": f"{r['best_wd']:g}" if np.isfinite(r["best_wd"]) else "-",
+            "seeds": int(r["n_seeds"]),
+            "final top-1 %": pm("final_top1_pct", ".2f"),
+            "best top-1 %": pm("best_top1_pct", ".2f"),
+            "‖g‖ tail ratio": pm("grad_norm_tail_ratio", ".3g"),
+            "‖g‖/‖x‖ tail ratio (normalized layers)": pm("ratio_tail_ratio", ".3g"),
+            "‖x‖ tail ratio": pm("weight_norm_tail_ratio", ".3g"),
+            "theory |err| %": pm("theory_median_abs_err", ".1f", 100.0),
+            "steps to target": pm("steps_to_target", ".0f"),
+            "configs (diverged)": f"{r['n_configs']} ({r['n_configs_diverged']})",
+        })
+    return pd.DataFrame(rows)
 
 
 def target_table(configs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -128,9 +163,13 @@ def _paired_section(paired: pd.DataFrame) -> str:
                     f"({r['n_seeds']} seeds).")
             cls = "verdict-sig"
         sentences.append(f'<li class="{cls}">{html.escape(d["pair"])}, each at its best: {html.escape(text)}</li>')
+    at_best = (paired["comparison"] == "each at its best").to_numpy()
+    every = shown[~at_best]  # one row per shared (lr, wd) and metric: 168 on the flagship's grid
     return (f'<p class="note">Differences are corrected - plain, per seed (same initialisation and data order); '
             f'top-1 in percentage points. {html.escape(CI_DESCRIPTION)}.</p>'
-            + (f"<ul>{''.join(sentences)}</ul>" if sentences else "") + _table(shown))
+            + (f"<ul>{''.join(sentences)}</ul>" if sentences else "") + _table(shown[at_best])
+            + (f"<details><summary>at every shared (lr, wd): {len(every)} rows</summary>{_table(every)}</details>"
+               if len(every) else ""))
 
 
 def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summary: pd.DataFrame | None,
@@ -152,7 +191,7 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
         f"by <code>repro report</code>. Only done runs enter the statistics; a config with a diverged seed "
         f"cannot be the best one.</p>",
         "<h2>Best config per optimizer</h2>",
-        f"<pre>{html.escape(format_summary(summary))}</pre>",
+        _table(summary_table(summary), css="numbers"),
         '<p class="note">mean ± std over the best config\'s seeds; tail ratio = mean over the last 10% of steps / '
         "mean over 40-60%.</p>",
         "<h2>Paired statistics: corrected vs plain optimizer</h2>", _paired_section(paired),
@@ -160,7 +199,7 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
         f'<p class="note">Target top-1: {html.escape(target_text)} (the spec\'s <code>target_top1</code>, else the '
         "dataset default: ImageNet 77.43%, the AlgoPerf ResNet-50 validation target). Steps to the first eval "
         "(intermediate evals on the val subset included) at or above it; means over the seeds that reached it.</p>",
-        _table(target_table(configs, runs)),
+        _table(target_table(configs, runs), css="numbers"),
         "<h2>Figures</h2>",
         *(_figure(figures_dir / f, cap) for f, cap in FIGURES),
         "<h2>Theory check</h2>",

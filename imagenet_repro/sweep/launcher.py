@@ -7,8 +7,9 @@
    queued/running (a live job) are left alone, failed and pending ones are claimed
    (``job.json``, O_EXCL) and submitted: one SLURM job array with the spec's resources
    (``executor.batch()``), or ``local.parallelism`` lanes on submitit's local executor.
-3. With ``wait`` (the default) follow the runs with a tqdm bar until none is queued or
-   running, print the counts, and return 0 iff every selected run is done or diverged.
+3. With ``wait`` (the default) follow the runs with a progress bar (on a terminal; else a
+   plain line every 30 s) until none is queued or running, print the counts, and return 0
+   iff every selected run is done or diverged.
 
 ``cluster="auto"`` picks SLURM when ``sbatch`` is on PATH and the controller answers,
 else the local executor.
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import submitit
-from tqdm import tqdm
 
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.progress import progress as progress_bar
 from imagenet_repro.rundir import FINAL_STATES, RunState
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.job import RunLane, TrainJob
@@ -193,9 +194,9 @@ def submit(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) 
 
 # ---------------------------------------------------------------------------- waiting
 def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S, progress: bool = True) -> list[TrackedRun]:
-    """Follow ``refs`` until none is queued or running; a tqdm bar counts finished runs."""
-    bar = tqdm(total=len(refs), desc="runs finished", unit="run", dynamic_ncols=True, file=sys.stderr,
-               disable=not progress)
+    """Follow ``refs`` until none is queued or running; a progress bar (plain lines in a log)
+    counts finished runs."""
+    bar = progress_bar(len(refs), "runs finished", unit="run", enabled=progress)
     try:
         while True:
             for job in jobs:  # local jobs: poll reaps the finished processes
@@ -203,9 +204,8 @@ def wait_for(refs: list[RunRef], jobs: list, poll_s: float = POLL_S, progress: b
                     job._process.poll()
             states = classify_all(refs)
             finished = sum(s.state not in LIVE_STATES for s in states)
-            bar.n = finished
             bar.set_postfix_str(format_counts(states), refresh=False)
-            bar.refresh()
+            bar.update(finished - bar.n)  # redraws (in a log: at most every LOG_EVERY_S), also when 0
             if finished == len(refs) or all(s.state == "unknown" for s in states if s.state in LIVE_STATES):
                 return states
             time.sleep(poll_s)

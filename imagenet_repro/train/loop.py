@@ -52,6 +52,7 @@ from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
+from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
 from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
 from imagenet_repro.train.distributed import all_reduce_sum, init_from_env, shutdown
@@ -316,8 +317,8 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         """The current epoch's remaining steps (all of them unless resumed mid-epoch)."""
-        with tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
-                  desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", disable=not self.show_bar) as bar:
+        with progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                      initial=self.batch_in_epoch, enabled=self.show_bar) as bar:  # a bar on a TTY, else lines
             for images, labels in self.train_loader.epoch(self.epoch, skip=self.batch_in_epoch):
                 if self.batch_in_epoch >= self.steps_per_epoch:  # train.steps_per_epoch caps the epoch
                     break
