@@ -49,6 +49,7 @@ from imagenet_repro import files, rundir
 from imagenet_repro.config import check_placement, to_yaml
 from imagenet_repro.data.loaders import build_loaders
 from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.identity import check_run_folder
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
@@ -375,10 +376,12 @@ class Trainer:
 def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callable[[Trainer], None]] = None) -> str:
     """Train (or resume) the run in ``out_dir``; return its final state.
 
-    A run already ``done`` or ``diverged`` is not trained again.  An exception marks the
-    run ``failed`` (with the error) and propagates.
+    A folder holding a run of another config is refused first (ConfigError, nothing
+    written: :mod:`imagenet_repro.identity`).  A run already ``done`` or ``diverged`` is not
+    trained again.  An exception marks the run ``failed`` (with the error) and propagates.
     """
     out = Path(out_dir)
+    check_run_folder(out, cfg)
     state = rundir.read_status(out).get("state")
     if state in rundir.FINAL_STATES:
         return state
