@@ -5,7 +5,9 @@ Every verb parses its arguments here and calls the library; the printing of tabl
 runs (the import graph's one wholesale exception), so ``repro --help`` and ``repro status``
 never load torch, ffcv or seaborn.  Bad input raises
 :class:`~imagenet_repro.errors.ConfigError`; it is printed as one line and the process
-exits with code 2 before anything is written or submitted.
+exits with code 2 before anything is written or submitted.  A file that cannot be written
+(:class:`~imagenet_repro.errors.StorageError`: no space, read-only, no permission) is one
+line too, exit 1.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from imagenet_repro.errors import ConfigError
+from imagenet_repro.errors import ConfigError, StorageError
+from imagenet_repro.files import WRITE_ERRNOS
 from imagenet_repro.rundir import DEFAULT_RUNS_ROOT, FINAL_STATES
 
 
@@ -234,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"repro: error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # a file could not be written: one line (what, where, what is kept)
+        print(f"repro: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a library's own write (submitit, matplotlib...) on a full or read-only disk
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"repro: error: could not write {exc.filename or 'a file'}: {exc.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -429,6 +429,14 @@ def check_placement(cfg: Any, world_size: int, has_gpu: bool) -> None:
         raise ConfigError(problems[0])
 
 
+# The keys that cannot change a metric of a run (its steps, layers and eval tables): a run
+# folder is bound to its config (imagenet_repro.identity), and a restart there may differ
+# from it in these only.  The one list: tests/test_identity.py trains every key changed
+# mid-run and checks the tables equal the unchanged run's, and fails on a key it has no case for.
+NON_METRIC_KEYS = ("name", "train.progress", "train.tensorboard", "checkpoint.every_minutes",
+                   "checkpoint.every_epoch")
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 

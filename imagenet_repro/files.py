@@ -4,16 +4,21 @@ Every file the suite writes (run tables, status, checkpoints, ``.beton`` files, 
 figures) appears atomically: written to a hidden temporary name in the same folder,
 flushed to disk, then renamed onto its name, so a reader (a resuming run, ``repro
 status``, a colleague's plot) never sees half a file, and an interrupted write leaves
-the previous file, or none.  Files get the permissions ``open()`` would give (the
+the previous file, or none.  A write that fails (no space, read-only, no permission)
+raises :class:`~imagenet_repro.errors.StorageError` naming the file, with nothing of
+it left behind.  Files get the permissions ``open()`` would give (the
 umask's), not ``mkstemp``'s private 0600.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from imagenet_repro.errors import StorageError
 
 
 def _umask() -> int:
@@ -23,27 +28,55 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()
+# what a failed write says of the disk (full, over quota, read-only, no permission, I/O error, too big)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG})
+
+
+def make_dir(path: str | Path) -> Path:
+    """``mkdir -p path``; an OSError is a StorageError naming the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(path, exc) from exc
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any],
                  before_replace: Optional[Callable[[str], Any]] = None) -> None:
     """``write(tmp)``, fsync, ``before_replace(tmp)`` (e.g. rotate the file being replaced),
-    then rename ``tmp`` onto ``path``; on any error the temporary file is removed."""
+    then rename ``tmp`` onto ``path``; on any error the temporary file is removed, and an
+    OSError (the disk) is raised as a StorageError naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, FILE_MODE)
-    os.close(fd)
+    make_dir(path.parent)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        if before_replace is not None:
-            before_replace(tmp)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
+    except OSError as exc:
+        raise StorageError(path, exc) from exc
+    try:
+        try:
+            write(tmp)
+        except OSError as exc:  # the disk's errors only: a source that ``write`` reads may fail otherwise
+            if exc.errno in WRITE_ERRNOS and not isinstance(exc, StorageError):
+                raise StorageError(path, exc) from exc
+            raise
+        try:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            if before_replace is not None:
+                before_replace(tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(path, exc) from exc
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
 
 

@@ -380,7 +380,7 @@ def test_native_abort_is_reconciled_as_failed(tmp_path, fmnist_betons):
     st = classify(_ref(out), {})
     assert st.state == "failed"
     assert st.reason == (f"process {proc.pid} on {socket.gethostname()} is gone while status.json says running "
-                         f"(killed by a signal or a native crash)")
+                         f"(killed by a signal, a native crash or a disk it could not write)")
 
 
 # ------------------------------------------------------------------------ exact resume from prev.pt

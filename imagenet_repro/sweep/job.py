@@ -9,6 +9,7 @@ the same arguments; the requeued job calls ``run_training`` again, which resumes
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 from submitit.helpers import DelayedSubmission
 
 from imagenet_repro.config import build_config
+from imagenet_repro.errors import ConfigError, StorageError
 from imagenet_repro.sweep import claims
 
 Trainer = Callable[[Any, Path], str]
@@ -72,6 +74,9 @@ class RunLane(submitit.helpers.Checkpointable):
         for cfg_yaml, run_dir in items:
             try:
                 states.append(TrainJob(self.trainer)(cfg_yaml, run_dir))
+            except (ConfigError, StorageError) as exc:  # a refused folder, a failed write: one line in the log
+                print(f"repro: error: {exc}", file=sys.stderr, flush=True)
+                states.append("failed")
             except Exception:  # the trainer marked the run failed; go on with the next
                 traceback.print_exc()
                 states.append("failed")

@@ -27,6 +27,7 @@ from typing import Iterable, Optional
 import submitit
 
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.identity import check_run_folder
 from imagenet_repro.progress import progress as progress_bar
 from imagenet_repro.rundir import FINAL_STATES, RunState
 from imagenet_repro.sweep import claims
@@ -81,6 +82,17 @@ def pick_cluster(cluster: str) -> str:
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError("--cluster slurm: sbatch is not on PATH (try --cluster local, or `make slurm-up`)")
     return cluster
+
+
+def check_run_folders(runs: list[PlannedRun]) -> None:
+    """Refuse (ConfigError) a plan in which a run's folder holds a run of another config: the
+    trainer's own check (:func:`imagenet_repro.identity.check_run_folder`), before anything is
+    submitted, so a spec edited by hand never resumes or skips a folder of the old config."""
+    for run in runs:
+        try:
+            check_run_folder(run.run_dir, run.config)
+        except ConfigError as exc:
+            raise ConfigError(f"grid point {run.label()}: {exc}") from None
 
 
 def _ref(run: PlannedRun) -> RunRef:
@@ -249,6 +261,7 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
     chosen = pick_cluster(cluster) if not dry_run else (cluster if cluster != "auto" else
                                                          ("slurm" if slurm_available() else "local"))
     if dry_run:
+        check_run_folders(runs)
         print_plan(sweep, runs, classify_all([_ref(r) for r in runs]), chosen, missing, label=label)
         return 0
     states = execute(sweep, runs, chosen, whole_grid=not only, wait=wait, trainer=trainer, poll_s=poll_s,
@@ -272,6 +285,7 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
 
     The one submission path: ``repro sweep`` and the rehearsal (:mod:`.rehearse`) both come here."""
     refs = [_ref(r) for r in runs]
+    check_run_folders(runs)  # before the lock: a refused plan leaves no file behind
     with claims.sweep_lock(sweep.sweep_dir):
         if grid is not None:  # staged: the cache lists the whole grid, as `repro status` reads it
             save_plan_cache(sweep, [_ref(r) for r in grid])

@@ -15,7 +15,8 @@ unknown    its job's fate cannot be told (SLURM unreachable): left alone
 =========  ===============================================================
 
 A run whose process died without a word (a signal, a native abort in a decoder, the
-OOM killer) leaves ``status.json`` saying ``running``: it is reconciled with the
+OOM killer, a disk so full that not even the failed status fits) leaves ``status.json``
+saying ``running``: it is reconciled with the
 scheduler (its claim's SLURM job id, or local pid) and, when it has no claim (a plain
 ``repro train`` into the sweep folder), with the pid and host the trainer records in
 ``status.json``.  A dead one is ``failed`` and :attr:`RunState.reason` says why.
@@ -69,9 +70,9 @@ class TrackedRun:
         if written == "running":
             if self.claim:
                 return (f"job {self.job_id} is gone while status.json says running (killed by a signal, "
-                        f"time limit or a native crash: see its log)")
+                        f"time limit, a native crash or a disk it could not write: see its log)")
             return (f"process {self.status.get('pid', '?')} on {self.status.get('host', '?')} is gone while "
-                    f"status.json says running (killed by a signal or a native crash)")
+                    f"status.json says running (killed by a signal, a native crash or a disk it could not write)")
         return "its job is gone"
 
     @property

@@ -102,7 +102,50 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
             _unlink(_sidecar(path))                     # an orphan from an interrupted rotation
         atomic_write_text(_sidecar(path), digest + "\n")  # names a last.pt that does not exist yet
 
-    atomic_write(path, lambda tmp: torch.save(payload, tmp), before_replace=rotate)  # then tmp -> last.pt
+    atomic_write(path, lambda tmp: _save(payload, tmp), before_replace=rotate)  # then tmp -> last.pt
+
+
+class _Sink:
+    """A file for ``torch.save`` that keeps the OSError of a failed write: torch reports a full
+    disk as a RuntimeError ("unexpected pos ..."), this lets the disk's own error through."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def _save(payload: dict, tmp: str) -> None:
+    with open(tmp, "wb") as fh:
+        sink = _Sink(fh)
+        try:
+            torch.save(payload, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+def kept_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
+    """The checkpoint a resume would use (the newest that verifies) and its step; None if none."""
+    for path in checkpoint_paths(folder):
+        try:
+            return path, int(read_checkpoint(path)["step"])
+        except (CheckpointError, OSError):
+            continue
+    return None
 
 
 def checkpoint_paths(folder: str | Path) -> list[Path]:

@@ -34,6 +34,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -48,13 +49,14 @@ from tqdm import tqdm
 from imagenet_repro import files, rundir
 from imagenet_repro.config import check_placement, to_yaml
 from imagenet_repro.data.loaders import build_loaders
-from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.errors import ConfigError, StorageError, describe
+from imagenet_repro.identity import check_run_folder
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
-from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
+from imagenet_repro.train.checkpoint import CheckpointError, kept_checkpoint, load_latest, save_checkpoint
 from imagenet_repro.train.distributed import all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
@@ -188,7 +190,7 @@ class Trainer:
             keep = (evals.step < self.step) | ((evals.step == self.step) & (evals.epoch <= self.epoch))
             self.eval_rows = EvalRow.from_frame(evals[keep])
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            files.make_dir(self.out)
             files.atomic_write_text(self.out / rundir.CONFIG, to_yaml(self.cfg))
             manifest = files.read_json(self.out / rundir.MANIFEST) or {}
             manifest.update(build_manifest(self.dist.world_size, self.device, manifest))
@@ -313,7 +315,11 @@ class Trainer:
         finally:
             self._restore_signal_handlers()
             if self.tensorboard is not None:
-                self.tensorboard.close()
+                try:
+                    self.tensorboard.close()
+                except StorageError:
+                    if sys.exc_info()[1] is None:  # else the error in flight is the one to report
+                        raise
 
     def _train_epoch(self) -> None:
         """The current epoch's remaining steps (all of them unless resumed mid-epoch)."""
@@ -358,6 +364,23 @@ class Trainer:
             self._checkpoint()
         self._status("running")
 
+    def storage_failure(self, exc: StorageError) -> StorageError:
+        """The one line a failed write ends the run with: what could not be written where, what
+        is kept (the checkpoint a resume would use, and its step), and the status left behind;
+        status.json says ``failed`` with that reason when it can still be written."""
+        kept = kept_checkpoint(self.out / rundir.CHECKPOINTS)
+        what = (f"kept: {kept[0]} at step {kept[1]}, the last good checkpoint (the same command resumes from it "
+                f"once the disk can be written)" if kept else "kept: no checkpoint yet (the same command starts over)")
+        reason = f"{exc}; {what}"
+        try:
+            self._status("failed", reason=reason)
+            left = "status.json: failed"
+        except StorageError:
+            left = ("status.json could not be written either" if rundir.read_status(self.out)["state"] != "running"
+                    else f"status.json could not be updated (it says running; `repro status` sees that process "
+                         f"{os.getpid()} is gone)")
+        return StorageError(exc.path, exc, f"{reason}; {left}")
+
     def _finish(self, state: str) -> str:
         self.telemetry.flush()
         self._write_tables()
@@ -376,10 +399,15 @@ class Trainer:
 def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callable[[Trainer], None]] = None) -> str:
     """Train (or resume) the run in ``out_dir``; return its final state.
 
-    A run already ``done`` or ``diverged`` is not trained again.  An exception marks the
-    run ``failed`` (with the error) and propagates.
+    A folder holding a run of another config is refused first (ConfigError, nothing
+    written: :mod:`imagenet_repro.identity`).  A run already ``done`` or ``diverged`` is not
+    trained again.  An exception marks the run ``failed`` (with the error) and propagates; a
+    failed write (:class:`StorageError`: full disk, read-only, no permission) comes out as one
+    line saying what could not be written where, which checkpoint is kept at which step, and
+    what status.json says (:meth:`Trainer.storage_failure`).
     """
     out = Path(out_dir)
+    check_run_folder(out, cfg)
     state = rundir.read_status(out).get("state")
     if state in rundir.FINAL_STATES:
         return state
@@ -389,14 +417,22 @@ def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callabl
         # bad input for a fresh run leaves nothing behind; anything else is recorded
         fresh_bad_input = isinstance(exc, ConfigError) and not out.exists()
         if not fresh_bad_input and int(os.environ.get("RANK", "0")) == 0:
-            rundir.write_status(out, "failed", reason=describe(exc), updated=time.time())
+            try:
+                rundir.write_status(out, "failed", reason=describe(exc), updated=time.time())
+            except StorageError:
+                pass  # the error in flight is the one to report
         raise
     try:
         return trainer.fit()
     except SystemExit:
         raise
+    except StorageError as exc:  # a write failed: one line with what is kept, status failed if it can be
+        raise (trainer.storage_failure(exc) if trainer.dist.is_main else exc) from None
     except BaseException as exc:
-        trainer._status("failed", reason=describe(exc))
+        try:
+            trainer._status("failed", reason=describe(exc))
+        except StorageError:
+            pass  # status.json stays `running`: `repro status` tells the process is gone
         raise
     finally:
         shutdown(trainer.dist)

@@ -18,12 +18,17 @@ flush, already on the host, and writes them as TensorBoard scalars to ``<run>/te
 """
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
+import weakref
 from typing import Callable, NamedTuple, get_type_hints
 
 import pandas as pd
 import torch
+
+from imagenet_repro.errors import StorageError
 
 STEP_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm", "grad_norm_normalized",
                 "weight_norm_normalized", "images_per_s"]
@@ -156,6 +161,37 @@ class Telemetry:
 TENSORBOARD_DIR = "tensorboard"
 
 
+_TB_WORKERS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # TensorBoard's writer threads
+_previous_excepthook = threading.excepthook
+
+
+def _quiet_tb_workers(args) -> None:
+    """A TensorBoard writer thread that fails keeps its error for the next write or flush in
+    the trainer's thread (raised there as a StorageError); it prints no traceback of its own."""
+    if args.thread in _TB_WORKERS and isinstance(args.exc_value, OSError):
+        return
+    _previous_excepthook(args)
+
+
+def _install_excepthook() -> None:
+    global _previous_excepthook
+    if threading.excepthook is not _quiet_tb_workers:
+        _previous_excepthook, threading.excepthook = threading.excepthook, _quiet_tb_workers
+
+
+def _storage_errors(method):
+    """A TensorBoard write that fails (full disk, read-only...) is a StorageError naming the log folder."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(self.log_dir, exc) from exc
+    return wrapper
+
+
 class TensorBoardLog:
     """TensorBoard scalars of one run, from rows already on the host.
 
@@ -176,8 +212,14 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=int(first_step), flush_secs=3600)
+            worker = getattr(getattr(getattr(self._writer.file_writer, "event_writer", None), "_async_writer", None),
+                             "_worker", None)
+            if worker is not None:
+                _TB_WORKERS.add(worker)
+                _install_excepthook()
         return self._writer
 
+    @_storage_errors
     def steps(self, step_rows: list[list], layer_rows: list[list]) -> None:
         if not step_rows:
             return
@@ -200,6 +242,7 @@ class TensorBoardLog:
             w.add_scalar("ratio/predicted", sum(values) / len(values), step)
         w.flush()
 
+    @_storage_errors
     def eval(self, row: EvalRow) -> None:
         """One evaluation (:class:`EvalRow`), at its global step."""
         w = self._open(row.step)
@@ -207,7 +250,8 @@ class TensorBoardLog:
             w.add_scalar(tag, value, int(row.step))
         w.flush()
 
+    @_storage_errors
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()
