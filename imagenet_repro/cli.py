@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.paths import check_out_dir
 from imagenet_repro.rundir import DEFAULT_RUNS_ROOT, FINAL_STATES
 
 
@@ -23,6 +24,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(DEFAULT_RUNS_ROOT) / cfg.name / config_hash(cfg)
+    check_out_dir(out, "--out" if args.out else "run folder")
     state = run_training(cfg, out)
     print(f"{out}: {state}")
     return 0 if state in FINAL_STATES else 1
