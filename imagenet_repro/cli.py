@@ -51,6 +51,7 @@ def _sweep(args: argparse.Namespace) -> int:
                               "drop --dry-run/--only")
         from imagenet_repro.sweep.rehearse import rehearse
 
+        check_out_dir(args.rehearse_root, "--rehearse-root")
         return rehearse(args.spec, cluster=args.cluster, ranks=args.ranks, batch_per_rank=args.batch_per_rank,
                         root=args.rehearse_root, mode=args.variants)
     from imagenet_repro.sweep.launcher import launch
@@ -79,9 +80,22 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_results(args: argparse.Namespace) -> None:
+    """--results and the folders and files the analysis writes under it, before any work."""
+    from imagenet_repro.paths import check_out_file
+    from imagenet_repro.sweep.spec import load_spec
+
+    res = check_out_dir(args.results, "--results") / load_spec(args.spec).name
+    check_out_dir(res, "results folder")
+    check_out_dir(res / "figures", "figures folder")
+    if args.verb == "report":
+        check_out_file(res / "report.html", "report")
+
+
 def _aggregate(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.aggregate import aggregate_sweep
 
+    _check_results(args)
     aggregate_sweep(args.spec, results_root=args.results)
     return 0
 
@@ -89,6 +103,7 @@ def _aggregate(args: argparse.Namespace) -> int:
 def _figures(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.figures import make_figures
 
+    _check_results(args)
     make_figures(args.spec, results_root=args.results)
     return 0
 
@@ -96,6 +111,7 @@ def _figures(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.report import make_report
 
+    _check_results(args)
     make_report(args.spec, results_root=args.results)
     return 0
 

@@ -13,12 +13,14 @@ creating anything itself:
   must be, is readable.
 
 Names are checked too: no NUL byte, no component longer than the file system takes
-(``NAME_MAX``), not longer than ``PATH_MAX``.  Permissions are read with ``os.access`` (so
-a read-only file system counts as not writable; root may write anywhere else).
+(``NAME_MAX``), not longer than ``PATH_MAX``.  Permissions are read with ``os.access``, and
+a folder to write into is probed: an empty folder is made in it and removed at once (the
+one trace the check leaves is the folder's modification time).
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -45,7 +47,15 @@ def _name_problem(path: str) -> Optional[str]:
 
 
 def _writable_dir(path: Path) -> bool:
-    return os.access(path, os.W_OK | os.X_OK)
+    """This user can make an entry in the folder ``path``: ``os.access``, then a probe folder
+    made and removed at once (what access cannot tell: root on NFS, /proc, ACLs)."""
+    if not os.access(path, os.W_OK | os.X_OK):
+        return False
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".repro-probe-", dir=path))
+    except OSError:
+        return False
+    return True
 
 
 def out_dir_problem(path: str | os.PathLike) -> Optional[str]:
@@ -59,14 +69,14 @@ def out_dir_problem(path: str | os.PathLike) -> Optional[str]:
         if p.exists():
             if not p.is_dir():
                 return "is a file, not a folder"
-            return None if _writable_dir(p) else "is a folder this user may not write into"
+            return None if _writable_dir(p) else "is a folder this user cannot write into"
         ancestor = p.absolute().parent
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             return f"cannot be created: {ancestor} is a file, not a folder"
         if not _writable_dir(ancestor):
-            return f"cannot be created: this user may not write into {ancestor}"
+            return f"cannot be created: this user cannot write into {ancestor}"
     except OSError as exc:  # a component that is a file (ENOTDIR), a loop of links, ...
         return f"cannot be used ({exc.strerror or type(exc).__name__})"
     return None
@@ -90,9 +100,10 @@ def check_out_file(path: str | os.PathLike, what: str) -> Path:
     if problem is None and p.exists() and not os.access(p, os.W_OK):
         problem = "is a file this user may not replace"
     if problem is None:
-        parent = out_dir_problem(p.absolute().parent)
+        folder = p.absolute().parent
+        parent = out_dir_problem(folder)
         if parent is not None:
-            problem = f"cannot be written: its folder {parent}"
+            problem = f"cannot be written: its folder {folder} {parent}"
     if problem is not None:
         raise ConfigError(f"{what} {text!r} {problem}")
     return p
