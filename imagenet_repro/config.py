@@ -420,8 +420,8 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     _require(0 < d.min_res <= d.max_res, f"data.min_res must be in (0, data.max_res] (got {d.min_res})")
     _require(len(m.widths) > 0 and all(w > 0 for w in m.widths),
              f"model.widths must be a non-empty list of positive integers (got {list(m.widths)})")
-    _require(len(m.widths) <= 8, f"model.widths must have at most 8 stages (got {len(m.widths)}): each halves "
-                                 f"the resolution")
+    _require(len(m.widths) <= 11, f"model.widths must have at most 11 stages (got {len(m.widths)}): each halves "
+                                  f"the resolution, and 2^11 = {MAX_RES} px is data.max_res's bound")
     _require(all(0 < x < 1 for x in s.milestones) and all(a < b for a, b in zip(s.milestones, s.milestones[1:])),
              f"schedule.milestones must be increasing fractions of the run in (0, 1) (got {list(s.milestones)})")
     check_bounds(leaves, BOUNDS)  # every numeric knob's own range (the table above)
