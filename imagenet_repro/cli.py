@@ -17,6 +17,7 @@ from pathlib import Path
 
 from imagenet_repro.errors import ConfigError, StorageError
 from imagenet_repro.files import WRITE_ERRNOS
+from imagenet_repro.paths import check_out_dir
 from imagenet_repro.rundir import DEFAULT_RUNS_ROOT, FINAL_STATES
 
 
@@ -26,6 +27,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(DEFAULT_RUNS_ROOT) / cfg.name / config_hash(cfg)
+    check_out_dir(out, "--out" if args.out else "run folder")
     state = run_training(cfg, out)
     print(f"{out}: {state}")
     return 0 if state in FINAL_STATES else 1
@@ -52,6 +54,7 @@ def _sweep(args: argparse.Namespace) -> int:
                               "drop --dry-run/--only")
         from imagenet_repro.sweep.rehearse import rehearse
 
+        check_out_dir(args.rehearse_root, "--rehearse-root")
         return rehearse(args.spec, cluster=args.cluster, ranks=args.ranks, batch_per_rank=args.batch_per_rank,
                         root=args.rehearse_root, mode=args.variants)
     from imagenet_repro.sweep.launcher import launch
@@ -80,9 +83,22 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_results(args: argparse.Namespace) -> None:
+    """--results and the folders and files the analysis writes under it, before any work."""
+    from imagenet_repro.paths import check_out_file
+    from imagenet_repro.sweep.spec import load_spec
+
+    res = check_out_dir(args.results, "--results") / load_spec(args.spec).name
+    check_out_dir(res, "results folder")
+    check_out_dir(res / "figures", "figures folder")
+    if args.verb == "report":
+        check_out_file(res / "report.html", "report")
+
+
 def _aggregate(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.aggregate import aggregate_sweep
 
+    _check_results(args)
     aggregate_sweep(args.spec, results_root=args.results)
     return 0
 
@@ -90,6 +106,7 @@ def _aggregate(args: argparse.Namespace) -> int:
 def _figures(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.figures import make_figures
 
+    _check_results(args)
     make_figures(args.spec, results_root=args.results)
     return 0
 
@@ -97,6 +114,7 @@ def _figures(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.report import make_report
 
+    _check_results(args)
     make_report(args.spec, results_root=args.results)
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from imagenet_repro.errors import ConfigError, first_line
 from imagenet_repro.optim.registry import check_optim_config, optimizer_config_class
+from imagenet_repro.paths import in_path_problem
 
 
 # Choice fields are StrEnums: OmegaConf rejects any other value when merging (one line,
@@ -278,14 +280,98 @@ def _in(value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool
     return (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
 
 
+def _num(b: float) -> str:
+    return str(b) if isinstance(b, int) else f"{b:g}"
+
+
 def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-    bounds = ", ".join(str(b) if isinstance(b, int) else f"{b:g}" for b in (lo, hi))
+    bounds = ", ".join(_num(b) for b in (lo, hi))
     _require(_in(value, lo, hi, lo_open, hi_open),
              f"{key} must be in {'(' if lo_open else '['}{bounds}{')' if hi_open else ']'} (got {value})")
 
 
-def _at_least(key: str, value: float, lo: float) -> None:
-    _require(value >= lo, f"{key} must be >= {lo:g} (got {value})")
+@dataclass(frozen=True)
+class Bound:
+    """The range of one numeric knob, ``lo`` to ``hi`` (ends open with ``lo_open``/``hi_open``).
+
+    ``why`` says what breaks above ``hi`` (printed with a value above it); ``interval``
+    knobs (fractions) name both ends in every message, the others only the end broken."""
+
+    lo: float
+    hi: float
+    why: str = ""
+    lo_open: bool = False
+    hi_open: bool = False
+    interval: bool = False
+
+    def problem(self, key: str, value: float) -> Optional[str]:
+        if _in(value, self.lo, self.hi, self.lo_open, self.hi_open):
+            return None
+        if self.interval:
+            ends = f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+            return f"{key} must be in {ends} (got {value})"
+        if value < self.hi:  # below lo
+            return f"{key} must be {'>' if self.lo_open else '>='} {_num(self.lo)} (got {value})"
+        why = f": {self.why}" if self.why else ""
+        return f"{key} must be {'<' if self.hi_open else '<='} {_num(self.hi)} (got {value}){why}"
+
+
+# Upper bounds shared by several knobs, each from what the pipeline can take.
+MAX_RES = 2048  # px: a decoded batch is batch x res^2 x 3 bytes per buffer slot (ffcv keeps 5)
+MAX_BATCH = 1 << 20  # a batch is allocated whole by the loaders
+MAX_COUNT = (1 << 31) - 1  # image and step counts: ffcv's sample indices are 32-bit
+MAX_WORKERS = 1024  # processes (torchvision) or numba threads (ffcv, capped at the cores): no node has more cores
+MAX_EPOCHS = 10_000
+NO_LIMIT = math.inf  # any finite value works (the finite check still applies)
+
+# Every numeric knob of a RunConfig outside ``optim`` (each optimizer's checks are its own, in
+# optim.registry; the library optimizers are probed with the settings).  One entry per int or
+# float field: tests/test_bounds.py fails on a field missing here.  ``model.widths[]`` is
+# every element of the list.  Cross-field rules (min_res <= max_res, ramps within the run,
+# warmup < epochs, the loaders' memory against the machine) follow in :func:`validate`.
+BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0, 2**32 - 1, interval=True),  # numpy's seeds are 32-bit
+    "data.num_classes": Bound(2, 1_000_000, "the classifier has num_classes x features weights"),
+    "data.batch_size": Bound(0, MAX_BATCH, "a batch is allocated whole", lo_open=True),
+    "data.val_batch_size": Bound(0, MAX_BATCH, "a batch is allocated whole", lo_open=True),
+    "data.num_workers": Bound(0, MAX_WORKERS, "no node has that many cores"),
+    "data.min_res": Bound(0, MAX_RES, "the decoders' buffers grow with res^2", lo_open=True),
+    "data.max_res": Bound(0, MAX_RES, "the decoders' buffers grow with res^2", lo_open=True),
+    "data.val_res": Bound(0, MAX_RES, "the decoders' buffers grow with res^2", lo_open=True),
+    "data.start_ramp": Bound(0, MAX_EPOCHS, "see train.epochs"),
+    "data.end_ramp": Bound(0, MAX_EPOCHS, "see train.epochs"),
+    "data.rrc_scale_min": Bound(0, 1, lo_open=True, interval=True),
+    "data.train_subset": Bound(0, MAX_COUNT, "ffcv's sample indices are 32-bit"),
+    "data.val_subset": Bound(0, MAX_COUNT, "ffcv's sample indices are 32-bit"),
+    "model.widths[]": Bound(1, 4096, "a 3x3 convolution of that width holds 150M weights"),
+    "model.blocks_per_stage": Bound(1, 64, "deeper than any ResNet"),
+    "schedule.warmup_epochs": Bound(0, MAX_EPOCHS, "see train.epochs"),
+    "schedule.final_lr_fraction": Bound(0, 1, interval=True),
+    "schedule.milestones[]": Bound(0, 1, lo_open=True, hi_open=True, interval=True),
+    "schedule.step_gamma": Bound(0, 1, lo_open=True, interval=True),
+    "train.epochs": Bound(0, MAX_EPOCHS, "a typo: the longest shipped recipe has 300 epochs", lo_open=True),
+    "train.label_smoothing": Bound(0, 1, hi_open=True, interval=True),
+    "train.threads": Bound(0, MAX_WORKERS, "no node has that many cores"),
+    "train.steps_per_epoch": Bound(0, MAX_COUNT, "step counts are 32-bit in the loaders"),
+    "train.grad_clip": Bound(0, NO_LIMIT),
+    "train.eval_every_steps": Bound(0, MAX_COUNT, "step counts are 32-bit in the loaders"),
+    "train.eval_subset": Bound(0, MAX_COUNT, "ffcv's sample indices are 32-bit"),
+    "telemetry.layer_every": Bound(0, MAX_COUNT, "step counts are 32-bit in the loaders", lo_open=True),
+    "telemetry.flush_every": Bound(0, 100_000, "the telemetry buffers hold flush_every steps on the device",
+                                   lo_open=True),
+    "checkpoint.every_minutes": Bound(0, NO_LIMIT),
+}
+
+
+def check_bounds(values: dict[str, float], table: dict[str, Bound]) -> None:
+    """ConfigError for the first value outside its bound (``values``: dotted key -> value;
+    a key ``k[i]`` is checked against ``k[]``)."""
+    for key, value in values.items():
+        bound = table.get(re.sub(r"\[\d+\]$", "[]", key))
+        if bound is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+            problem = bound.problem(key, value)
+            if problem is not None:
+                raise ConfigError(problem)
 
 
 class ContainerView(dict):
@@ -318,7 +404,8 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
         known_model,  # here: torch and torchvision load when a config is checked, not on import
     )
 
-    for key, value in _leaves(cfg):
+    leaves = dict(_leaves(cfg))
+    for key, value in leaves.items():
         if isinstance(value, float):
             _require(math.isfinite(value), f"{key} must be a finite number (got {value})")
     for key, choices in CHOICES.items():  # OmegaConf checks these on merge; plain containers get it here
@@ -328,7 +415,16 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
 
     _require(bool(cfg.name.strip()) and "/" not in cfg.name and cfg.name not in (".", ".."),
              f"name must be a non-empty folder name without '/' (got {cfg.name!r})")
-    _range("seed", cfg.seed, 0, 2**32 - 1)  # numpy's seeds are 32-bit
+    # rules over several values first (their message says more than one value's bound would)
+    d, m, s, t = cfg.data, cfg.model, cfg.schedule, cfg.train
+    _require(0 < d.min_res <= d.max_res, f"data.min_res must be in (0, data.max_res] (got {d.min_res})")
+    _require(len(m.widths) > 0 and all(w > 0 for w in m.widths),
+             f"model.widths must be a non-empty list of positive integers (got {list(m.widths)})")
+    _require(len(m.widths) <= 11, f"model.widths must have at most 11 stages (got {len(m.widths)}): each halves "
+                                  f"the resolution, and 2^11 = {MAX_RES} px is data.max_res's bound")
+    _require(all(0 < x < 1 for x in s.milestones) and all(a < b for a, b in zip(s.milestones, s.milestones[1:])),
+             f"schedule.milestones must be increasing fractions of the run in (0, 1) (got {list(s.milestones)})")
+    check_bounds(leaves, BOUNDS)  # every numeric knob's own range (the table above)
 
     o = cfg.optim
     _require(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
@@ -347,55 +443,34 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
     if "eps" in o:
         _require(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
     check_optim_config(o)  # normalized_rule, corrected_decay, and the optimizer's own checks
-    t = cfg.train
-    _require(t.epochs > 0, f"train.epochs must be > 0 (got {t.epochs})")
-    _require(t.label_smoothing >= 0 and t.label_smoothing < 1,
-             f"train.label_smoothing must be in [0, 1) (got {t.label_smoothing})")
-    _at_least("train.threads", t.threads, 0)
-    _at_least("train.steps_per_epoch", t.steps_per_epoch, 0)
-    _at_least("train.grad_clip", t.grad_clip, 0)
-    _at_least("train.eval_every_steps", t.eval_every_steps, 0)
-    _at_least("train.eval_subset", t.eval_subset, 0)
 
-    d = cfg.data
-    _require(d.num_classes >= 2, f"data.num_classes must be >= 2 (got {d.num_classes})")
-    _require(d.batch_size > 0, f"data.batch_size must be > 0 (got {d.batch_size})")
-    _require(d.val_batch_size > 0, f"data.val_batch_size must be > 0 (got {d.val_batch_size})")
-    _at_least("data.num_workers", d.num_workers, 0)
-    _require(0 < d.rrc_scale_min <= 1, f"data.rrc_scale_min must be in (0, 1] (got {d.rrc_scale_min})")
-    _require(0 < d.min_res <= d.max_res, f"data.min_res must be in (0, data.max_res] (got {d.min_res})")
-    _require(d.val_res > 0, f"data.val_res must be > 0 (got {d.val_res})")
-    _at_least("data.start_ramp", d.start_ramp, 0)
-    _at_least("data.end_ramp", d.end_ramp, 0)
     if d.end_ramp > 0:
         _require(d.start_ramp <= d.end_ramp,
                  f"data.start_ramp must be <= data.end_ramp (got {d.start_ramp} > {d.end_ramp})")
-    _at_least("data.train_subset", d.train_subset, 0)
-    _at_least("data.val_subset", d.val_subset, 0)
+        _require(d.end_ramp <= t.epochs, f"data.end_ramp must be <= train.epochs (got {d.end_ramp} > {t.epochs}): "
+                                         f"the ramp would never reach data.max_res")
     for key in ("train_path", "val_path"):
         _require(bool(d[key].strip()), f"data.{key} must not be empty")
     if check_paths:
         for key in ("train_path", "val_path"):
-            _require(Path(d[key]).exists(), f"data.{key} does not exist: {d[key]}")
-
-    m = cfg.model
+            problem = data_path_problem(cfg, key)
+            _require(problem is None, f"data.{key} {problem}: {d[key]}")
     _require(known_model(m.name), f"unknown model name: {m.name!r}")
-    _require(len(m.widths) > 0 and all(w > 0 for w in m.widths),
-             f"model.widths must be a non-empty list of positive integers (got {list(m.widths)})")
-    _require(m.blocks_per_stage >= 1, f"model.blocks_per_stage must be >= 1 (got {m.blocks_per_stage})")
-
-    s = cfg.schedule
-    _require(s.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0 (got {s.warmup_epochs})")
     _require(s.warmup_epochs < t.epochs,
              f"schedule.warmup_epochs must be < train.epochs (got {s.warmup_epochs} >= {t.epochs})")
-    _range("schedule.final_lr_fraction", s.final_lr_fraction, 0, 1)
-    _require(all(0 < x < 1 for x in s.milestones) and all(a < b for a, b in zip(s.milestones, s.milestones[1:])),
-             f"schedule.milestones must be increasing fractions of the run in (0, 1) (got {list(s.milestones)})")
-    _range("schedule.step_gamma", s.step_gamma, 0, 1, lo_open=True)
 
-    _require(cfg.telemetry.layer_every > 0, f"telemetry.layer_every must be > 0 (got {cfg.telemetry.layer_every})")
-    _require(cfg.telemetry.flush_every > 0, f"telemetry.flush_every must be > 0 (got {cfg.telemetry.flush_every})")
-    _at_least("checkpoint.every_minutes", cfg.checkpoint.every_minutes, 0)
+
+def data_path_kind(cfg: Any) -> str:
+    """What ``data.train_path``/``val_path`` must be: a ``.beton`` file (ffcv), an ImageFolder
+    root (torchvision), or either (torchvision Fashion-MNIST: a folder of idx files, else found)."""
+    if cfg["data"]["backend"] == "ffcv":
+        return "file"
+    return "any" if cfg["data"]["dataset"] == "fashion_mnist" else "folder"
+
+
+def data_path_problem(cfg: Any, key: str) -> Optional[str]:
+    """Why ``data.<key>`` of ``cfg`` cannot be read here (missing, wrong kind, unreadable), or None."""
+    return in_path_problem(cfg["data"][key], data_path_kind(cfg))
 
 
 def placement_problems(cfg: Any, world_size: int, has_gpu: bool) -> list[str]:

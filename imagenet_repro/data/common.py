@@ -44,6 +44,42 @@ def per_rank_batch_size(global_batch: int, world_size: int) -> int:
     return bs
 
 
+# The loaders' image buffers: ffcv keeps batches_ahead (3) + 2 batches in flight, each as the
+# decoded uint8 RGB batch and its normalised float32 copy (the torchvision DataLoader holds
+# fewer: 2 per worker); their size is what a resolution or batch size costs before the model.
+BUFFER_SLOTS = 5
+BYTES_PER_PIXEL = 3 * (1 + 4)
+
+
+def loader_bytes(d: DictConfig, world_size: int) -> int:
+    """Bytes of the train and val loaders' image buffers on one rank (see :data:`BUFFER_SLOTS`)."""
+    train = max(1, d.batch_size // world_size) * d.max_res ** 2
+    val = d.val_batch_size * d.val_res ** 2
+    return (train + val) * BYTES_PER_PIXEL * BUFFER_SLOTS
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(d: DictConfig, world_size: int) -> None:
+    """ConfigError when the loaders' buffers alone exceed this machine's available memory."""
+    need, have = loader_bytes(d, world_size), available_memory()
+    if have is not None and need > have:
+        raise ConfigError(f"data.max_res={d.max_res} / data.val_res={d.val_res} with data.batch_size={d.batch_size} "
+                          f"/ data.val_batch_size={d.val_batch_size}: the loaders' buffers need "
+                          f"{need / 2**30:.1f} GiB, this machine has {have / 2**30:.1f} GiB available "
+                          f"(lower the resolutions or the batch sizes)")
+
+
 def subset_indices(n: int, subset: int) -> np.ndarray:
     return np.arange(min(n, subset) if subset > 0 else n, dtype=np.int64)
 

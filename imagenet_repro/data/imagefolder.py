@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from imagenet_repro.errors import ConfigError, first_line
+from imagenet_repro.paths import in_path_problem
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -83,8 +84,11 @@ def scan_imagefolder(root: str | Path) -> tuple[list[str], list[tuple[str, int]]
     folder without images, so nothing is written from a half-valid tree.
     """
     root = Path(root)
-    if not root.is_dir():
+    problem = in_path_problem(root, "folder")
+    if problem == "does not exist":
         raise ConfigError(f"image folder not found: {root}")
+    if problem is not None:
+        raise ConfigError(f"image folder {root} {problem}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ConfigError(f"no class folders in {root} (expected {root}/<class>/<image>)")

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from imagenet_repro.data.beton import check_beton, check_labels
-from imagenet_repro.data.common import check_labels_array
+from imagenet_repro.data.common import check_labels_array, check_memory
 from imagenet_repro.errors import ConfigError, describe
 
 
@@ -75,6 +75,7 @@ def build_loaders(cfg: DictConfig, device: torch.device, rank: int = 0,
                   world_size: int = 1) -> tuple[TrainLoader, ValLoader]:
     """Train and val loaders for ``cfg`` (the whole RunConfig) on ``device``, for DDP rank ``rank``."""
     device = torch.device(device)
+    check_memory(cfg.data, world_size)
     backend = cfg.data.backend
     if backend == "ffcv":
         error = ffcv_import_error()

@@ -15,6 +15,7 @@ write is then rejected with a ConfigError naming the first bad file.
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,9 @@ from typing import Iterator
 
 import numpy as np
 
+from imagenet_repro.config import MAX_WORKERS, Bound, check_bounds
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.paths import check_out_dir, check_out_file
 from imagenet_repro.data.beton import check_beton
 from imagenet_repro.files import atomic_write
 from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
@@ -31,6 +34,7 @@ from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, fashion_mnist_rg
 __all__ = ["FASHION_MNIST_DIR", "fashion_mnist_source", "write_imagefolder", "write_fashion_mnist"]
 
 _MIN_PAGE = 1 << 23  # ffcv's default page (4 x 2 MiB)
+MAX_WRITE_RES = 8192  # a raw 8192 px image is 192 MiB, a page of the file holds one
 
 
 class _FolderSamples:
@@ -88,16 +92,25 @@ def _write(out: Path, dataset, image_field, num_workers: int, page_size: int,
     atomic_write(out, write)
 
 
+# The writer's knobs, bounded as the run config's are (imagenet_repro.config.Bound).
+WRITE_BOUNDS = {
+    "--num-workers": Bound(1, MAX_WORKERS, "no node has that many cores"),
+    "--jpeg-quality": Bound(1, 100, interval=True),
+    "--compress-probability": Bound(0, 1, interval=True),
+    "--max-res": Bound(1, MAX_WRITE_RES, "each raw image fills one page of the file "
+                                          "(192 MiB at 8192 px)"),
+    "--size": Bound(1, 256, "Fashion-MNIST's 70000 images are resized in memory (70000 x size^2 x 3 bytes)"),
+}
+
+
 def _check_knobs(num_workers: int, jpeg_quality: int = 90, compress_probability: float = 0.0,
                  max_resolution: int = 1) -> None:
-    if num_workers < 1:
-        raise ConfigError(f"--num-workers must be >= 1 (got {num_workers})")
-    if not 1 <= jpeg_quality <= 100:
-        raise ConfigError(f"--jpeg-quality must be in [1, 100] (got {jpeg_quality})")
-    if not 0.0 <= compress_probability <= 1.0:
-        raise ConfigError(f"--compress-probability must be in [0, 1] (got {compress_probability})")
-    if max_resolution < 1:
-        raise ConfigError(f"--max-res must be >= 1 (got {max_resolution})")
+    values = {"--num-workers": num_workers, "--jpeg-quality": jpeg_quality,
+              "--compress-probability": compress_probability, "--max-res": max_resolution}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number (got {value})")
+    check_bounds(values, WRITE_BOUNDS)
 
 
 def write_imagefolder(src: str | Path, out: str | Path, max_resolution: int = 256, jpeg_quality: int = 90,
@@ -106,7 +119,7 @@ def write_imagefolder(src: str | Path, out: str | Path, max_resolution: int = 25
     from ffcv.fields import RGBImageField
 
     _check_knobs(num_workers, jpeg_quality, compress_probability, max_resolution)
-    out = Path(out)
+    out = check_out_file(out, "--out")
     _, samples = scan_imagefolder(src)
     error_log = out.with_name(f"{out.name}.errors-{os.getpid()}")
     error_log.parent.mkdir(parents=True, exist_ok=True)
@@ -131,9 +144,13 @@ def write_fashion_mnist(out_dir: str | Path, source: str | Path | None = None, s
     is a memcpy, and writing takes seconds.
     """
     _check_knobs(num_workers)
+    check_bounds({"--size": size}, WRITE_BOUNDS)
     out_dir = Path(out_dir)
     if out_dir.suffix == ".beton":
         raise ConfigError(f"--out for fashion-mnist is a folder (gets train.beton and val.beton), not {out_dir}")
+    check_out_dir(out_dir, "--out")
+    for split in ("train", "val"):
+        check_out_file(out_dir / f"{split}.beton", "--out")
     source = fashion_mnist_source(source)
     splits = {split: read_fashion_mnist(split, source) for split in ("train", "val")}  # validate both first
     from ffcv.fields import RGBImageField

@@ -36,10 +36,10 @@ from imagenet_repro.sweep.spec import (
     SHORT_NAMES,
     PlannedRun,
     SweepSpec,
+    check_paths,
     check_placements,
     grid_points,
     load_spec,
-    missing_data_paths,
     resolve_runs,
     run_hours,
     select_points,
@@ -255,9 +255,7 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
         points = select_points(sweep, grid_points(sweep), only)
         runs = resolve_runs(sweep, points)
         check_placements(sweep, runs)
-    missing = missing_data_paths(runs)
-    if missing and not dry_run:
-        raise ConfigError(f"data path does not exist: {missing[0]} (grid of {sweep.name}; --dry-run to plan anyway)")
+    missing = check_paths(sweep, runs, dry_run)  # runs_root and data paths; missing data: a dry run's warnings
     chosen = pick_cluster(cluster) if not dry_run else (cluster if cluster != "auto" else
                                                          ("slurm" if slurm_available() else "local"))
     if dry_run:

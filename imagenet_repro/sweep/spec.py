@@ -41,6 +41,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -51,15 +52,19 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from imagenet_repro.config import (
+    Bound,
     ContainerView,
     build_config,
+    check_bounds,
     config_hash,
+    data_path_problem,
     merge_error,
     placement_problems,
     read_yaml,
     validate,
 )
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.paths import out_dir_problem
 from imagenet_repro.rundir import DEFAULT_RUNS_ROOT
 
 AXIS_ALIASES = {"optimizer": "optim.name"}
@@ -313,12 +318,37 @@ def _spec_error(exc: OmegaConfBaseException) -> str:
     return str(merge_error(exc))
 
 
+# Every numeric field of a spec (tests/test_bounds.py fails on one missing here); the run
+# configs of its grid points are bounded by imagenet_repro.config.BOUNDS.
+SPEC_BOUNDS: dict[str, Bound] = {
+    "slurm.nodes": Bound(1, 1024, "more nodes than one run of this suite can use"),
+    "slurm.gpus_per_node": Bound(0, 64, "no node has that many GPUs"),
+    "slurm.tasks_per_node": Bound(0, 256, "DDP runs one task per GPU"),
+    "slurm.cpus_per_task": Bound(0, 1024, "no node has that many cores"),
+    "slurm.mem_gb": Bound(0, 65536, "no node has 64 TiB of memory"),
+    "slurm.timeout_min": Bound(1, 525_600, "SLURM time limits beyond a year are a typo"),
+    "slurm.array_parallelism": Bound(1, 1_000_000, "beyond SLURM's MaxArraySize"),
+    "slurm.signal_delay_s": Bound(0, 86_400, "must also be below the time limit"),
+    "slurm.max_timeout_requeues": Bound(0, 1000, "a run requeued that often never ends"),
+    "local.parallelism": Bound(1, 1024, "runs at a time on this one machine"),
+    "gpu_hours_per_run": Bound(0, 1e7, "a typo: the flagship's runs take ~25"),
+    "gpu_hours_per_epoch": Bound(0, 1e7, "a typo: the flagship's epochs take ~0.12"),
+    "target_top1": Bound(0, 1, lo_open=True, interval=True),
+}
+
+
 def _check_spec(path: Path, spec: SpecSchema) -> None:
     if not spec.name or "/" in spec.name or spec.name.startswith("."):
         raise _fail(path, f"'name' must be a non-empty sweep name without '/' (got {spec.name!r})")
     if not spec.runs_root:
         raise _fail(path, "'runs_root' must be a folder path")
     s = spec.slurm
+    values = {f"slurm.{k}": getattr(s, k) for k in SlurmSpec.__dataclass_fields__}
+    values.update({"local.parallelism": spec.local.parallelism, "gpu_hours_per_run": spec.gpu_hours_per_run,
+                   "gpu_hours_per_epoch": spec.gpu_hours_per_epoch, "target_top1": spec.target_top1})
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _fail(path, f"{key} must be a finite number (got {value})")
     for key in ("nodes", "timeout_min", "array_parallelism"):
         if getattr(s, key) < 1:
             raise _fail(path, f"slurm.{key} must be an integer >= 1 (got {getattr(s, key)})")
@@ -338,6 +368,43 @@ def _check_spec(path: Path, spec: SpecSchema) -> None:
             raise _fail(path, f"{key} must be a number >= 0 (got {value})")
     if spec.target_top1 is not None and not 0 < spec.target_top1 <= 1:
         raise _fail(path, f"target_top1 must be a fraction in (0, 1] (got {spec.target_top1})")
+    try:
+        check_bounds({k: v for k, v in values.items() if v is not None}, SPEC_BOUNDS)
+    except ConfigError as exc:
+        raise _fail(path, str(exc)) from None
+    if s.signal_delay_s >= s.timeout_min * 60:
+        raise _fail(path, f"slurm.signal_delay_s ({s.signal_delay_s}) must be below the time limit "
+                          f"slurm.timeout_min x 60 ({s.timeout_min * 60}): the checkpoint signal would come at the start")
+
+
+def check_paths(spec: "SweepSpec", runs: list["PlannedRun"], dry_run: bool) -> list[str]:
+    """The spec's paths at plan time (``--dry-run`` included), before anything is written or
+    submitted: the sweep folder must be (or can be created as) a folder this user can write
+    into (the launcher writes claims and logs there); a data path that exists here must be
+    the right kind (a ``.beton`` file for ffcv, a folder for an ImageFolder) and readable.
+    A data path missing here is an error for a submission and, for ``--dry-run``, one of the
+    returned warnings (it must exist only where the jobs run)."""
+    for what, folder in (("runs_root", spec.runs_root), ("sweep folder", spec.sweep_dir)):
+        problem = out_dir_problem(folder)
+        if problem is not None:
+            raise _fail(spec.path, f"{what} {str(folder)!r} {problem}")
+    missing: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for run in runs:
+        for key in ("train_path", "val_path"):
+            path = run.config["data"][key]
+            if (key, path) in seen:
+                continue
+            seen.add((key, path))
+            problem = data_path_problem(run.config, key)
+            if problem == "does not exist":
+                if path not in missing:
+                    missing.append(path)
+            elif problem is not None:
+                raise _fail(spec.path, f"grid point {run.label()}: data.{key} {problem}: {path}")
+    if missing and not dry_run:
+        raise ConfigError(f"data path does not exist: {missing[0]} (grid of {spec.name}; --dry-run to plan anyway)")
+    return sorted(missing)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -544,12 +611,6 @@ def check_placements(spec: SweepSpec, runs: list[PlannedRun]) -> None:
         if problems:
             where = f"{spec.slurm.nodes} node(s) x {spec.slurm.tasks} task(s)"
             raise ConfigError(f"{spec.path}: grid point {run.label()}: {problems[0]} [resources: {where}]")
-
-
-def missing_data_paths(runs: list[PlannedRun]) -> list[str]:
-    """The data paths of these runs that do not exist on this machine."""
-    paths = sorted({r.config["data"][k] for r in runs for k in ("train_path", "val_path")})
-    return [p for p in paths if not Path(p).exists()]
 
 
 def run_hours(spec: SweepSpec, run: PlannedRun) -> Optional[float]:
