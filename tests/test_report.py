@@ -89,6 +89,14 @@ def test_paired_section_shows_each_at_its_best_and_folds_the_grid(report):
     assert folded.count("same (lr, wd)") == 12 and "each at its best" not in folded
 
 
+def test_time_to_target_shows_the_best_configs_and_folds_the_grid(report):
+    section = report.read_text().split("<h2>Time to target", 1)[1].split("<h2>", 1)[0]
+    shown, folded = section.split("<details>", 1)
+    first_cells = re.findall(r"<tr><td>([^<]*)</td>", shown)
+    assert first_cells == ["sgd", "sgdc"]  # one row per optimizer: its best config
+    assert "<summary>every config: 8 rows</summary>" in folded and len(re.findall(r"<tr><td>", folded)) == 8  # 2 x 2 x 2
+
+
 def test_report_verb_bad_spec_is_one_line_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing.yaml"), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

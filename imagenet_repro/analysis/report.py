@@ -198,8 +198,11 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
         "<h2>Time to target</h2>",
         f'<p class="note">Target top-1: {html.escape(target_text)} (the spec\'s <code>target_top1</code>, else the '
         "dataset default: ImageNet 77.43%, the AlgoPerf ResNet-50 validation target). Steps to the first eval "
-        "(intermediate evals on the val subset included) at or above it; means over the seeds that reached it.</p>",
-        _table(target_table(configs, runs), css="numbers"),
+        "(intermediate evals on the val subset included) at or above it; means over the seeds that reached it. "
+        "Each optimizer's best config:</p>",
+        _table(target_table(best, runs), css="numbers"),
+        (f"<details><summary>every config: {len(configs)} rows</summary>"
+         f'{_table(target_table(configs, runs), css="numbers")}</details>' if len(configs) > len(best) else ""),
         "<h2>Figures</h2>",
         *(_figure(figures_dir / f, cap) for f, cap in FIGURES),
         "<h2>Theory check</h2>",
