@@ -112,7 +112,7 @@ class TrainConfig:
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
     steps_per_epoch: int = 0  # >0 caps the steps of each epoch (smoke tests)
     grad_clip: float = 0.0  # 0 disables; norms are logged before clipping
-    progress: bool = True  # tqdm bar on rank 0
+    progress: bool = True  # rank 0: a tqdm bar on a terminal, else a plain line every 30 s (imagenet_repro.progress)
     deterministic: bool = False  # torch.use_deterministic_algorithms
     eval_every_steps: int = 0  # >0: also evaluate every N global steps (0: at epoch ends only)
     eval_subset: int = 0  # images of those intermediate evals (first N of val; 0: whole val set)

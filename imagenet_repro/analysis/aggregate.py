@@ -379,35 +379,42 @@ def summarize(runs: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as an aligned text table (mean ± std)."""
-    if summary.empty:
-        return "(no runs with an optimizer)"
+def _pm(mean: Any, std: Any, fmt: str) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std is not None and np.isfinite(std) else "")
 
-    def pm(row: pd.Series, name: str, fmt: str) -> str:
-        mean, std = row.get(f"{name}_mean", math.nan), row.get(f"{name}_std", math.nan)
-        if mean is None or not np.isfinite(mean):
-            return "-"
-        return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if np.isfinite(std) else "")
 
-    lines = []
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The best config per optimizer (:func:`summarize`), one row each, mean ± std as text: what
+    ``repro aggregate`` prints (:func:`format_summary`) and the report shows as an HTML table."""
+    rows = []
     for _, r in summary.iterrows():
-        lines.append({
+        def pm(name: str, fmt: str, scale: float = 1.0) -> str:
+            return _pm(scale * r.get(f"{name}_mean", math.nan), scale * r.get(f"{name}_std", math.nan), fmt)
+
+        rows.append({
             "optimizer": r["optimizer"],
             "best lr": f"{r['best_lr']:g}" if np.isfinite(r["best_lr"]) else "-",
             "best wd": f"{r['best_wd']:g}" if np.isfinite(r["best_wd"]) else "-",
             "seeds": int(r["n_seeds"]),
-            "final top-1 %": pm(r, "final_top1_pct", ".2f"),
-            "best top-1 %": pm(r, "best_top1_pct", ".2f"),
-            "|g| tail ratio": pm(r, "grad_norm_tail_ratio", ".3g"),
-            "|g|/|x| tail ratio": pm(r, "ratio_tail_ratio", ".3g"),
-            "|x| tail ratio": pm(r, "weight_norm_tail_ratio", ".3g"),
-            "theory |err| %": pm(pd.Series({"x_mean": 100 * r.get("theory_median_abs_err_mean", math.nan),
-                                            "x_std": 100 * r.get("theory_median_abs_err_std", math.nan)}), "x", ".1f"),
-            "steps to target": pm(r, "steps_to_target", ".0f"),
+            "final top-1 %": pm("final_top1_pct", ".2f"),
+            "best top-1 %": pm("best_top1_pct", ".2f"),
+            "|g| tail ratio": pm("grad_norm_tail_ratio", ".3g"),
+            "|g|/|x| tail ratio": pm("ratio_tail_ratio", ".3g"),
+            "|x| tail ratio": pm("weight_norm_tail_ratio", ".3g"),
+            "theory |err| %": pm("theory_median_abs_err", ".1f", 100.0),
+            "steps to target": pm("steps_to_target", ".0f"),
             "configs (diverged)": f"{r['n_configs']} ({r['n_configs_diverged']})",
         })
-    return pd.DataFrame(lines).to_string(index=False)
+    return pd.DataFrame(rows)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as an aligned text table (mean ± std)."""
+    if summary.empty:
+        return "(no runs with an optimizer)"
+    return summary_table(summary).to_string(index=False)
 
 
 def format_problems(runs: pd.DataFrame) -> str:

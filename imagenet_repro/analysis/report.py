@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 
 from imagenet_repro import files
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best, summarize
+from imagenet_repro.analysis.aggregate import summary_table as aggregate_summary_table
 from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, paired_display, paired_table
 from imagenet_repro.rundir import RunState
@@ -91,36 +91,14 @@ def status_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return table, [f"state-{s}" for s in r["state"]]
 
 
-def _pm(mean, std, fmt: str) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "-"
-    return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std is not None and np.isfinite(std) else "")
+# the report's column names for aggregate.summary_table's ASCII ones
+HTML_SUMMARY_NAMES = {"|g| tail ratio": "‖g‖ tail ratio", "|g|/|x| tail ratio": "‖g‖/‖x‖ tail ratio (normalized layers)",
+                      "|x| tail ratio": "‖x‖ tail ratio"}
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The best config per optimizer (``summarize``), one row each, mean ± std as text: the
-    columns of ``aggregate.format_summary``'s text table, as a frame for an HTML table."""
-    rows = []
-    for _, r in summary.iterrows():
-        def pm(name: str, fmt: str, scale: float = 1.0) -> str:
-            mean, std = r.get(f"{name}_mean", math.nan), r.get(f"{name}_std", math.nan)
-            return _pm(scale * mean, scale * std, fmt)
-
-        rows.append({
-            "optimizer": r["optimizer"],
-            "best lr": f"{r['best_lr']:g}" if np.isfinite(r["best_lr"]) else "-",
-            "best wd": f"{r['best_wd']:g}" if np.isfinite(r["best_wd"]) else "-",
-            "seeds": int(r["n_seeds"]),
-            "final top-1 %": pm("final_top1_pct", ".2f"),
-            "best top-1 %": pm("best_top1_pct", ".2f"),
-            "‖g‖ tail ratio": pm("grad_norm_tail_ratio", ".3g"),
-            "‖g‖/‖x‖ tail ratio (normalized layers)": pm("ratio_tail_ratio", ".3g"),
-            "‖x‖ tail ratio": pm("weight_norm_tail_ratio", ".3g"),
-            "theory |err| %": pm("theory_median_abs_err", ".1f", 100.0),
-            "steps to target": pm("steps_to_target", ".0f"),
-            "configs (diverged)": f"{r['n_configs']} ({r['n_configs_diverged']})",
-        })
-    return pd.DataFrame(rows)
+    """The best config per optimizer, one row each (:func:`aggregate.summary_table`), as the report names it."""
+    return aggregate_summary_table(summary).rename(columns=HTML_SUMMARY_NAMES)
 
 
 def target_table(configs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
