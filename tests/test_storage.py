@@ -302,3 +302,23 @@ def test_results_figures_and_report_on_a_read_only_disk_are_one_line(mounts, cap
         assert err.startswith(f"{E}could not write {root}/rep/") and err.endswith(": Read-only file system\n"), err
         assert err.count("\n") == 1
     assert sorted(p.name for p in (root / "rep").iterdir()) == before
+
+
+def test_repro_status_tells_a_dead_run_on_a_full_disk(mounts, capsys):
+    """The trainer died with the disk full and status.json still says running: `repro status`
+    (which caches its plan in the sweep folder) still tells the run is failed, and why."""
+    from imagenet_repro.sweep.spec import load_spec, resolve_runs
+
+    disk = mounts("disk", "size=1m")
+    spec = disk.parent / "s.yaml"
+    spec.write_text(f"name: s\nruns_root: {disk / 'runs'}\nbase: {DEMO}\n")
+    run = resolve_runs(load_spec(spec))[0].run_dir
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    rundir.write_status(run, "running", pid=dead.pid, pid_start="1", host=os.uname().nodename, step=16)
+    _fill(disk, 0)
+    assert main(["status", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"sweep s: 1 runs in {disk / 'runs' / 's'}: failed 1\n")
+    assert (f"{run.name}: process {dead.pid} on {os.uname().nodename} is gone while status.json says running "
+            f"(killed by a signal, a native crash or a disk it could not write)") in out

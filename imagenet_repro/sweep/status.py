@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from imagenet_repro import files, rundir
+from imagenet_repro.errors import StorageError
 from imagenet_repro.rundir import RunState
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.spec import SHORT_NAMES, SweepSpec, resolve_runs, same_value
@@ -96,7 +97,10 @@ def run_refs(spec: SweepSpec, use_cache: bool = True) -> list[RunRef]:
     runs = resolve_runs(spec)
     refs = [RunRef(r.run_id, r.run_dir, r.point, summary_of(r.config)) for r in runs]
     if spec.sweep_dir.is_dir():
-        save_plan_cache(spec, refs, fingerprint)
+        try:
+            save_plan_cache(spec, refs, fingerprint)
+        except StorageError:
+            pass  # only a cache: a full or read-only disk must not keep `repro status` from telling
     return refs
 
 
