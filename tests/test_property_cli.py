@@ -3,7 +3,7 @@ and outside the schema, each run through the real command line (``repro train`` 
 steps on a tiny ``.beton``, ``repro sweep --dry-run`` and, for some valid specs, a real
 sweep on the debug executor).  The property: exit 0 (a run ``done`` or ``diverged``), or exit
 2 with one line on stderr and nothing written; never a traceback (an exception out of
-``main``), another exit code, a hang (an alarm after ``HANG_S``) or a folder left behind.
+``main``), another exit code, a hang (see ``HANG_CPU_S``) or a folder left behind.
 
 The drawing knows nothing of :data:`imagenet_repro.config.BOUNDS`: "outside" values are
 the ones a user could type (negative, zero, huge, NaN, a word) and "inside" ones are small
@@ -11,7 +11,8 @@ values a tiny run can take, so the same test runs against an older checkout.
 
 Budget: ``HYPOTHESIS_PROFILE`` unset (``make test``): a fixed number of examples, derandomized
 (the same examples every run), about a minute; ``HYPOTHESIS_PROFILE=long``: ten times more.
-``PROPERTY_STATS=FILE`` appends one JSON line per example (kind, exit code, first line).
+``PROPERTY_STATS=FILE`` appends one JSON line per example (kind, exit code, first line);
+``PROPERTY_COLLECT=FILE`` and ``PROPERTY_SCHEMA=0``: see below (for counting an older checkout's bugs).
 """
 from __future__ import annotations
 
@@ -36,8 +37,14 @@ LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 # against an older checkout, whose schema was looser, and count only crashes)
 SCHEMA = os.environ.get("PROPERTY_SCHEMA", "1") != "0"
 TRAIN_EXAMPLES = 150 if LONG else 14
-SPEC_EXAMPLES = 300 if LONG else 30
-HANG_S = 120  # an example running longer than this is a failure (a run that never ends)
+SPEC_EXAMPLES = 250 if LONG else 25
+# a hang: an example using more than HANG_CPU_S of CPU (a run that never ends), or waiting
+# more than HANG_WALL_S (a deadlock); CPU time, so that a loaded machine is no hang
+HANG_CPU_S = float(os.environ.get("PROPERTY_HANG_CPU_S", 150))
+HANG_WALL_S = 1800
+# PROPERTY_COLLECT=FILE: record each violation there and go on (to list an older checkout's
+# bugs in one run); unset, a violation fails the test
+COLLECT = os.environ.get("PROPERTY_COLLECT")
 COMMON = dict(derandomize=True, deadline=None, database=None, print_blob=True,
               suppress_health_check=list(HealthCheck))
 
@@ -161,23 +168,44 @@ def tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+def violation(message: str) -> None:
+    if COLLECT:
+        with open(COLLECT, "a") as fh:
+            fh.write(message.replace("\n", "\\n")[:3000] + "\n")
+        raise _Collected
+    pytest.fail(message, pytrace=False)
+
+
+class _Collected(Exception):
+    pass
+
+
 def run_cli(argv: list[str], cwd: Path) -> tuple[int, str, str]:
-    """``main(argv)`` in ``cwd``: (exit code, stdout, stderr); an exception or a hang fails the test."""
+    """``main(argv)`` in ``cwd``: (exit code, stdout, stderr); an exception or a hang is a violation."""
     out, err = io.StringIO(), io.StringIO()
-    old_cwd, old_handler = os.getcwd(), signal.signal(signal.SIGALRM, _alarm)
+    old_cwd = os.getcwd()
+    handlers = {sig: signal.signal(sig, _alarm) for sig in (signal.SIGALRM, signal.SIGPROF)}
     os.chdir(cwd)
-    signal.alarm(HANG_S)
+    signal.alarm(HANG_WALL_S)
+    signal.setitimer(signal.ITIMER_PROF, HANG_CPU_S)
+    problem = None
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(argv)
     except _Hang:
-        pytest.fail(f"repro {' '.join(argv)}: still running after {HANG_S} s", pytrace=False)
+        problem = f"hang: still running after {HANG_CPU_S:g} CPU-s or {HANG_WALL_S} s"
     except SystemExit as exc:  # argparse
         code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # a traceback
+        problem = f"traceback: {type(exc).__name__}: {str(exc).strip().splitlines()[:1]}"
     finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.alarm(0)
-        signal.signal(signal.SIGALRM, old_handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         os.chdir(old_cwd)
+    if problem is not None:
+        violation(f"repro {' '.join(argv)}: {problem}")
     return code, out.getvalue(), err.getvalue()
 
 
@@ -189,10 +217,16 @@ def record(kind: str, code: int, err: str, draws) -> None:
                                  "draws": repr(draws)[:400]}) + "\n")
 
 
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        violation(message)
+
+
 def assert_refused_cleanly(code: int, err: str, before: set[str], after: set[str], argv: list[str]) -> None:
-    assert code == 2, f"exit {code} for repro {' '.join(argv)}; stderr: {err[-2000:]}"
-    assert err.count("\n") == 1 and err.startswith("repro: error: "), f"not one line: {err!r}"
-    assert after == before, f"written although refused: {sorted(after - before)[:5]} ({err.strip()})"
+    where = f"repro {' '.join(argv)}"
+    check(code == 2, f"{where}: exit {code}; stderr: {err[-1500:]}")
+    check(err.count("\n") == 1 and err.startswith("repro: error: "), f"{where}: not one line: {err[-1500:]!r}")
+    check(after == before, f"{where}: written although refused: {sorted(after - before)[:5]} ({err.strip()})")
 
 
 OUT_KINDS = ["new", "new", "new", "nested", "file", "under_file", "empty_name"]
@@ -202,6 +236,11 @@ OUT_KINDS = ["new", "new", "new", "nested", "file", "under_file", "empty_name"]
 @given(data=st.data())
 def test_repro_train_exit_0_or_one_line_exit_2(tiny, data):
     """``repro train`` of a drawn config and ``--out``."""
+    with contextlib.suppress(_Collected):
+        _train_example(tiny, data)
+
+
+def _train_example(tiny, data):
     changes = data.draw(perturbations(), label="overrides")
     out_kind = data.draw(st.sampled_from(OUT_KINDS), label="out")
     work = Path(tempfile.mkdtemp(prefix="prop-train-"))
@@ -216,9 +255,9 @@ def test_repro_train_exit_0_or_one_line_exit_2(tiny, data):
     record("train", code, err, (changes, out_kind))
     if code == 0:
         status = json.loads((work / out / "status.json").read_text())
-        assert status["state"] in ("done", "diverged"), status
-        assert not SCHEMA or (all(inside for _, _, inside in changes) and out_kind in ("new", "nested")), \
-            f"accepted: {changes} --out {out_kind}"
+        check(status["state"] in ("done", "diverged"), f"repro {' '.join(argv)}: exit 0 but {status}")
+        check(not SCHEMA or (all(inside for _, _, inside in changes) and out_kind in ("new", "nested")),
+              f"accepted: {changes} --out {out_kind}")
     else:
         assert_refused_cleanly(code, err, before, tree(work), argv)
 
@@ -282,9 +321,14 @@ def specs(draw) -> tuple[dict, list, str]:
 
 
 @settings(max_examples=SPEC_EXAMPLES, **COMMON)
-@given(drawn=specs(), real=st.integers(0, 4))
+@given(drawn=specs(), real=st.integers(0, 5))
 def test_repro_sweep_exit_0_or_one_line_exit_2(tiny, drawn, real):
     """``repro sweep --dry-run`` of a drawn spec; a valid small one is also swept for real (debug executor)."""
+    with contextlib.suppress(_Collected):
+        _sweep_example(tiny, drawn, real)
+
+
+def _sweep_example(tiny, drawn, real):
     spec, changes, root = drawn
     work = Path(tempfile.mkdtemp(prefix="prop-sweep-"))
     (work / "afile").write_text("x")
@@ -304,10 +348,12 @@ def test_repro_sweep_exit_0_or_one_line_exit_2(tiny, drawn, real):
         if code != 0:
             assert_refused_cleanly(code, err, before, tree(work), argv)
             return
-        assert valid or not SCHEMA, f"accepted: {changes}"
+        check(valid or not SCHEMA, f"accepted: {changes}")
         if "--dry-run" in argv:
-            assert out.startswith(f"sweep {spec['name']}: ") and tree(work) == before
+            check(out.startswith(f"sweep {spec['name']}: ") and tree(work) == before,
+                  f"repro {' '.join(argv)}: dry run printed {out[:200]!r} or wrote {sorted(tree(work) - before)[:5]}")
             if real or len(spec["axes"]["seed"]) * len(spec["axes"].get("optim.lr", [0])) > 2:
-                return  # a real sweep for one valid spec in five, of at most two runs
+                return  # a real sweep for one valid spec in six, of at most two runs
         else:
-            assert f"sweep {spec['name']}: " in out and "done" in out.splitlines()[-1], out[-1000:]
+            check(f"sweep {spec['name']}: " in out and "done" in out.splitlines()[-1],
+                  f"repro {' '.join(argv)}: {out[-1000:]}")
