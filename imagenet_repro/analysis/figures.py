@@ -1,8 +1,8 @@
 """The paper's figures from a sweep's aggregated tables, as PNG and PDF.
 
 ``make_figures(spec)`` reads ``results/<sweep>/runs.parquet`` and ``curves.parquet``
-(running ``aggregate_sweep`` first if they are missing) and writes to
-``results/<sweep>/figures/``:
+(running ``aggregate_sweep`` first if they are missing; ``read_tables``) and writes to
+``results/<sweep>/figures/`` the Figures that ``draw_figures(runs, curves)`` returns by stem:
 
     fig5_training_curves   test top-1 vs step (every eval, intermediate ones included), ||g|| vs step, ||x|| vs step and the
                            normalized-layer ||g||/||x|| with the theory, per optimizer at its
@@ -39,7 +39,7 @@ from imagenet_repro.analysis.theory import format_summary, summarize_agreement, 
 from imagenet_repro.sweep.spec import as_spec  # noqa: E402
 
 FORMATS = ("png", "pdf")
-THEME = {"style": "whitegrid", "context": "notebook"}  # seaborn's theme for every figure (make_figures sets it)
+THEME = {"style": "whitegrid", "context": "notebook"}  # seaborn's theme for every figure (draw_figures sets it)
 EMA_POINTS = 0.05  # EMA time constant as a fraction of the logged points
 
 
@@ -250,38 +250,57 @@ def theory_tables(picked: pd.DataFrame, window: tuple[float, float] | None = Non
     return per_layer, pd.DataFrame(rows)
 
 
-def make_figures(spec: str | Path, results_root: str | Path = "results", theory_window: tuple[float, float] | None = None,
-                 formats: Sequence[str] = FORMATS, quiet: bool = False) -> list[Path]:
-    """Draw every figure of the sweep of ``spec``; returns the files written."""
-    sweep = as_spec(spec)
-    res = Path(results_root) / sweep.name
+def read_tables(spec: str | Path, results_root: str | Path = "results", quiet: bool = False
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``runs.parquet`` and ``curves.parquet`` of the sweep of ``spec`` (aggregated first if missing)."""
+    res = Path(results_root) / as_spec(spec).name
     if not (res / "runs.parquet").is_file() or not (res / "curves.parquet").is_file():
         aggregate_sweep(spec, results_root=results_root, quiet=quiet)
-    runs = pd.read_parquet(res / "runs.parquet")
-    curves = pd.read_parquet(res / "curves.parquet")
+    return pd.read_parquet(res / "runs.parquet"), pd.read_parquet(res / "curves.parquet")
+
+
+def _with_layers(picked: pd.DataFrame) -> pd.DataFrame:
+    return picked[[Path(d, rundir.LAYERS).is_file() for d in picked["run_dir"]]]
+
+
+def draw_figures(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, plt.Figure]:
+    """Every figure of a sweep's tables, by file stem, drawn but not saved (the caller closes them)."""
     configs = config_table(runs)
     best = select_best(configs)
     picked = _best_runs(runs, best)
+    sns.set_theme(**THEME)
+    figures: dict[str, plt.Figure] = {}
+    if len(configs):
+        figures["heatmap_top1"] = fig_heatmaps(configs, best)
+    if len(picked):
+        figures["fig5_training_curves"] = fig_training_curves(curves, picked)
+        if len(_with_layers(picked)):
+            figures["fig2_layer_ratios"] = fig_layer_ratios(_with_layers(picked))
+    return figures
+
+
+def make_figures(spec: str | Path, results_root: str | Path = "results", theory_window: tuple[float, float] | None = None,
+                 formats: Sequence[str] = FORMATS, quiet: bool = False) -> list[Path]:
+    """Draw every figure of the sweep of ``spec`` and save it; returns the files written."""
+    sweep = as_spec(spec)
+    res = Path(results_root) / sweep.name
+    runs, curves = read_tables(spec, results_root, quiet)
     out = res / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(**THEME)
     written: list[Path] = []
-    if len(configs):
-        written += _save(fig_heatmaps(configs, best), out, "heatmap_top1", formats)
-    if len(picked):
-        written += _save(fig_training_curves(curves, picked), out, "fig5_training_curves", formats)
-        have_layers = picked[[Path(d, rundir.LAYERS).is_file() for d in picked["run_dir"]]]
-        if len(have_layers):
-            written += _save(fig_layer_ratios(have_layers), out, "fig2_layer_ratios", formats)
-            per_layer, summary = theory_tables(have_layers, theory_window)
-            for name, frame in (("theory_agreement.csv", per_layer), ("theory_summary.csv", summary)):
-                files.atomic_write(res / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
-                written.append(res / name)
-            if not quiet:
-                print("theory agreement (rel. error of sqrt(mean ||g||²)/||x|| vs prediction, best configs):")
-                for _, r in summary.iterrows():
-                    print(f"  {r['optimizer']} ({r['n_seeds']} seeds, window {r['window_start']:g}-{r['window_end']:g}):"
-                          f" {format_summary(r.to_dict())}")
+    for stem, fig in draw_figures(runs, curves).items():
+        written += _save(fig, out, stem, formats)
+    have_layers = _with_layers(_best_runs(runs, select_best(config_table(runs))))
+    if len(have_layers):
+        per_layer, summary = theory_tables(have_layers, theory_window)
+        for name, frame in (("theory_agreement.csv", per_layer), ("theory_summary.csv", summary)):
+            files.atomic_write(res / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+            written.append(res / name)
+        if not quiet:
+            print("theory agreement (rel. error of sqrt(mean ||g||²)/||x|| vs prediction, best configs):")
+            for _, r in summary.iterrows():
+                print(f"  {r['optimizer']} ({r['n_seeds']} seeds, window {r['window_start']:g}-{r['window_end']:g}):"
+                      f" {format_summary(r.to_dict())}")
     if not quiet:
         print(f"{sweep.name}: {len(written)} files -> {out}/")
     return written
