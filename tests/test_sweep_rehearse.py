@@ -4,7 +4,6 @@ gloo, real SLURM when the cluster is up, else submitit's local executor)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from imagenet_repro import cli, rundir
 from imagenet_repro.config import check_placement, placement_problems
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.sweep.launcher import slurm_available
 from imagenet_repro.sweep.rehearse import Scale, VariantResult, choose_variants, compare_runs, format_table, shrink
 from imagenet_repro.sweep.spec import load_spec
 
@@ -145,12 +145,6 @@ def test_rehearse_rejects_bad_flags(capsys):
 
 
 # ---------------------------------------------------------------------------- end to end
-def slurm_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    return subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
-
-
 def rehearse(spec: Path, root: Path) -> subprocess.CompletedProcess:
     """``repro sweep SPEC --rehearse`` as a user runs it (SLURM when it answers, else local)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -184,7 +178,7 @@ def test_flagship_rehearses_clean_under_two_rank_ddp(rehearsal_root):
     print(proc.stdout[-4000:], proc.stderr[-4000:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert f"cluster {'slurm' if slurm_up() else 'local'}" in out
+    assert f"cluster {'slurm' if slurm_available() else 'local'}" in out  # the launcher's own choice
     assert "2 rank(s) on CPU over gloo (spec: 8)" in out
     rows = table_rows(out)
     assert len(rows) == 2
