@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -150,7 +151,7 @@ def test_heatmap_marks_the_diverged_config_and_boxes_the_best(sweep):
     try:
         own_lrs = {"sgd": [0.1, 1000.0], "sgdc": [0.2]}  # each optimizer on its own lr grid
         for opt in ("sgd", "sgdc"):
-            ax = _panel(fig, opt)
+            (ax,) = [a for a in fig.axes if a.get_title() == opt]  # one panel per optimizer, titled by it
             cells = {(round(t.get_position()[0] - 0.5), round(t.get_position()[1] - 0.5)): t.get_text()
                      for t in ax.texts if t.get_text()}
             col = own_lrs[opt].index(BEST_LR[opt])
@@ -213,12 +214,14 @@ def test_report_shows_the_paired_intervals_and_verdicts_of_paired_csv(sweep):
             cls, text = "verdict-sig", f"{head} excludes zero (2 seeds)."
         assert f'<li class="{cls}">{html.escape(text)}</li>' in page
     # the best-config table: each optimizer's best lr and its mean ± std final top-1 over the 2 seeds
-    summary = page.split("<h2>Best config per optimizer</h2>")[1].split("</pre>")[0]
+    table = page.split("<h2>Best config per optimizer</h2>")[1].split("</table>")[0]
+    rows = [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+            for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)]
     for opt, lr in BEST_LR.items():
         top1 = 100 * np.array([evals_of(sweep, (opt, lr, s)).top1.iloc[-1] for s in (0, 1)])
-        line = next(line for line in summary.splitlines() if line.split()[:1] == [opt])
-        assert line.split()[1:4] == [f"{lr:g}", f"{WD:g}", "2"]
-        assert f"{top1.mean():.2f} ± {top1.std(ddof=1):.2f}" in line
+        (row,) = [r for r in rows if r[:1] == [opt]]
+        assert row[1:4] == [f"{lr:g}", f"{WD:g}", "2"]
+        assert row[4] == f"{top1.mean():.2f} ± {top1.std(ddof=1):.2f}"  # final top-1 %
     assert 'class="state-diverged"' in page
 
 
