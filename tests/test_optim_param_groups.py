@@ -164,7 +164,9 @@ def test_normalized_rule_is_a_checked_config_key_and_reaches_the_optimizer(tmp_p
     from imagenet_repro.errors import ConfigError
     from imagenet_repro.optim.factory import build_optimizer
 
-    data = {"train_path": str(tmp_path), "val_path": str(tmp_path), "num_classes": 10}
+    for name in ("train.beton", "val.beton"):  # data paths of the right kind (files): checked before the rule
+        (tmp_path / name).write_bytes(b"")
+    data = {"train_path": str(tmp_path / "train.beton"), "val_path": str(tmp_path / "val.beton"), "num_classes": 10}
     with pytest.raises(ConfigError, match="optim.normalized_rule must be graph or transformer"):
         build_config({"data": data, "optim": {"normalized_rule": "all"}})
     cfg = build_config({"data": data, "model": {"name": "timm:vit_tiny_patch16_224", "kwargs": {

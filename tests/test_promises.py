@@ -67,7 +67,13 @@ def test_data_write_takes_the_ffcv_imagenet_knobs(folder, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_slurm_keys_reach_the_sbatch_script(tmp_path):
+def test_slurm_keys_reach_the_sbatch_script(tmp_path, monkeypatch):
+    # submitit's SlurmExecutor looks for srun when built; the script it would submit needs no cluster
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     spec = tmp_path / "s.yaml"
     spec.write_text(f"name: s\nruns_root: {tmp_path / 'runs'}\nslurm: {{partition: gpuq, account: acct7, qos: high, "
                     "constraint: a100, mem_gb: 4, gpus_per_node: 2, cpus_per_task: 6, timeout_min: 90, "

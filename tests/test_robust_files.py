@@ -67,7 +67,7 @@ FILE_CASES = [
     ("beton", ("val_path", "empty"), [], "{path}: not a complete FFCV .beton file (0 bytes, shorter than the header)"),
     ("beton", ("val_path", "unfinalised"), [],
      "{path}: not a complete FFCV .beton file (header never finalised: the write was interrupted)"),
-    ("beton", ("train_path", "dir"), [], "dataset file not found: {path}"),
+    ("beton", ("train_path", "dir"), [], "data.train_path is a folder, not a file: {path}"),
     ("beton", (None, None), ["data.num_classes=5"],
      "data.train_path: {train} has labels 0..9, outside [0, data.num_classes=5): "
      "set data.num_classes to 10 or use the matching file"),
