@@ -24,9 +24,9 @@ test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM
 	@scripts/runtime-deps.sh test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-test-rehearsals: install  ## rehearse every other shipped spec end to end, reproduce one committed demo run (CI runs it after make test)
+test-rehearsals: install  ## the long tests: rehearse every other shipped spec, reproduce a committed demo run, the full fault/identity matrices (CI runs it after make test)
 	@scripts/runtime-deps.sh test
-	$(VENV)/bin/python -m pytest -m "rehearsal or reproduction" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "rehearsal or reproduction or long" $(PYTEST_ARGS)
 
 lint: install  ## ruff (pyflakes + import order) over the whole tree; the import graph has no cycles
 	$(VENV)/bin/ruff check .

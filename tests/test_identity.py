@@ -137,7 +137,8 @@ def test_every_non_metric_key_has_a_case():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", list(NON_METRIC_CASES))
+@pytest.mark.parametrize("key", [pytest.param(k, marks=() if k == "train.tensorboard" else pytest.mark.long)
+                                 for k in NON_METRIC_CASES])  # one in make test, every key in make test-rehearsals
 def test_non_metric_key_changed_mid_run_is_accepted_and_changes_no_table(tmp_path, reference, fmnist_tiny, key):
     out = tmp_path / "run"
     stopped_run(out, fmnist_tiny)

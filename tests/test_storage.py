@@ -99,13 +99,16 @@ SITES = [
     ("status.json", 1, errno.ENOSPC, ("last.pt", 16)),     # epoch 1's end, after its checkpoint; so is the failed one
 ]
 IDS = [f"{name}-after{after}-{errno.errorcode[code]}" for name, after, code, _ in SITES]
+# make test runs two sites (a checkpoint and status.json); make test-rehearsals runs them all (marker long)
+QUICK = {"last.pt-after1-EACCES", "status.json-after1-ENOSPC"}
+SITE_PARAMS = [pytest.param(*site, id=i, marks=() if i in QUICK else pytest.mark.long) for site, i in zip(SITES, IDS)]
 
 
 def _path(out: Path, name: str) -> Path:
     return out / ("checkpoints/" + name if name.startswith("last.pt") else name)
 
 
-@pytest.mark.parametrize("name,after,code,kept", SITES, ids=IDS)
+@pytest.mark.parametrize("name,after,code,kept", SITE_PARAMS)
 def test_failed_write_is_one_line_keeps_the_checkpoint_and_resumes_exactly(tmp_path, monkeypatch, capsys, reference,
                                                                           fmnist_tiny, name, after, code, kept):
     out = tmp_path / "run"
