@@ -13,6 +13,7 @@ import pytest
 from synthetic_runs import write_run
 
 from imagenet_repro import cli, rundir
+from imagenet_repro.config import to_yaml
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec, resolve_runs
 
@@ -242,6 +243,7 @@ def test_stage_two_launch_then_status_and_aggregate_see_one_sweep(tmp_path, caps
         # confirmed config falls below the single seed of the runner-up (0.69 / 0.71)
         write_run(run_dir, optimizer=cfg.optim.name, lr=cfg.optim.lr, wd=cfg.optim.weight_decay, seed=cfg.seed,
                   n_steps=40, epochs=2, layer_every=10, n_layers=2, eval_top1=[0.5, 0.68])
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))  # the folder holds the run's own config, as a trainer's
         return "done"
 
     assert launch(spec_path, cluster="debug", stage="2", trainer=trainer, poll_s=0.01) == 0
