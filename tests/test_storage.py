@@ -277,15 +277,20 @@ def test_full_and_read_only_disks_end_repro_train_with_one_line(mounts, fmnist_t
     full = mounts("full")
     _fill(full, 0)
     read_only = mounts("ro", "ro,size=1m")
-    for disk, reason in ((full, "No space left on device"), (read_only, "Read-only file system")):
-        out = disk / "run"
-        proc = subprocess.run([sys.executable, "-m", "imagenet_repro", "train", DEMO, *fmnist_tiny, "--out", str(out)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
-        first = out / "config.yaml" if disk == full else out
-        assert proc.stderr == (f"{E}could not write {first}: {reason}; kept: no checkpoint yet (the same command "
-                               f"starts over); status.json could not be written either\n")
-        assert rundir.read_status(out)["state"] == "pending"  # never started: nothing says running
+    out = full / "run"
+    proc = subprocess.run([sys.executable, "-m", "imagenet_repro", "train", DEMO, *fmnist_tiny, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr == (f"{E}could not write {out / 'config.yaml'}: No space left on device; kept: no checkpoint "
+                           f"yet (the same command starts over); status.json could not be written either\n")
+    assert rundir.read_status(out)["state"] == "pending"  # never started: nothing says running
+    # read-only: --out is checked before any work (imagenet_repro.paths), so it is bad input: exit 2, nothing made
+    out = read_only / "run"
+    proc = subprocess.run([sys.executable, "-m", "imagenet_repro", "train", DEMO, *fmnist_tiny, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert (proc.returncode, proc.stderr) == (2, f"{E}--out '{out}' cannot be created: this user cannot write into "
+                                                 f"{read_only}\n"), proc.stderr[-3000:]
+    assert not out.exists()
 
 
 def test_results_figures_and_report_on_a_read_only_disk_are_one_line(mounts, capsys):
@@ -299,10 +304,10 @@ def test_results_figures_and_report_on_a_read_only_disk_are_one_line(mounts, cap
     capsys.readouterr()
     subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
     before = sorted(p.name for p in (root / "rep").iterdir())
-    for verb in ("aggregate", "figures", "report"):
-        assert main([verb, str(spec), "--results", str(root)]) == 1, verb
+    for verb in ("aggregate", "figures", "report"):  # --results is checked before any work: bad input, exit 2
+        assert main([verb, str(spec), "--results", str(root)]) == 2, verb
         err = capsys.readouterr().err
-        assert err.startswith(f"{E}could not write {root}/rep/") and err.endswith(": Read-only file system\n"), err
+        assert err.startswith(f"{E}") and str(root) in err and "cannot write" in err, err
         assert err.count("\n") == 1
     assert sorted(p.name for p in (root / "rep").iterdir()) == before
 
