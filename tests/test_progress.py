@@ -153,6 +153,7 @@ def test_trainer_writes_plain_lines_to_a_log(tmp_path, fmnist_tiny, monkeypatch)
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test-rehearsals: the bar itself is tested above; this is the trainer through a pty
 def test_trainer_draws_a_bar_on_a_terminal(tmp_path, fmnist_tiny, monkeypatch):
     with terminal() as (stream, chunks):
         monkeypatch.setattr(sys, "stderr", stream)
