@@ -66,6 +66,7 @@ def write_stage_one(spec_path: Path, skip: int = 0) -> list:
         write_run(run.run_dir, optimizer=key[0], lr=key[1], wd=key[2], seed=0, n_steps=40, epochs=2,
                   layer_every=10, n_layers=2, eval_top1=[top1 - 0.1, top1],
                   state="diverged" if diverged else "done", stop_fraction=0.6 if diverged else 1.0)
+        (run.run_dir / "config.yaml").write_text(run.config_yaml())  # the planned config, as the trainer writes it
     return firsts
 
 
