@@ -263,11 +263,19 @@ def _with_layers(picked: pd.DataFrame) -> pd.DataFrame:
     return picked[[Path(d, rundir.LAYERS).is_file() for d in picked["run_dir"]]]
 
 
-def draw_figures(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, plt.Figure]:
-    """Every figure of a sweep's tables, by file stem, drawn but not saved (the caller closes them)."""
+def _best_config_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(configs, each optimizer's best config, the runs of those best configs)."""
     configs = config_table(runs)
     best = select_best(configs)
-    picked = _best_runs(runs, best)
+    return configs, best, _best_runs(runs, best)
+
+
+def draw_figures(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, plt.Figure]:
+    """Every figure of a sweep's tables, by file stem, drawn but not saved (the caller closes them)."""
+    return _draw(curves, *_best_config_runs(runs))
+
+
+def _draw(curves: pd.DataFrame, configs: pd.DataFrame, best: pd.DataFrame, picked: pd.DataFrame) -> dict[str, plt.Figure]:
     sns.set_theme(**THEME)
     figures: dict[str, plt.Figure] = {}
     if len(configs):
@@ -288,9 +296,10 @@ def make_figures(spec: str | Path, results_root: str | Path = "results", theory_
     out = res / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for stem, fig in draw_figures(runs, curves).items():
+    configs, best, picked = _best_config_runs(runs)  # selected once, for the figures and the theory tables
+    for stem, fig in _draw(curves, configs, best, picked).items():
         written += _save(fig, out, stem, formats)
-    have_layers = _with_layers(_best_runs(runs, select_best(config_table(runs))))
+    have_layers = _with_layers(picked)
     if len(have_layers):
         per_layer, summary = theory_tables(have_layers, theory_window)
         for name, frame in (("theory_agreement.csv", per_layer), ("theory_summary.csv", summary)):
