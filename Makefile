@@ -4,6 +4,7 @@ VENV ?= .venv
 REPRO := $(VENV)/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: help install lock demo test test-rehearsals lint rehearse sweep status aggregate figures report bench slurm-up slurm-down
 
@@ -20,13 +21,13 @@ demo: install  ## CPU demo: Fashion-MNIST (as root: installed) -> .beton -> swee
 	@scripts/runtime-deps.sh demo
 	$(REPRO) demo
 
-test: install lint  ## lint, then the test suite (unit + end-to-end: FFCV, SLURM, DDP over gloo, the flagship rehearsal)
+test: install lint  ## lint, then the test suite on 2 workers (unit + end-to-end: FFCV, SLURM, DDP over gloo), under 10 min
 	@scripts/runtime-deps.sh test
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-test-rehearsals: install  ## the long tests: rehearse every other shipped spec, reproduce a committed demo run, the full fault/identity matrices (CI runs it after make test)
+test-rehearsals: install  ## the long tests: rehearse every shipped spec, reproduce a committed demo run, the full fault/identity matrices (CI runs it after make test)
 	@scripts/runtime-deps.sh test
-	$(VENV)/bin/python -m pytest -m "rehearsal or reproduction or long" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "rehearsal or reproduction or long" $(PYTEST_ARGS)
 
 lint: install  ## ruff (pyflakes + import order) over the whole tree; the import graph has no cycles
 	$(VENV)/bin/ruff check .

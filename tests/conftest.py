@@ -32,10 +32,20 @@ def slurm_answers() -> bool:
 SLURM_SKIP = "SLURM tests: no cluster answers sinfo, and "
 
 
+# The modules whose tests submit to the cluster (explicitly, or through the launcher's `auto`,
+# which picks SLURM when it answers): under `make test`'s two pytest-xdist workers they run
+# one after another in one worker, as the single-node cluster runs one 2-rank job at a time.
+CLUSTER_MODULES = ("test_sweep_cluster.py", "test_sweep_families.py", "test_sweep_rehearse.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `slurm` use a running cluster, else start one with scripts/slurm-up.sh --
     the only part of the suite that needs root (and apt-get). Where neither is possible they
-    are skipped with one reason, reported in one line (below)."""
+    are skipped with one reason, reported in one line (below). Cluster tests share one
+    xdist group (`--dist loadgroup`)."""
+    for item in items:
+        if item.get_closest_marker("slurm") or item.path.name in CLUSTER_MODULES:
+            item.add_marker(pytest.mark.xdist_group("cluster"))
     slurm = [item for item in items if item.get_closest_marker("slurm")]
     if not slurm or slurm_answers():
         return
@@ -102,6 +112,19 @@ def fmnist_tiny(fmnist_betons) -> list[str]:
         "optim.lr=0.1", "optim.weight_decay=0.005", "optim.momentum=0.9", "model.head_norm=false",
     ]
 
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, fmnist_tiny) -> Path:
+    """One uninterrupted run of experiments/demo.yaml with :func:`fmnist_tiny`, trained once per
+    session (per xdist worker): the reference that the fault, storage and identity tests
+    compare their interrupted and resumed runs with.  Read it, never write into it."""
+    from imagenet_repro.config import load_config
+    from imagenet_repro.train.loop import run_training
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert run_training(load_config(str(REPO / "experiments" / "demo.yaml"), fmnist_tiny), out) == "done"
+    return out
 
 # ---------------------------------------------------------------------------- planning
 @pytest.fixture

@@ -47,11 +47,9 @@ def stopped_run(out: Path, overrides: list[str], at: int = STOP_AT) -> None:
     assert rundir.read_status(out)["state"] == "failed"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, fmnist_tiny) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "run"
-    assert run_training(load_config(DEMO, fmnist_tiny), out) == "done"
-    return out
+@pytest.fixture
+def reference(reference_run) -> Path:
+    return reference_run
 
 
 # ------------------------------------------------------------------ unit: the comparison

@@ -385,13 +385,12 @@ def test_native_abort_is_reconciled_as_failed(tmp_path, fmnist_betons):
 
 # ------------------------------------------------------------------------ exact resume from prev.pt
 @pytest.mark.slow
-def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_tiny):
+def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_tiny, reference_run):
     """SIGKILL mid-run with a checkpoint every few steps, truncate last.pt as a partial copy
     would: the run resumes from prev.pt and its tables equal an uninterrupted run's."""
     from imagenet_repro.train.loop import run_training
 
-    full = tmp_path / "full"
-    assert run_training(load_config(DEMO, fmnist_tiny), full) == "done"
+    full = reference_run
 
     killed = tmp_path / "killed"
     # a checkpoint every ~0.1 s, none forced at the epoch end: so the previous checkpoint can

@@ -77,11 +77,9 @@ def temporaries(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, fmnist_tiny) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "run"
-    assert run_training(load_config(DEMO, fmnist_tiny), out) == "done"
-    return out
+@pytest.fixture
+def reference(reference_run) -> Path:
+    return reference_run
 
 
 # fmnist_tiny: 2 epochs of 16 steps, a checkpoint at each epoch end (steps 16 and 32).

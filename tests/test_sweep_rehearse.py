@@ -168,6 +168,7 @@ def rehearsal_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.rehearsal  # five minutes on 2 cores (six serial 2-rank ResNet-50 jobs): make test-rehearsals
 def test_flagship_rehearses_clean_under_two_rank_ddp(rehearsal_root):
     """The paper's grid, real ResNet-50, 2 ranks: every variant starts, is killed after a
     mid-epoch checkpoint, resumes exactly; aggregate and figures run over the rehearsal."""
