@@ -1,4 +1,4 @@
-"""Every example of the README's "Add an optimizer" section runs: the own-module file, its YAML,
+"""Every example of docs/optimizers.md ("Add an optimizer") runs: the own-module file, its YAML,
 the entry point, the library optimizers by name and the correction switch."""
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ TINY_VIT = {"name": "timm:vit_tiny_patch16_224",
 
 
 def section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("## Add an optimizer")
-    return text[start:text.index("\n## ", start + 1)]
+    return (REPO / "docs" / "optimizers.md").read_text()
 
 
 def blocks(lang: str) -> list[str]:
@@ -40,7 +38,7 @@ def fresh_signsgd(monkeypatch):
             del sys.modules[name]
         registry._LOADED.discard("my_optimizers.signsgd")
 
-    monkeypatch.chdir(REPO)  # the README's paths are relative to the repository
+    monkeypatch.chdir(REPO)  # the page's paths are relative to the repository
     purge()
     yield
     purge()
