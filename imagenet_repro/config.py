@@ -379,7 +379,8 @@ class ContainerView(dict):
 
     The sweep planner types each grid point with OmegaConf (per axis value, once) and then
     validates hundreds of plain containers: wrapping each in a DictConfig would cost more
-    than the rest of the plan.  Nothing is typed or converted here."""
+    than the rest of the plan.  Nothing is typed or converted here: :func:`validate` reads
+    a plain container through it (the container is not copied)."""
 
     def __getattr__(self, item: str) -> Any:
         try:
@@ -392,8 +393,10 @@ class ContainerView(dict):
         return ContainerView(value) if isinstance(value, dict) else value
 
 
-def validate(cfg: DictConfig, check_paths: bool = True) -> None:
+def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
     """Every field of every section: finite numbers, ranges, lengths, cross-field rules.
+
+    ``cfg``: a RunConfig or its resolved plain container (a sweep's grid point).
 
     Types and the choice fields (StrEnums) are checked by OmegaConf when the layers are
     merged; this checks what types cannot express.  Raises ConfigError with one line.
@@ -404,6 +407,8 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
         known_model,  # here: torch and torchvision load when a config is checked, not on import
     )
 
+    if isinstance(cfg, dict) and not isinstance(cfg, ContainerView):
+        cfg = ContainerView(cfg)
     leaves = dict(_leaves(cfg))
     for key, value in leaves.items():
         if isinstance(value, float):

@@ -368,8 +368,8 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
 
     analysis = []
     try:
-        aggregate_sweep(ref_sweep, results_root=root / "results", quiet=True)
-        files = make_figures(ref_sweep, results_root=root / "results", quiet=True)
+        aggregate_sweep(ref_sweep.sweep_dir, results_root=root / "results", quiet=True)  # its sweep.json
+        files = make_figures(ref_sweep.sweep_dir, results_root=root / "results", quiet=True)
         analysis.append(f"aggregate + figures: {len(files)} files in {root / 'results' / spec.name}/")
     except Exception as exc:  # reported in the table's verdict, not raised
         analysis.append(f"aggregate/figures FAILED: {describe(exc)}")
