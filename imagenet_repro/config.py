@@ -284,12 +284,6 @@ def _num(b: float) -> str:
     return str(b) if isinstance(b, int) else f"{b:g}"
 
 
-def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-    bounds = ", ".join(_num(b) for b in (lo, hi))
-    _require(_in(value, lo, hi, lo_open, hi_open),
-             f"{key} must be in {'(' if lo_open else '['}{bounds}{')' if hi_open else ']'} (got {value})")
-
-
 @dataclass(frozen=True)
 class Bound:
     """The range of one numeric knob, ``lo`` to ``hi`` (ends open with ``lo_open``/``hi_open``).
@@ -431,23 +425,7 @@ def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
              f"schedule.milestones must be increasing fractions of the run in (0, 1) (got {list(s.milestones)})")
     check_bounds(leaves, BOUNDS)  # every numeric knob's own range (the table above)
 
-    o = cfg.optim
-    _require(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
-    if "momentum" in o:
-        _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
-    if "dampening" in o:
-        _range("optim.dampening", o.dampening, 0, 1, hi_open=True)
-    if o.get("nesterov"):
-        _require(o.momentum > 0 and o.dampening == 0,
-                 f"optim.nesterov needs optim.momentum > 0 and optim.dampening = 0 "
-                 f"(got momentum {o.momentum}, dampening {o.dampening})")
-    if "betas" in o:
-        _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
-                 f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})")
-    if "eps" in o:
-        _require(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
-    check_optim_config(o)  # normalized_rule, corrected_decay, and the optimizer's own checks
+    check_optim_config(cfg.optim)  # the optimizer's own keys (its config's check), normalized_rule, corrected_decay
 
     if d.end_ramp > 0:
         _require(d.start_ramp <= d.end_ramp,

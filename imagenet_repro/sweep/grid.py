@@ -1,4 +1,25 @@
-"""GRIDDOC"""
+"""A sweep's grid points, ``--only``, and each point resolved into a validated run.
+
+Every point of every grid (:func:`grid_points`; ``--only KEY=VAL`` keeps some,
+:func:`select_points`) becomes a :class:`PlannedRun` in :func:`resolve_runs`: a
+``build_config`` template per (grid, optimizer) (:class:`_Templates`), the point's axis
+values typed by an OmegaConf merge into that template (once per value, not per point),
+set into a copy of the template's plain container, then ``validate`` and ``config_hash``
+(the run id) on that container.
+
+The forms a grid point takes from the spec to the submitted job, three:
+
+1. **YAML** in the spec file: its axis values and overrides (read by :func:`.spec.load_spec`).
+2. **The plain container** (``PlannedRun.config``, a ``dict``): the resolved RunConfig of the
+   point.  ``validate`` reads it in place (through an attribute view, no copy), the run id
+   is the hash of its canonical JSON bytes (a digest, not a form passed on), placement and
+   cost read it, and submitit pickles this same dict into the job.
+3. **The RunConfig** (a DictConfig): ``build_config(config)`` in the job
+   (:class:`~imagenet_repro.sweep.job.TrainJob`), what the trainer runs.
+
+The template and the per-value typing are OmegaConf objects, built once per (grid,
+optimizer) and per axis value: no point is ever a DictConfig or YAML text in between.
+"""
 from __future__ import annotations
 
 import copy

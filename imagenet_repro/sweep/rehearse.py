@@ -4,7 +4,7 @@ the way the real sweep will run it, before a GPU-hour is spent.
 For a spec it:
 
 1. plans the real grid (every point resolved and validated, and checked against the
-   spec's resources by :func:`~imagenet_repro.sweep.spec.check_placements`, the rules the
+   spec's resources by :func:`~imagenet_repro.sweep.placement.check_placements`, the rules the
    trainer applies at start);
 2. picks the variants (:func:`choose_variants`): every optimizer (and every value of any
    other non-numeric axis) and the smallest and largest value of every numeric axis

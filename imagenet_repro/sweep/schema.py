@@ -27,6 +27,7 @@ from imagenet_repro.sweepdir import SweepDescription
 AXIS_ALIASES = {"optimizer": "optim.name"}
 SHORT_NAMES = {"optim.name": "optimizer", "optim.lr": "lr", "optim.weight_decay": "wd"}
 
+
 @dataclass(frozen=True)
 class SlurmSpec:
     """Resources of one run (one array task); names follow submitit's executor parameters."""
