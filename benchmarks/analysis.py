@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import pyarrow.parquet as pq  # noqa: E402
-from synthetic_runs import write_grid, write_spec  # noqa: E402
+from synthetic_runs import describe, write_grid, write_spec  # noqa: E402
 
 from imagenet_repro.files import atomic_write_text
 
@@ -66,13 +66,13 @@ def main() -> int:
         read_only_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        agg = aggregate_sweep(spec, results_root=work / "results")
+        agg = aggregate_sweep(describe(spec), results_root=work / "results")
         aggregate_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        files = make_figures(spec, results_root=work / "results")
+        files = make_figures(describe(spec), results_root=work / "results")
         figures_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        report = make_report(spec, results_root=work / "results")
+        report = make_report(describe(spec), results_root=work / "results")
         report_s = time.perf_counter() - t0
         total = aggregate_s + figures_s + report_s
         result = {

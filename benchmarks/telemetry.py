@@ -55,8 +55,6 @@ def main() -> None:
 
     model = build_model(M, 1000).to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
     opt = build_optimizer(model, O, example_input=torch.zeros(2, 3, res, res, device=device))
-    for g in opt.param_groups:
-        g["lr_max"] = g["lr"]
     index = {n: i for i, g in enumerate(opt.param_groups) for n in g["names"]}
     normalized = {n for g in opt.param_groups if g["normalized"] for n in g["names"]}
     tel = Telemetry(list(model.named_parameters()), normalized,

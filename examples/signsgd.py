@@ -9,13 +9,18 @@ from dataclasses import dataclass
 
 import torch
 
-from imagenet_repro.optim import OptimConfig, register_optimizer
+from imagenet_repro.optim import OptimConfig, register_optimizer, require
 
 
 @dataclass
 class SignSGDConfig(OptimConfig):
     name: str = "signsgd"
     scale: float = 1.0  # step length multiplier: an `optim.scale` key
+
+    @classmethod
+    def check(cls, o) -> None:  # the rules of its own keys, after the shared ones (lr, weight_decay)
+        super().check(o)
+        require(o.scale > 0, f"optim.scale must be > 0 (got {o.scale})")
 
 
 @register_optimizer("signsgd", config=SignSGDConfig)

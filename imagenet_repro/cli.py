@@ -83,39 +83,54 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_results(args: argparse.Namespace) -> None:
-    """--results and the folders and files the analysis writes under it, before any work."""
-    from imagenet_repro.paths import check_out_file
-    from imagenet_repro.sweep.spec import load_spec
+def _analysed_sweep(args: argparse.Namespace):
+    """The sweep an analysis verb reads, its description (:mod:`imagenet_repro.sweepdir`), after
+    --results and the folders and files the analysis writes under it are checked, before any work.
 
-    res = check_out_dir(args.results, "--results") / load_spec(args.spec).name
+    ``args.spec`` is a sweep spec or a sweep folder holding ``sweep.json``.  From a spec, the
+    description is (re)written into the sweep folder when that folder exists and holds another
+    or none (a folder launched before the launcher wrote ``sweep.json``); if it cannot be
+    written there, a warning says so and the analysis goes on with the spec's description."""
+    from imagenet_repro.paths import check_out_file
+    from imagenet_repro.sweepdir import read_description, write_description
+
+    if Path(args.spec).is_dir():
+        sweep = read_description(args.spec)
+    else:
+        from imagenet_repro.sweep.spec import load_spec
+
+        sweep = load_spec(args.spec).description()
+    res = check_out_dir(args.results, "--results") / sweep.name
     check_out_dir(res, "results folder")
     check_out_dir(res / "figures", "figures folder")
     if args.verb == "report":
         check_out_file(res / "report.html", "report")
+    if not Path(args.spec).is_dir() and sweep.folder.is_dir():
+        try:
+            write_description(sweep)
+        except StorageError as exc:
+            print(f"repro {args.verb}: warning: {exc}; the analysis reads the spec's description", file=sys.stderr)
+    return sweep
 
 
 def _aggregate(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.aggregate import aggregate_sweep
 
-    _check_results(args)
-    aggregate_sweep(args.spec, results_root=args.results)
+    aggregate_sweep(_analysed_sweep(args), results_root=args.results)
     return 0
 
 
 def _figures(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.figures import make_figures
 
-    _check_results(args)
-    make_figures(args.spec, results_root=args.results)
+    make_figures(_analysed_sweep(args), results_root=args.results)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from imagenet_repro.analysis.report import make_report
 
-    _check_results(args)
-    make_report(args.spec, results_root=args.results)
+    make_report(_analysed_sweep(args), results_root=args.results)
     return 0
 
 
@@ -224,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                            ("figures", _figures, "draw the paper's figures from the aggregated tables"),
                            ("report", _report, "write results/<sweep>/report.html: one self-contained page")):
         a = sub.add_parser(verb, help=text)
-        a.add_argument("spec")
+        a.add_argument("spec", help="the sweep spec, or the sweep folder (<runs_root>/<name>, holding sweep.json)")
         a.add_argument("--results", default="results", help="results root (default: results)")
         a.set_defaults(fn=fn)
 

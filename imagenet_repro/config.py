@@ -284,12 +284,6 @@ def _num(b: float) -> str:
     return str(b) if isinstance(b, int) else f"{b:g}"
 
 
-def _range(key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-    bounds = ", ".join(_num(b) for b in (lo, hi))
-    _require(_in(value, lo, hi, lo_open, hi_open),
-             f"{key} must be in {'(' if lo_open else '['}{bounds}{')' if hi_open else ']'} (got {value})")
-
-
 @dataclass(frozen=True)
 class Bound:
     """The range of one numeric knob, ``lo`` to ``hi`` (ends open with ``lo_open``/``hi_open``).
@@ -379,7 +373,8 @@ class ContainerView(dict):
 
     The sweep planner types each grid point with OmegaConf (per axis value, once) and then
     validates hundreds of plain containers: wrapping each in a DictConfig would cost more
-    than the rest of the plan.  Nothing is typed or converted here."""
+    than the rest of the plan.  Nothing is typed or converted here: :func:`validate` reads
+    a plain container through it (the container is not copied)."""
 
     def __getattr__(self, item: str) -> Any:
         try:
@@ -392,8 +387,10 @@ class ContainerView(dict):
         return ContainerView(value) if isinstance(value, dict) else value
 
 
-def validate(cfg: DictConfig, check_paths: bool = True) -> None:
+def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
     """Every field of every section: finite numbers, ranges, lengths, cross-field rules.
+
+    ``cfg``: a RunConfig or its resolved plain container (a sweep's grid point).
 
     Types and the choice fields (StrEnums) are checked by OmegaConf when the layers are
     merged; this checks what types cannot express.  Raises ConfigError with one line.
@@ -404,6 +401,8 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
         known_model,  # here: torch and torchvision load when a config is checked, not on import
     )
 
+    if isinstance(cfg, dict) and not isinstance(cfg, ContainerView):
+        cfg = ContainerView(cfg)
     leaves = dict(_leaves(cfg))
     for key, value in leaves.items():
         if isinstance(value, float):
@@ -426,23 +425,7 @@ def validate(cfg: DictConfig, check_paths: bool = True) -> None:
              f"schedule.milestones must be increasing fractions of the run in (0, 1) (got {list(s.milestones)})")
     check_bounds(leaves, BOUNDS)  # every numeric knob's own range (the table above)
 
-    o = cfg.optim
-    _require(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
-    if "momentum" in o:
-        _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1) (got {o.momentum})")
-    if "dampening" in o:
-        _range("optim.dampening", o.dampening, 0, 1, hi_open=True)
-    if o.get("nesterov"):
-        _require(o.momentum > 0 and o.dampening == 0,
-                 f"optim.nesterov needs optim.momentum > 0 and optim.dampening = 0 "
-                 f"(got momentum {o.momentum}, dampening {o.dampening})")
-    if "betas" in o:
-        _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
-                 f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})")
-    if "eps" in o:
-        _require(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
-    check_optim_config(o)  # normalized_rule, corrected_decay, and the optimizer's own checks
+    check_optim_config(cfg.optim)  # the optimizer's own keys (its config's check), normalized_rule, corrected_decay
 
     if d.end_ramp > 0:
         _require(d.start_ramp <= d.end_ramp,

@@ -17,6 +17,7 @@ from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.analysis.report import make_report
 from imagenet_repro.data import writer
 from imagenet_repro.sweep.launcher import launch
+from imagenet_repro.sweep.spec import load_spec
 
 DATA_DIR = Path("data/fashion_mnist")
 
@@ -29,8 +30,9 @@ def run_demo(spec: str, cluster: str = "auto") -> int:
     print(f"demo: sweep {spec}", flush=True)
     code = launch(spec, cluster=cluster, dry_run=False, only=[], wait=True)
     print("demo: aggregate, figures and report", flush=True)
-    aggregate_sweep(spec, results_root="results")
-    make_figures(spec, results_root="results")
-    report = make_report(spec, results_root="results")
+    sweep = load_spec(spec).sweep_dir  # its sweep.json, written by the launcher
+    aggregate_sweep(sweep, results_root="results")
+    make_figures(sweep, results_root="results")
+    report = make_report(sweep, results_root="results")
     print(f"demo: finished in {(time.monotonic() - t0) / 60:.1f} min; see results/demo/ and {report}", flush=True)
     return code

@@ -1,11 +1,13 @@
 """The package's import graph: every module, what it imports of the package, and a check.
 
-    python scripts/import_graph.py            # the graph, one line per module, then the check
+    python scripts/import_graph.py            # the graph, module by module and package by package, then the check
     python scripts/import_graph.py --check    # only the check (make lint runs it)
 
 Read from the source (``ast``), not by importing, so it sees every import: those at the
 top of a module and those inside functions.  The check fails (exit 1, one line per
-problem) on an import cycle between modules, counting both kinds, and on a function-level
+problem) on an import cycle between modules, counting both kinds; on a cycle between
+packages (``sweep`` -> ``analysis`` and ``analysis`` -> ``sweep``, through any of their
+modules; a top-level module counts as a package of its own); and on a function-level
 import of the package's own modules that :data:`DEFERRED` does not list with its reason.
 """
 from __future__ import annotations
@@ -117,12 +119,41 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def problems(root: Path) -> list[str]:
+def package_of(module: str) -> str:
+    """``imagenet_repro.sweep.spec`` -> ``imagenet_repro.sweep``; a top-level module (or the package) is its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def package_graph(every: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Package -> the other packages its modules import (top-level and function-level imports)."""
+    out: dict[str, set[str]] = {}
+    for module, targets in every.items():
+        here = package_of(module)
+        out.setdefault(here, set()).update(package_of(t) for t in targets if package_of(t) != here)
+    return out
+
+
+def all_imports(root: Path) -> dict[str, set[str]]:
     top, deferred = graph(root)
     every = {m: set(t) for m, t in top.items()}
     for module, target, _ in deferred:
         every[module].add(target)
+    return every
+
+
+def problems(root: Path) -> list[str]:
+    _, deferred = graph(root)
+    every = all_imports(root)
     out = [f"import cycle among: {', '.join(c)}" for c in cycles(every)]
+    packages = package_graph(every)
+    for cycle in cycles(packages):
+        edges = []
+        for a in cycle:
+            for b in sorted(packages[a] & set(cycle)):
+                m, t = min((m, t) for m, ts in every.items() for t in ts if package_of(m) == a and package_of(t) == b)
+                edges.append(f"{m} imports {t}")
+        out.append(f"package import cycle among: {', '.join(cycle)} ({'; '.join(edges)})")
     for module, target, line in deferred:
         if (module, target) not in DEFERRED and (module, "*") not in DEFERRED:
             out.append(f"{module}:{line}: imports {target} inside a function (move it to the top, or list it in "
@@ -145,11 +176,15 @@ def main(argv: list[str] | None = None) -> int:
             print(line + (f"  [in functions: {', '.join(short(t) for t in later)}]" if later else ""))
         print(f"{len(top)} modules, {sum(map(len, top.values()))} top-level imports, "
               f"{len(deferred)} function-level imports of the package's own modules")
+        print("packages (a top-level module is its own; function-level imports included):")
+        packages = package_graph(all_imports(root))
+        for package in sorted(packages):
+            print(f"  {short(package)} => {', '.join(short(t) for t in sorted(packages[package])) or '(nothing)'}")
     found = problems(root)
     for problem in found:
         print(problem, file=sys.stderr)
     if not found:
-        print("import graph: no cycles; every function-level import of the package is listed in DEFERRED")
+        print("import graph: no cycles between modules or packages; every function-level import of the package is listed in DEFERRED")
     return 1 if found else 0
 
 

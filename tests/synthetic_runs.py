@@ -137,6 +137,14 @@ def write_spec(path: Path, name: str, runs_root: Path) -> Path:
     return path
 
 
+def describe(spec: Path):
+    """The description of the sweep of ``spec`` that the analysis reads (the launcher writes
+    it as ``sweep.json``; synthetic sweeps are never launched)."""
+    from imagenet_repro.sweep.spec import load_spec
+
+    return load_spec(spec).description()
+
+
 def write_grid(runs_root: Path, name: str, optimizers=("sgd", "sgdc"), lrs=(0.1, 0.5, 2.0),
                wds=(1e-5, 5e-5, 2e-4), seeds=(0, 1), diverge_lr: float | None = None, **kw) -> list[Path]:
     """A full grid under ``runs_root/name``; runs with lr >= ``diverge_lr`` and seed 0 diverge."""

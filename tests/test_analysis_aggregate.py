@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_runs import truncate_file, write_run, write_spec
+from synthetic_runs import describe, truncate_file, write_run, write_spec
 
 from imagenet_repro.analysis.aggregate import aggregate_runs, aggregate_sweep
 from imagenet_repro.analysis.metrics import bin_index, binned_means, tail_ratio
+from imagenet_repro.cli import main
 from imagenet_repro.errors import ConfigError
-from imagenet_repro.sweep.spec import as_spec
+from imagenet_repro.sweep.spec import load_spec
+from imagenet_repro.sweepdir import read_description
 
 N = 100  # steps 0..99: the 40-60% window is steps 40..59, the last 10% is 90..99
 
@@ -74,7 +76,7 @@ def test_metric_helpers_by_hand():
 
 def test_states_are_all_reported_and_counted(sweep, capsys):
     spec, results = sweep
-    agg = aggregate_sweep(spec, results_root=results)
+    agg = aggregate_sweep(describe(spec), results_root=results)
     assert agg.counts == {"done": 5, "diverged": 1, "running": 1, "failed": 1, "corrupt": 2}
     states = agg.runs.set_index("run_id")["state"]
     assert states["a3"] == "corrupt" and states["d2"] == "corrupt"
@@ -90,7 +92,7 @@ def test_states_are_all_reported_and_counted(sweep, capsys):
 
 def test_exact_per_run_numbers(sweep):
     spec, _ = sweep
-    runs = aggregate_runs(sorted(as_spec(spec).sweep_dir.iterdir())).runs.set_index("run_id")
+    runs = aggregate_runs(sorted(load_spec(spec).sweep_dir.iterdir())).runs.set_index("run_id")
     a0 = runs.loc["a0"]
     assert (a0["optimizer"], a0["lr"], a0["wd"], a0["seed"]) == ("sgd", 0.1, 1e-4, 0)
     assert a0["grad_norm_tail_ratio"] == pytest.approx(2.5)
@@ -106,7 +108,7 @@ def test_exact_per_run_numbers(sweep):
 
 def test_curves_are_downsampled(sweep):
     spec, _ = sweep
-    agg = aggregate_runs(sorted(as_spec(spec).sweep_dir.iterdir()), max_points=20)
+    agg = aggregate_runs(sorted(load_spec(spec).sweep_dir.iterdir()), max_points=20)
     a0 = agg.curves[agg.curves["run_id"] == "a0"]
     train, ev = a0[a0["source"] == "train"], a0[a0["source"] == "eval"]
     assert len(train) == 20 and len(ev) == 4
@@ -118,7 +120,7 @@ def test_curves_are_downsampled(sweep):
 
 def test_best_config_and_summary(sweep):
     spec, results = sweep
-    agg = aggregate_sweep(spec, results_root=results, quiet=True)
+    agg = aggregate_sweep(describe(spec), results_root=results, quiet=True)
     cfg = agg.configs.set_index(["optimizer", "lr"])
     assert bool(cfg.loc[("sgd", 0.2), "eligible"]) is False and cfg.loc[("sgd", 0.2), "n_diverged"] == 1
     assert cfg.loc[("sgd", 0.1), "n_done"] == 2 and cfg.loc[("sgd", 0.1), "n_failed"] == 1
@@ -134,13 +136,40 @@ def test_best_config_and_summary(sweep):
     assert sgdc["final_top1_pct_mean"] == pytest.approx(71.0)
 
 
-def test_bad_specs_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
-        aggregate_sweep(tmp_path / "nope.yaml", results_root=tmp_path)
-    (tmp_path / "noname.yaml").write_text("runs_root: runs\n")
-    with pytest.raises(ConfigError, match="'name'"):
-        aggregate_sweep(tmp_path / "noname.yaml", results_root=tmp_path)
+def test_bad_specs_and_sweep_folders_are_config_errors(tmp_path, capsys):
+    for args, message in (([str(tmp_path / "nope.yaml")], "not found"), ([str(tmp_path / "noname.yaml")], "'name'")):
+        (tmp_path / "noname.yaml").write_text("runs_root: runs\n")
+        assert main(["aggregate", *args, "--results", str(tmp_path / "results")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
     spec = write_spec(tmp_path / "s.yaml", "missing", tmp_path / "runs")
     with pytest.raises(ConfigError, match="no runs folder"):
-        aggregate_sweep(spec, results_root=tmp_path / "results")
+        aggregate_sweep(describe(spec), results_root=tmp_path / "results")
+    with pytest.raises(ConfigError, match="no runs folder"):
+        aggregate_sweep(tmp_path / "runs" / "missing", results_root=tmp_path / "results")
     assert not (tmp_path / "results").exists()
+
+
+def test_a_sweep_folder_without_sweep_json_gets_it_from_its_spec(tmp_path, capsys):
+    """A folder made before the launcher wrote sweep.json: the analysis of the bare folder says
+    how to fix it (exit 2, nothing written); `repro aggregate SPEC` writes it; then the folder
+    alone is enough, and a changed spec rewrites it."""
+    write_run(tmp_path / "runs" / "old" / "r0", optimizer="sgd", seed=0, sweep_name="old")
+    folder, results = tmp_path / "runs" / "old", tmp_path / "results"
+    assert main(["aggregate", str(folder), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "no sweep.json" in err and "repro aggregate SPEC" in err and err.count("\n") == 1, err
+    assert not results.exists()
+    spec = tmp_path / "old.yaml"
+    spec.write_text(f"name: old\nruns_root: {tmp_path / 'runs'}\naxes: {{seed: [0]}}\n")
+    assert main(["aggregate", str(spec), "--results", str(results)]) == 0
+    assert read_description(folder) == describe(spec)
+    assert read_description(folder).axes == {"seed": [0]} and read_description(folder).target_top1 is None
+    spec.write_text(f"name: old\nruns_root: {tmp_path / 'runs'}\naxes: {{seed: [0]}}\ntarget_top1: 0.5\n")
+    assert main(["aggregate", str(spec), "--results", str(results)]) == 0
+    assert read_description(folder).target_top1 == 0.5
+    (results / "old" / "runs.parquet").unlink()
+    capsys.readouterr()
+    assert main(["aggregate", str(folder), "--results", str(results)]) == 0
+    assert "old: 1 runs" in capsys.readouterr().out
+    assert pd.read_parquet(results / "old" / "runs.parquet")["target_top1"].tolist() == [0.5]

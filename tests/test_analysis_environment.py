@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from synthetic_runs import write_run, write_spec
+from synthetic_runs import describe, write_run, write_spec
 
 from imagenet_repro.analysis.aggregate import aggregate_sweep
 from imagenet_repro.rundir import flatten_environment
@@ -47,7 +47,7 @@ def test_a_resume_in_another_environment_is_kept_in_the_manifest():
 
 def test_aggregate_warns_once_per_differing_key(tmp_path, capsys):
     spec = sweep_of(tmp_path, [{}, {}, {"cpu_capability": "DEFAULT", "torch_threads": 7}])
-    aggregate_sweep(spec, results_root=tmp_path / "results", quiet=True)
+    aggregate_sweep(describe(spec), results_root=tmp_path / "results", quiet=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2, err
     assert err[0].startswith("aggregate: warning: the runs of e differ in cpu_capability: ")
@@ -61,6 +61,6 @@ def test_aggregate_warns_once_per_differing_key(tmp_path, capsys):
 
 def test_aggregate_is_silent_when_the_runs_share_one_environment(tmp_path, capsys):
     spec = sweep_of(tmp_path, [{}, {}])
-    aggregate_sweep(spec, results_root=tmp_path / "results", quiet=True)
+    aggregate_sweep(describe(spec), results_root=tmp_path / "results", quiet=True)
     assert capsys.readouterr().err == ""
     assert json.loads((tmp_path / "results" / "e" / "environment.json").read_text())["differs"] == {}

@@ -5,7 +5,7 @@ import struct
 
 import pandas as pd
 import pytest
-from synthetic_runs import write_grid, write_spec
+from synthetic_runs import describe, write_grid, write_spec
 
 from imagenet_repro.analysis.figures import _log_label, make_figures
 
@@ -23,7 +23,7 @@ def test_make_figures_writes_images(tmp_path, capsys):
     write_grid(tmp_path / "runs", "fig", lrs=(0.1, 0.5, 2.0), wds=(1e-5, 5e-5), seeds=(0, 1), diverge_lr=2.0,
                n_steps=400, layer_every=20, n_layers=6)
     spec = write_spec(tmp_path / "fig.yaml", "fig", tmp_path / "runs")
-    files = make_figures(spec, results_root=tmp_path / "results")  # aggregates first: no tables yet
+    files = make_figures(describe(spec), results_root=tmp_path / "results")  # aggregates first: no tables yet
     out = tmp_path / "results" / "fig"
     assert (out / "runs.parquet").is_file() and (out / "summary.csv").is_file()
     names = {p.name for p in files}

@@ -19,7 +19,7 @@ from imagenet_repro.analysis.paired import (
     t_interval,
 )
 from imagenet_repro.errors import ConfigError
-from imagenet_repro.sweep.spec import as_spec
+from imagenet_repro.sweep.spec import load_spec
 
 N = 100  # steps 0..99: the 40-60% window is steps 40..59, the last 10% is 90..99
 T975_2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2): 3 seeds
@@ -145,10 +145,10 @@ def test_time_to_target_default_and_explicit(tmp_path):
 def test_spec_target_accessor(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("name: s\n")
-    assert as_spec(spec).target_top1 is None
+    assert load_spec(spec).target_top1 is None
     spec.write_text("name: s\ntarget_top1: 0.7743\n")
-    assert as_spec(spec).target_top1 == 0.7743
+    assert load_spec(spec).target_top1 == 0.7743
     for bad in ("77.43", "high"):
         spec.write_text(f"name: s\ntarget_top1: {bad}\n")
         with pytest.raises(ConfigError, match="target_top1"):
-            as_spec(spec).target_top1
+            load_spec(spec).target_top1

@@ -52,8 +52,8 @@ def sweep(tmp_path_factory, fmnist_tiny) -> dict:
     states = {key: run_training(build_config(planned[key].config), planned[key].run_dir) for key in TRAINED}
     assert states == {key: "diverged" if key[1] == 1000.0 else "done" for key in TRAINED}
     results = root / "results"
-    aggregate_sweep(spec, results_root=results, quiet=True)
-    runs, curves = read_tables(spec, results, quiet=True)
+    aggregate_sweep(load_spec(spec).description(), results_root=results, quiet=True)
+    runs, curves = read_tables(load_spec(spec).description(), results, quiet=True)
     return {"spec": spec, "results": results / "real", "runs": runs, "curves": curves,
             "dirs": {key: planned[key].run_dir for key in TRAINED}}
 
@@ -193,7 +193,7 @@ def _fmt(metric: str, v: float) -> str:
 
 
 def test_report_shows_the_paired_intervals_and_verdicts_of_paired_csv(sweep):
-    page = make_report(sweep["spec"], results_root=sweep["results"].parent, quiet=True).read_text()
+    page = make_report(load_spec(sweep["spec"]).description(), results_root=sweep["results"].parent, quiet=True).read_text()
     paired = pd.read_csv(sweep["results"] / "paired.csv")
     best = paired[paired.comparison == "each at its best"].set_index("metric")
     assert set(best.index) == {"final_top1", "grad_norm_tail_ratio", "final_eval_loss"}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from imagenet_repro import rundir
 from imagenet_repro.cli import main
@@ -155,7 +156,7 @@ def test_sweep_refuses_a_run_folder_of_another_config(tmp_path, capsys, fmnist_b
     runs = resolve_runs(load_spec(spec))
     for run in runs:  # the folders as a sweep that trained them left them (as the trainer writes them)
         run.run_dir.mkdir(parents=True)
-        (run.run_dir / rundir.CONFIG).write_text(run.config_yaml())
+        (run.run_dir / rundir.CONFIG).write_text(OmegaConf.to_yaml(run.config))
         check_run_folder(run.run_dir, run.config)
     # a folder edited by hand: its config says another weight decay
     stored = yaml.safe_load((runs[1].run_dir / rundir.CONFIG).read_text())

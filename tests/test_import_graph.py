@@ -64,3 +64,33 @@ def test_relative_and_package_imports_resolve_to_modules(tmp_path):
     result = _run("--root", str(pkg))
     assert "a -> b, c" in result.stdout
     assert "import cycle among: imagenet_repro.a, imagenet_repro.c" in result.stderr and result.returncode == 1
+
+
+def test_a_cycle_between_packages_fails_though_the_modules_have_none(tmp_path):
+    """sweep -> analysis and analysis -> sweep through different modules: no module cycle, a package cycle."""
+    files = {
+        "__init__.py": "",
+        "rundir.py": "",
+        "sweep/__init__.py": "",
+        "sweep/spec.py": "from imagenet_repro import rundir\n",
+        "sweep/rehearse.py": "from imagenet_repro.analysis import aggregate\n",
+        "analysis/__init__.py": "",
+        "analysis/aggregate.py": "from imagenet_repro.sweep.spec import load\n",
+    }
+    result = _run("--check", "--root", str(_package(tmp_path, files)))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "package import cycle among: imagenet_repro.analysis, imagenet_repro.sweep "
+        "(imagenet_repro.analysis.aggregate imports imagenet_repro.sweep.spec; "
+        "imagenet_repro.sweep.rehearse imports imagenet_repro.analysis.aggregate)"]
+    one_way = {**files, "analysis/aggregate.py": "from imagenet_repro import rundir\n"}
+    result = _run("--root", str(_package(tmp_path / "one_way", one_way)))
+    assert result.returncode == 0, result.stderr
+    assert "  sweep => analysis, rundir" in result.stdout and "  analysis => rundir" in result.stdout
+
+
+def test_the_package_graph_goes_one_way_from_analysis_to_the_contract():
+    lines = _run().stdout.splitlines()
+    analysis = next(line for line in lines if line.startswith("  analysis => "))
+    targets = analysis.removeprefix("  analysis => ").split(", ")
+    assert "sweep" not in targets and "sweepdir" in targets, analysis

@@ -210,6 +210,8 @@ def test_bad_hyper_parameters_raise():
         SGD(p, lr=0.1, momentum=0.0, nesterov=True)
     with pytest.raises(ValueError):
         SGDC([dict(params=p, lr_max=0.0)], lr=0.1)
+    with pytest.raises(ValueError, match="a normalized param group needs lr_max"):  # γ_max is never guessed
+        SGDC([dict(params=p, normalized=True)], lr=0.1)
     with pytest.raises(ValueError):
         AdamW(p, betas=(0.9, 1.0))
 

@@ -88,6 +88,10 @@ def test_the_command_line_example_imports_the_file(fresh_signsgd, tmp_path, caps
     # an unknown key after the import: the name resolved (the file was imported) and its keys are checked
     assert cli.main(args + ["optim.momentum=0.9", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip() == "repro: error: unknown config key: optim.momentum"
+    # the file's own check of its own key (SignSGDConfig.check), before anything is written
+    assert cli.main(args + ["optim.scale=0", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == "repro: error: optim.scale must be > 0 (got 0.0)"
+    assert not (tmp_path / "run").exists()
     assert "signsgd" in available_optimizers()
 
 

@@ -78,6 +78,40 @@ def test_registered_optimizer_is_built_from_config_and_trains(data_paths):
         small_config(data_paths, {"name": "test_signsgd"})
 
 
+@dataclass
+class HeavyBallConfig(OptimConfig):
+    """An optimizer whose `momentum` follows its own rule, [0, 2): not torch SGD's [0, 1)."""
+
+    name: str = "test_heavyball"
+    momentum: float = 1.5
+
+    @classmethod
+    def check(cls, o) -> None:
+        super().check(o)
+        if not 0 <= o.momentum < 2:
+            raise ConfigError(f"optim.momentum must be in [0, 2) for test_heavyball (got {o.momentum})")
+
+
+class HeavyBall(torch.optim.SGD):
+    def __init__(self, params, lr=0.1, weight_decay=0.0, momentum=1.5):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum / 2)
+
+
+def test_each_optimizer_config_checks_its_own_keys(data_paths):
+    """The momentum/betas/eps rules belong to each optimizer's config (its `check`), not to the
+    run config's validation: a key of the same name may follow another rule elsewhere."""
+    with registered("test_heavyball", HeavyBall, HeavyBallConfig):
+        assert small_config(data_paths, {"name": "test_heavyball", "momentum": 1.5}).optim.momentum == 1.5
+        with pytest.raises(ConfigError, match=r"^optim.momentum must be in \[0, 2\) for test_heavyball \(got 2.5\)$"):
+            small_config(data_paths, {"name": "test_heavyball", "momentum": 2.5})
+        with pytest.raises(ConfigError, match=r"^optim.lr must be > 0 \(got -1.0\)$"):  # the shared keys' rules
+            small_config(data_paths, {"name": "test_heavyball", "lr": -1.0})
+    with pytest.raises(ConfigError, match=r"^optim.momentum must be in \[0, 1\) \(got 1.5\)$"):  # sgd's own rule
+        small_config(data_paths, {"name": "sgd", "momentum": 1.5})
+    with pytest.raises(ConfigError, match=r"^optim.betas must be two numbers in \[0, 1\) \(got \[0.9, 1.5\]\)$"):
+        small_config(data_paths, {"name": "torch.optim:Adam", "betas": [0.9, 1.5]})  # a library's: the shared keys
+
+
 def test_registering_a_taken_name_is_refused():
     with registered("test_signsgd", SignSGD, SignSGDConfig):
         with pytest.raises(ValueError, match="already registered"):

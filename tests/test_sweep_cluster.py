@@ -19,6 +19,7 @@ from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec
 from imagenet_repro.sweep.status import classify_all, run_refs
+from imagenet_repro.sweepdir import read_description
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,7 @@ def test_local_executor_runs_the_grid_then_submits_nothing(tmp_path, capsys):
     for st in classify_all(run_refs(load_spec(spec))):
         assert st.state == "done" and st.claim is None  # the lane released its claims
         assert len(pd.read_parquet(st.ref.run_dir / rundir.EVAL)) == 2
+    assert read_description(load_spec(spec).sweep_dir) == load_spec(spec).description()  # sweep.json, for the analysis
     assert cli.main(["sweep", str(spec), "--cluster", "local"]) == 0
     assert "submitted 0 runs" in capsys.readouterr().out
 

@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from synthetic_runs import write_run
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.config import to_yaml
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec, resolve_runs
+from imagenet_repro.sweepdir import read_description
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +68,7 @@ def write_stage_one(spec_path: Path, skip: int = 0) -> list:
         write_run(run.run_dir, optimizer=key[0], lr=key[1], wd=key[2], seed=0, n_steps=40, epochs=2,
                   layer_every=10, n_layers=2, eval_top1=[top1 - 0.1, top1],
                   state="diverged" if diverged else "done", stop_fraction=0.6 if diverged else 1.0)
-        (run.run_dir / "config.yaml").write_text(run.config_yaml())  # the planned config, as the trainer writes it
+        (run.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run.config))  # the planned config, as the trainer writes it
     return firsts
 
 
@@ -258,13 +260,17 @@ def test_stage_two_launch_then_status_and_aggregate_see_one_sweep(tmp_path, caps
     assert len(folders) == 22 and set(folders) <= set(grid)
     cache = json.loads((spec.sweep_dir / ".plan.json").read_text())
     assert len(cache["runs"]) == 54  # the plan cache lists the whole grid
+    # the launcher described the sweep for the analysis (sweep.json; the analysis never reads the spec)
+    described = read_description(spec.sweep_dir)
+    assert described == spec.description() and described.axes["optim.lr"] == LRS
+    assert [(s["name"], s["seeds"]) for s in described.stages] == [("search", [0]), ("confirm", [1, 2])]
     # status: stage 1 and the stage-2 runs, not the 32 grid points never launched
     assert cli.main(["status", str(spec_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("sweep staged: 22 runs (staged: stage 1 and the runs launched of a 54-run grid)")
     assert "done 21, diverged 1" in out[0] and len(out) == 2 + 22
-    # aggregate: one sweep; the confirmed configs have 3 seeds
-    assert cli.main(["aggregate", str(spec_path), "--results", str(tmp_path / "results")]) == 0
+    # aggregate (of the sweep folder: its sweep.json): one sweep; the confirmed configs have 3 seeds
+    assert cli.main(["aggregate", str(spec.sweep_dir), "--results", str(tmp_path / "results")]) == 0
     import pandas as pd
 
     configs = pd.read_csv(tmp_path / "results" / "staged" / "configs.csv")

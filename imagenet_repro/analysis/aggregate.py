@@ -1,6 +1,7 @@
 """Collect a sweep's run directories into tidy tables under ``results/<sweep>/``.
 
-``aggregate_sweep(spec)`` reads every run folder of the sweep (``<runs_root>/<name>`` of its spec) and
+``aggregate_sweep(sweep)`` reads every run folder of a sweep (its folder ``<runs_root>/<name>``, described
+by the ``sweep.json`` there: :mod:`imagenet_repro.sweepdir`; the analysis never reads a spec) and
 writes, each file atomically:
 
     runs.parquet    one row per run: state, problem, config axes (optimizer, lr, wd, seed
@@ -20,7 +21,7 @@ writes, each file atomically:
                     :mod:`.environment`); one warning line on stderr per differing key
 
 Time-to-target: each run's ``steps_to_target`` is the step of its first eval (intermediate
-evals on the val subset included) with top-1 >= ``target_top1`` (the spec's field, else
+evals on the val subset included) with top-1 >= ``target_top1`` (the sweep's, from its spec, else
 the dataset's default, see :mod:`.paired`), ``epochs_to_target`` the same in epochs; NaN
 when not reached.  Per config, their means are over the seeds that reached it
 (``n_reached_target`` of them).
@@ -52,7 +53,7 @@ from imagenet_repro.analysis.metrics import binned_means, tail_ratio
 from imagenet_repro.analysis.paired import default_target, format_paired, paired_table, time_to_target
 from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
 from imagenet_repro.errors import ConfigError, first_line
-from imagenet_repro.sweep.spec import as_spec
+from imagenet_repro.sweepdir import SweepDescription, as_description
 
 STEP_READ_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
                      "grad_norm_normalized", "weight_norm_normalized"]
@@ -448,11 +449,12 @@ def write_aggregate(agg: Aggregate, out_dir: str | Path) -> None:
     files.atomic_write_json(out / "environment.json", agg.environment)
 
 
-def aggregate_sweep(spec: str | Path, results_root: str | Path = "results", max_points: int = CURVE_POINTS,
-                    workers: int = 2, quiet: bool = False) -> Aggregate:
-    """Aggregate the sweep of ``spec`` into ``results_root/<sweep>/`` and print the summary."""
-    sweep = as_spec(spec)
-    agg = aggregate_runs(sweep_run_dirs(sweep.sweep_dir), max_points=max_points, workers=workers,
+def aggregate_sweep(sweep: SweepDescription | str | Path, results_root: str | Path = "results",
+                    max_points: int = CURVE_POINTS, workers: int = 2, quiet: bool = False) -> Aggregate:
+    """Aggregate a sweep (its description, or its folder holding ``sweep.json``) into
+    ``results_root/<sweep>/`` and print the summary."""
+    sweep = as_description(sweep)
+    agg = aggregate_runs(sweep_run_dirs(sweep.folder), max_points=max_points, workers=workers,
                          target_top1=sweep.target_top1)
     out = Path(results_root) / sweep.name
     write_aggregate(agg, out)

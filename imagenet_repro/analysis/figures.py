@@ -1,6 +1,6 @@
 """The paper's figures from a sweep's aggregated tables, as PNG and PDF.
 
-``make_figures(spec)`` reads ``results/<sweep>/runs.parquet`` and ``curves.parquet``
+``make_figures(sweep)`` (a sweep's description or folder, see :mod:`imagenet_repro.sweepdir`) reads ``results/<sweep>/runs.parquet`` and ``curves.parquet``
 (running ``aggregate_sweep`` first if they are missing; ``read_tables``) and writes to
 ``results/<sweep>/figures/`` the Figures that ``draw_figures(runs, curves)`` returns by stem:
 
@@ -36,7 +36,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from imagenet_repro import files, rundir  # noqa: E402
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best  # noqa: E402
 from imagenet_repro.analysis.theory import format_summary, summarize_agreement, theory_agreement  # noqa: E402
-from imagenet_repro.sweep.spec import as_spec  # noqa: E402
+from imagenet_repro.sweepdir import SweepDescription, as_description  # noqa: E402
 
 FORMATS = ("png", "pdf")
 THEME = {"style": "whitegrid", "context": "notebook"}  # seaborn's theme for every figure (draw_figures sets it)
@@ -250,12 +250,13 @@ def theory_tables(picked: pd.DataFrame, window: tuple[float, float] | None = Non
     return per_layer, pd.DataFrame(rows)
 
 
-def read_tables(spec: str | Path, results_root: str | Path = "results", quiet: bool = False
+def read_tables(sweep: SweepDescription | str | Path, results_root: str | Path = "results", quiet: bool = False
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``runs.parquet`` and ``curves.parquet`` of the sweep of ``spec`` (aggregated first if missing)."""
-    res = Path(results_root) / as_spec(spec).name
+    """``runs.parquet`` and ``curves.parquet`` of ``sweep`` (its description or folder; aggregated first if missing)."""
+    sweep = as_description(sweep)
+    res = Path(results_root) / sweep.name
     if not (res / "runs.parquet").is_file() or not (res / "curves.parquet").is_file():
-        aggregate_sweep(spec, results_root=results_root, quiet=quiet)
+        aggregate_sweep(sweep, results_root=results_root, quiet=quiet)
     return pd.read_parquet(res / "runs.parquet"), pd.read_parquet(res / "curves.parquet")
 
 
@@ -287,12 +288,13 @@ def _draw(curves: pd.DataFrame, configs: pd.DataFrame, best: pd.DataFrame, picke
     return figures
 
 
-def make_figures(spec: str | Path, results_root: str | Path = "results", theory_window: tuple[float, float] | None = None,
-                 formats: Sequence[str] = FORMATS, quiet: bool = False) -> list[Path]:
-    """Draw every figure of the sweep of ``spec`` and save it; returns the files written."""
-    sweep = as_spec(spec)
+def make_figures(sweep: SweepDescription | str | Path, results_root: str | Path = "results",
+                 theory_window: tuple[float, float] | None = None, formats: Sequence[str] = FORMATS,
+                 quiet: bool = False) -> list[Path]:
+    """Draw every figure of ``sweep`` (its description or folder) and save it; returns the files written."""
+    sweep = as_description(sweep)
     res = Path(results_root) / sweep.name
-    runs, curves = read_tables(spec, results_root, quiet)
+    runs, curves = read_tables(sweep, results_root, quiet)
     out = res / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -14,7 +14,8 @@ seeds ``n``.  An interval needs n >= 2; ``includes_zero`` says when it contains 
 significant difference at the 5% level).
 
 The top-1 target of time-to-target is the sweep spec's optional ``target_top1`` (a field of
-the spec schema, :class:`imagenet_repro.sweep.spec.SpecSchema`); without it the default of
+the spec schema, :class:`imagenet_repro.sweep.schema.SpecSchema`, recorded in the sweep's
+``sweep.json``: :mod:`imagenet_repro.sweepdir`); without it the default of
 the runs' dataset in :data:`DEFAULT_TARGET_TOP1` applies.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``repro report SPEC``: one self-contained HTML page with a sweep's whole story.
 
-``make_report(spec)`` writes ``results/<sweep>/report.html``: the run status table (every
+``make_report(sweep)`` (a sweep's description or folder, see :mod:`imagenet_repro.sweepdir`) writes ``results/<sweep>/report.html``: the run status table (every
 run, with why it is not in the statistics), the best config per optimizer, the paired
 statistics (corrected - plain, per seed, 95% t interval), time-to-target per config, Fig 5,
 the heatmaps, the per-layer ratio figure and the theory-agreement tables.  Figures are
@@ -29,7 +29,7 @@ from imagenet_repro.analysis.aggregate import summary_table as aggregate_summary
 from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, paired_display, paired_table
 from imagenet_repro.rundir import RunState
-from imagenet_repro.sweep.spec import as_spec
+from imagenet_repro.sweepdir import SweepDescription, as_description
 
 REPORT = "report.html"
 FIGURES = [("fig5_training_curves.png", "Fig 5: training curves of each optimizer's best config"),
@@ -195,15 +195,16 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
     return "\n".join(parts)
 
 
-def make_report(spec: str | Path, results_root: str | Path = "results", quiet: bool = False) -> Path:
-    """Write ``results/<sweep>/report.html`` for the sweep of ``spec``; returns its path."""
-    sweep = as_spec(spec)
+def make_report(sweep: SweepDescription | str | Path, results_root: str | Path = "results",
+                quiet: bool = False) -> Path:
+    """Write ``results/<sweep>/report.html`` for ``sweep`` (its description or folder); returns its path."""
+    sweep = as_description(sweep)
     res = Path(results_root) / sweep.name
     runs_file = res / "runs.parquet"
     if not runs_file.is_file() or "steps_to_target" not in pq.read_schema(runs_file).names:  # missing or older
-        aggregate_sweep(spec, results_root=results_root, quiet=quiet)
+        aggregate_sweep(sweep, results_root=results_root, quiet=quiet)
     if not (res / "figures" / FIGURES[0][0]).is_file():
-        make_figures(spec, results_root=results_root, quiet=quiet)
+        make_figures(sweep, results_root=results_root, quiet=quiet)
     runs = pd.read_parquet(res / "runs.parquet")
 
     def csv(name: str) -> pd.DataFrame | None:

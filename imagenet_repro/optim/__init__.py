@@ -9,5 +9,6 @@ from imagenet_repro.optim.registry import (  # noqa: F401
     available_optimizers,
     optimizer_config_class,
     register_optimizer,
+    require,
     unregister_optimizer,
 )

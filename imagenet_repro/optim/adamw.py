@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from imagenet_repro.optim.decay import DecayHook
-from imagenet_repro.optim.registry import OptimConfig, register_optimizer
+from imagenet_repro.optim.registry import OptimConfig, check_betas, check_eps, register_optimizer
 
 
 @dataclass
@@ -33,6 +33,12 @@ class AdamWConfig(OptimConfig):
     name: str = "adamw"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # a list: OmegaConf has no tuples
     eps: float = 1e-8
+
+    @classmethod
+    def check(cls, o) -> None:
+        super().check(o)
+        check_betas(o)
+        check_eps(o)
 
 
 @register_optimizer("adamw", config=AdamWConfig)

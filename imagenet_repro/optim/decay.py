@@ -66,8 +66,9 @@ class DecayHook:
     """Mixin for a ``torch.optim`` optimizer: each step decays by :meth:`decay` (λ here).
 
     Subclasses change the decay by overriding ``decay(group)``; :func:`correct` swaps
-    it for :func:`corrected_weight_decay` on an instance.  Groups get ``lr_max`` (the
-    constructor's ``lr``) and ``normalized`` (False) when they do not bring them."""
+    it for :func:`corrected_weight_decay` on an instance.  A group without ``normalized``
+    is not normalized; a normalized group must bring its ``lr_max`` (γ_max: the groups of
+    :func:`~imagenet_repro.optim.param_groups.param_groups` do), and a given one must be > 0."""
 
     corrects_decay = False
 
@@ -80,9 +81,11 @@ class DecayHook:
         return group["weight_decay"]
 
     def add_param_group(self, param_group: dict) -> None:
-        param_group.setdefault("lr_max", self.defaults["lr"])
         param_group.setdefault("normalized", False)
-        if not param_group["lr_max"] > 0:
+        if param_group["normalized"] and "lr_max" not in param_group:
+            raise ValueError("a normalized param group needs lr_max (the schedule's peak LR γ_max; "
+                             "optim.param_groups.param_groups sets it)")
+        if "lr_max" in param_group and not param_group["lr_max"] > 0:
             raise ValueError(f"invalid lr_max (the schedule's peak LR): {param_group['lr_max']}")
         super().add_param_group(param_group)
 

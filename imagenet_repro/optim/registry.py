@@ -11,13 +11,16 @@
    ``timm:lion`` or ``pytorch_optimizer:Lion``.
 
 A registered optimizer is a config dataclass (subclass of :class:`OptimConfig`)
-declaring its hyper-parameters and a ``torch.optim.Optimizer`` subclass that accepts
+declaring its hyper-parameters, and checking them in its ``check`` classmethod (which
+extends its parent's: ``super().check(o)``; :func:`require` and the key checks below
+make the one-line messages), and a ``torch.optim.Optimizer`` subclass that accepts
 ``(param_groups, lr=..., weight_decay=..., **other_config_fields)``; it may define
 ``predicted_ratio(group) -> float``, the theory's steady-state ||g||/||x|| for a
 normalized layer of that group (NaN where the paper gives none).
 
 Every parameter group handed to an optimizer carries two extra keys: ``normalized``
-(see :mod:`.param_groups`) and ``lr_max`` (the schedule's peak LR γ_max).
+and ``lr_max`` (the schedule's peak LR γ_max), both set where the groups are made
+(:func:`~imagenet_repro.optim.param_groups.param_groups`, the one place γ_max enters them).
 """
 from __future__ import annotations
 
@@ -38,6 +41,32 @@ RULES = ("graph", "transformer")
 BUILTIN_MODULES = tuple(f"imagenet_repro.optim.{m}" for m in ("sgd", "sgdc", "adamw", "adamc"))
 
 
+def require(ok: bool, message: str) -> None:
+    """A check of an ``optim`` key: ``message`` (one line, naming the key and the value) when not ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_fraction(o, key: str) -> None:
+    """``optim.<key>`` in [0, 1): a momentum, a dampening."""
+    require(0 <= o[key] < 1, f"optim.{key} must be in [0, 1) (got {o[key]})")
+
+
+def check_nesterov(o) -> None:
+    if o.get("nesterov"):
+        require(o.momentum > 0 and o.dampening == 0, f"optim.nesterov needs optim.momentum > 0 and optim.dampening = 0 "
+                                                     f"(got momentum {o.momentum}, dampening {o.dampening})")
+
+
+def check_betas(o) -> None:
+    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+            f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})")
+
+
+def check_eps(o) -> None:
+    require(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
+
+
 @dataclass
 class OptimConfig:
     name: str = "sgd"
@@ -47,6 +76,34 @@ class OptimConfig:
     corrected_decay: bool = False  # λ·γ_t/γ_max on normalized groups, for any optimizer (optim.decay.correct)
     normalized_rule: str = "graph"  # graph: conv/linear feeding a norm layer; transformer: every linear but the output layer
     imports: list[str] = field(default_factory=list)  # modules or .py files to import first (they register optimizers)
+
+    @classmethod
+    def check(cls, o) -> None:
+        """The rules of this optimizer's keys that types cannot say, over ``o`` (a run's ``optim``
+        section: a DictConfig, or a sweep point's plain container); raise ConfigError (one line).
+        A subclass checks its own keys after its parent's: ``super().check(o)``."""
+        require(o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
+        require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
+
+
+# The checks of keys that library optimizers share with torch's own (a ``<module>:<Class>``
+# config is made from the constructor's signature, so it cannot bring checks of its own;
+# its constructor's checks run too, when the config is built: see check_optim_config).
+SHARED_KEY_CHECKS = {"momentum": lambda o: check_fraction(o, "momentum"),
+                     "dampening": lambda o: check_fraction(o, "dampening"),
+                     "nesterov": check_nesterov, "betas": check_betas, "eps": check_eps}
+
+
+@dataclass
+class LibraryOptimConfig(OptimConfig):
+    """The base of a library optimizer's config (:func:`.library.config_class` adds its fields)."""
+
+    @classmethod
+    def check(cls, o) -> None:
+        super().check(o)
+        for key, check in SHARED_KEY_CHECKS.items():
+            if key in o:
+                check(o)
 
 
 SUITE_KEYS = frozenset(f.name for f in fields(OptimConfig)) - {"lr", "weight_decay"}  # not constructor arguments
@@ -148,7 +205,7 @@ def registered(name: str) -> _Entry:
     if ":" in name:
         if name not in _LIBRARY:
             cls = library_optimizer(name)
-            config, accepts = config_class(name, cls, OptimConfig)
+            config, accepts = config_class(name, cls, LibraryOptimConfig)
             _LIBRARY[name] = _Entry(name, cls, config, accepts)
         return _LIBRARY[name]
     _load_entry_points()
@@ -183,11 +240,13 @@ def _probe_groups(cfg) -> list[dict]:
 
 
 def check_optim_config(cfg) -> None:
-    """What the config schema cannot check: the rule's name, the switch's preconditions, and
-    that the optimizer accepts these hyper-parameters (built once on a one-value tensor)."""
+    """What the config schema cannot check: the optimizer's own rules (its config's ``check``),
+    the rule's name, the switch's preconditions, and that the optimizer accepts these
+    hyper-parameters (built once on a one-value tensor)."""
+    entry = registered(cfg.name)
+    entry.config.check(cfg)
     if cfg.normalized_rule not in RULES:
         raise ConfigError(f"optim.normalized_rule must be {' or '.join(RULES)} (got {cfg.normalized_rule!r})")
-    entry = registered(cfg.name)
     if entry.accepts is not None and "weight_decay" not in entry.accepts:
         if cfg.weight_decay != 0 or cfg.corrected_decay:
             raise ConfigError(f"optimizer {cfg.name!r} takes no weight_decay: set optim.weight_decay=0 "

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from imagenet_repro.optim.decay import DecayHook
-from imagenet_repro.optim.registry import OptimConfig, register_optimizer
+from imagenet_repro.optim.registry import OptimConfig, check_fraction, check_nesterov, register_optimizer
 
 
 @dataclass
@@ -36,6 +36,13 @@ class SGDConfig(OptimConfig):
     momentum: float = 0.9  # β
     dampening: float = 0.0  # τ
     nesterov: bool = False
+
+    @classmethod
+    def check(cls, o) -> None:
+        super().check(o)
+        check_fraction(o, "momentum")
+        check_fraction(o, "dampening")
+        check_nesterov(o)
 
 
 @register_optimizer("sgd", config=SGDConfig)

@@ -5,6 +5,10 @@ submitit sends SIGUSR2; the trainer checkpoints at the next step boundary and ca
 previous handler (submitit's), which calls :meth:`checkpoint` and requeues the job with
 the same arguments; the requeued job calls ``run_training`` again, which resumes from
 ``checkpoints/last.pt``.  A run already done is not trained again.
+
+A job receives each run's planned config as the plain container the planner validated
+and hashed (:class:`~imagenet_repro.sweep.grid.PlannedRun.config`, pickled by submitit)
+and builds its RunConfig from it with :func:`~imagenet_repro.config.build_config`.
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import submitit
-from omegaconf import OmegaConf
 from submitit.helpers import DelayedSubmission
 
 from imagenet_repro.config import build_config
@@ -32,12 +35,12 @@ def _default_trainer(cfg, run_dir: Path) -> str:
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """``TrainJob()(cfg_yaml, run_dir)``: train (or resume) one run; DDP across the job's tasks."""
+    """``TrainJob()(config, run_dir)``: train (or resume) one run; DDP across the job's tasks."""
 
     def __init__(self, trainer: Optional[Trainer] = None) -> None:
         self.trainer = trainer  # None: imagenet_repro.train.loop.run_training (tests may pass another)
 
-    def __call__(self, cfg_yaml: str, run_dir: str) -> str:
+    def __call__(self, config: dict, run_dir: str) -> str:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed's env://;
@@ -48,12 +51,12 @@ class TrainJob(submitit.helpers.Checkpointable):
             # its own rendezvous port (same on every task), so no rank of the next run can reach
             # the previous run's store while rank 0 still tears it down.
             os.environ["MASTER_PORT"] = str(20000 + (zlib.crc32(run_dir.encode()) + dist_env.master_port) % 40000)
-        cfg = build_config(OmegaConf.create(cfg_yaml))
+        cfg = build_config(config)
         return (self.trainer or _default_trainer)(cfg, Path(run_dir))
 
-    def checkpoint(self, cfg_yaml: str, run_dir: str) -> DelayedSubmission:
+    def checkpoint(self, config: dict, run_dir: str) -> DelayedSubmission:
         """Requeue: the same job again (the trainer has saved its checkpoint)."""
-        return DelayedSubmission(self, cfg_yaml, run_dir)
+        return DelayedSubmission(self, config, run_dir)
 
 
 class RunLane(submitit.helpers.Checkpointable):
@@ -66,14 +69,14 @@ class RunLane(submitit.helpers.Checkpointable):
     def __init__(self, trainer: Optional[Trainer] = None) -> None:
         self.trainer = trainer
 
-    def __call__(self, items: list[tuple[str, str]]) -> list[str]:
+    def __call__(self, items: list[tuple[dict, str]]) -> list[str]:
         import traceback
 
         job_id = submitit.JobEnvironment().job_id
         states = []
-        for cfg_yaml, run_dir in items:
+        for config, run_dir in items:
             try:
-                states.append(TrainJob(self.trainer)(cfg_yaml, run_dir))
+                states.append(TrainJob(self.trainer)(config, run_dir))
             except (ConfigError, StorageError) as exc:  # a refused folder, a failed write: one line in the log
                 print(f"repro: error: {exc}", file=sys.stderr, flush=True)
                 states.append("failed")
@@ -83,5 +86,5 @@ class RunLane(submitit.helpers.Checkpointable):
             claims.release(Path(run_dir), job_id)
         return states
 
-    def checkpoint(self, items: list[tuple[str, str]]) -> DelayedSubmission:
+    def checkpoint(self, items: list[tuple[dict, str]]) -> DelayedSubmission:
         return DelayedSubmission(self, items)

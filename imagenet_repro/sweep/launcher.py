@@ -56,6 +56,7 @@ from imagenet_repro.sweep.status import (
     save_plan_cache,
     summary_of,
 )
+from imagenet_repro.sweepdir import write_description
 
 SUBMIT_STATES = (RunState.pending, RunState.failed)
 LIVE_STATES = (RunState.queued, RunState.running, RunState.unknown)
@@ -152,7 +153,7 @@ def _slurm_executor(spec: SweepSpec):
 def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None) -> list:
     ex = _slurm_executor(spec)
     with ex.batch():
-        jobs = [ex.submit(TrainJob(trainer), run.config_yaml(), str(run.run_dir)) for run in runs]
+        jobs = [ex.submit(TrainJob(trainer), run.config, str(run.run_dir)) for run in runs]
     for run, job in zip(runs, jobs):
         claims.record_job(run.run_dir, "slurm", job.job_id, job.paths.folder)
     return jobs
@@ -161,7 +162,7 @@ def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None) -> list
 def _submit_local(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) -> list:
     folder = spec.sweep_dir / ".submitit" / "%j"
     lanes = max(1, min(spec.local.parallelism, len(runs)))
-    items = [[(r.config_yaml(), str(r.run_dir)) for r in runs[i::lanes]] for i in range(lanes)]
+    items = [[(r.config, str(r.run_dir)) for r in runs[i::lanes]] for i in range(lanes)]
     if cluster == "debug":
         ex = submitit.DebugExecutor(folder=folder)
         job = ex.submit(RunLane(trainer), [it for lane in items for it in lane])
@@ -285,6 +286,7 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
     refs = [_ref(r) for r in runs]
     check_run_folders(runs)  # before the lock: a refused plan leaves no file behind
     with claims.sweep_lock(sweep.sweep_dir):
+        write_description(sweep.description())  # sweep.json: what the analysis reads of this sweep
         if grid is not None:  # staged: the cache lists the whole grid, as `repro status` reads it
             save_plan_cache(sweep, [_ref(r) for r in grid])
         elif whole_grid:

@@ -4,7 +4,7 @@ the way the real sweep will run it, before a GPU-hour is spent.
 For a spec it:
 
 1. plans the real grid (every point resolved and validated, and checked against the
-   spec's resources by :func:`~imagenet_repro.sweep.spec.check_placements`, the rules the
+   spec's resources by :func:`~imagenet_repro.sweep.placement.check_placements`, the rules the
    trainer applies at start);
 2. picks the variants (:func:`choose_variants`): every optimizer (and every value of any
    other non-numeric axis) and the smallest and largest value of every numeric axis
@@ -368,8 +368,8 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
 
     analysis = []
     try:
-        aggregate_sweep(ref_sweep, results_root=root / "results", quiet=True)
-        files = make_figures(ref_sweep, results_root=root / "results", quiet=True)
+        aggregate_sweep(ref_sweep.sweep_dir, results_root=root / "results", quiet=True)  # its sweep.json
+        files = make_figures(ref_sweep.sweep_dir, results_root=root / "results", quiet=True)
         analysis.append(f"aggregate + figures: {len(files)} files in {root / 'results' / spec.name}/")
     except Exception as exc:  # reported in the table's verdict, not raised
         analysis.append(f"aggregate/figures FAILED: {describe(exc)}")

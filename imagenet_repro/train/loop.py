@@ -8,7 +8,7 @@ or with the error, which :func:`run_training` records as ``failed``.
 
 The loop, in the order it happens each step::
 
-    schedule.apply(t)            γ_t (and γ_max) into every param group
+    schedule.apply(t)            γ_t into every param group (γ_max: each group's lr_max, from build_optimizer)
     loss = model(x) vs y         bf16 autocast + channels_last on CUDA
     loss.backward()              DDP all-reduces the gradient here
     telemetry.record(t)          ||g||, ||x|| (global, normalized layers, per layer)

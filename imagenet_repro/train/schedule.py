@@ -1,8 +1,9 @@
 """Learning-rate schedules, stepped per iteration.
 
-The schedule owns the peak LR γ_max and writes, before every step, ``group["lr"] = γ_t``
-and ``group["lr_max"] = γ_max`` into each optimizer param group.  Corrected optimizers
-(SGDC, AdamC) read ``lr_max`` from there: γ_max is handed over explicitly, never guessed.
+The schedule writes, before every step, ``group["lr"] = γ_t`` into each optimizer param
+group.  γ_max (``optim.lr``) is its peak; the groups carry it as ``lr_max`` from where they
+are made (:func:`imagenet_repro.optim.param_groups.param_groups`, the one place), and
+corrected optimizers (SGDC, AdamC) read it there: handed over explicitly, never guessed.
 
     cosine: γ_t = γ_max · (f + (1 - f) · ½(1 + cos(π p)))      p = (t - w) / (T - w)
     flat:   γ_t = γ_max
@@ -45,9 +46,8 @@ class LRSchedule:
         return self.peak_lr * self.factor(step)
 
     def apply(self, step: int) -> float:
-        """Set the LR of ``step`` (and γ_max) on every param group; return γ_t."""
+        """Set the LR of ``step`` on every param group; return γ_t."""
         lr = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-            group["lr_max"] = self.peak_lr
         return lr
