@@ -11,7 +11,7 @@ For a spec it:
    (lr, weight decay, ...); seeds do not change code paths and are not varied;
 3. writes a small synthetic dataset shaped like the spec's (:func:`rehearsal_data`:
    photo-like JPEGs at ImageNet sizes with every one of ``data.num_classes`` classes, or
-   small images for the small-image datasets) through the same writer as
+   small images for the datasets whose registry entry says ``small_images``) through the same writer as
    ``repro data write``, cached under the rehearsal root; the user's data is never read;
 4. runs each variant's real resolved config (same model, optimizer, schedule, telemetry,
    data pipeline, DDP world size) with data, batch, steps and epochs shrunk
@@ -50,6 +50,7 @@ from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.config import build_config, config_hash
 from imagenet_repro.data.synthetic import write_synthetic_imagefolder
 from imagenet_repro.data.writer import write_imagefolder
+from imagenet_repro.datasets import get_dataset
 from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.sweep.launcher import execute, pick_cluster
 from imagenet_repro.sweep.spec import (
@@ -70,7 +71,6 @@ STEPS_PER_EPOCH = 3
 EPOCHS = 2
 KILL_AT_STEP = STEPS_PER_EPOCH + 1  # mid-way through the second epoch
 VAL_IMAGES = 8
-SMALL_IMAGE_DATASETS = ("fashion_mnist",)
 NOT_ON_CPU = "CUDA device placement, bf16 autocast, channels_last, NCCL, the GPU FFCV pipeline (ToDevice, normalisation on GPU)"
 
 
@@ -134,7 +134,7 @@ def rehearsal_data(root: Path, cfg: dict, image_root_only: bool = False) -> tupl
     makes an interrupted build start again."""
     d = cfg["data"]
     classes = int(d["num_classes"])
-    small = d["dataset"] in SMALL_IMAGE_DATASETS
+    small = get_dataset(d["dataset"]).small_images
     side = int(d["max_res"])
     n_images = max(classes, 64)
     key = f"{'small' + str(side) if small else 'imagenet'}-{classes}c-{n_images}"
