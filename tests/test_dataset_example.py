@@ -114,3 +114,15 @@ def test_the_rehearsal_rehearses_it(betons, tmp_path):
     assert "rehearsal of imagenette_tiny passed: 2/2 variants clean" in proc.stdout
     configs = [p.read_text() for p in (tmp_path / "rehearsal" / "runs" / "imagenette_tiny").glob("*/config.yaml")]
     assert len(configs) == 2 and all(f"dataset: {DATASET}" in c and "num_classes: 10" in c for c in configs)
+
+
+def test_docs_name_every_field_of_an_entry():
+    """docs/datasets.md's entry block lists exactly DatasetEntry's fields, in order."""
+    import dataclasses
+    import re
+
+    from imagenet_repro.datasets import DatasetEntry
+
+    text = (ROOT / "docs" / "datasets.md").read_text()
+    block = re.search(r"^```python\n(.*?)^```$", text, flags=re.S | re.M).group(1)
+    assert re.findall(r"^    (\w+)=", block, flags=re.M) == [f.name for f in dataclasses.fields(DatasetEntry)]

@@ -5,8 +5,8 @@ each epoch ``_train_epoch()`` (its steps, each followed by the step-boundary wor
 ``_after_step``) and ``_end_epoch()`` (flush, eval, checkpoint).  Code outside ``train/``
 extends a run through :class:`~imagenet_repro.train.callbacks.Callback` (step end, epoch end,
 checkpoint) and the public methods ``start``, ``train_step``, ``evaluate``,
-``save_checkpoint`` and ``interrupt``, never the private ones.  It ends ``done``; ``diverged`` (a helper
-raises ``_Diverged``, caught once in ``fit``); with SystemExit for a deferred signal (below);
+``save_checkpoint`` and ``interrupt``, never the private ones.  It ends ``done``;
+``diverged`` (a helper raises ``_Diverged``, caught once in ``fit``); with SystemExit for a deferred signal (below);
 or with the error, which :func:`run_training` records as ``failed``.
 
 The loop, in the order it happens each step::
@@ -187,8 +187,8 @@ class Trainer:
                                   f"run cannot resume exactly; delete {self.out} to start it over") from None
 
     def start(self) -> None:
-        """Start the run's files (config, manifest, status ``running``), or resume from the newest checkpoint that verifies (``last.pt``, else ``prev.pt``), the
-        tables cut back to its position; a run with checkpoints none of which can be used
+        """Start the run's files (config, manifest, status ``running``), resuming from the newest
+        checkpoint that verifies (``last.pt``, else ``prev.pt``), the tables cut back to its position; a run with checkpoints none of which can be used
         raises CheckpointError (marked failed by :func:`run_training`)."""
         pos = load_latest(self.out / rundir.CHECKPOINTS, model=self.model, optimizer=self.optimizer)
         if pos is not None:
