@@ -9,10 +9,11 @@ each part isolated (an exception is recorded in the JSON and the next part still
 2. ``train``:      ``experiments/imagenet_resnet50.yaml`` through the real ``run_training`` on
                    those files (per-GPU batch 32, lr scaled to it, bf16 autocast, channels_last,
                    FFCV GPU pipeline, telemetry, deterministic): loss falls, norms finite, eval
-                   runs; a second run is stopped mid-epoch at a step boundary (as SIGUSR1 does),
-                   resumed from its checkpoint, and its tables must equal the first run's exactly.
+                   runs; a second run is stopped mid-epoch at a step boundary (as SIGUSR1 does,
+                   by a trainer callback), resumed from its checkpoint, and its tables must equal
+                   the first run's exactly (the package's ``compare_runs``).
 3. ``throughput``: images/s of the whole training step (FFCV loader + model + optimizer +
-                   telemetry, the trainer's own ``_train_step``) at the paper's per-GPU batch
+                   telemetry, the trainer's own ``train_step``) at the paper's per-GPU batch
                    (32) and ffcv-imagenet's (512 at 160 and 192 px), against the same step fed
                    from GPU-resident random tensors (the compute-only limit) and against
                    ffcv-imagenet's published ~2.9k images/s per A100; telemetry overhead as
@@ -38,7 +39,6 @@ import argparse
 import gc
 import importlib.util
 import json
-import math
 import os
 import platform
 import random
@@ -186,6 +186,8 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
     import pandas as pd
 
     from imagenet_repro import files, rundir
+    from imagenet_repro.train.callbacks import Callback
+    from imagenet_repro.train.compare import compare_runs
     from imagenet_repro.train.distributed import shutdown
     from imagenet_repro.train.loop import Trainer, run_training
 
@@ -213,17 +215,19 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
                     "top1_over_chance": round(float(evals.top1.iloc[-1]) * s.classes, 2) if len(evals) else None,
                     "manifest_device": files.read_json(a_dir / rundir.MANIFEST).get("device")})
 
-        class StopAt(Trainer):  # the SIGUSR1 path: flag at a step boundary -> checkpoint -> exit
-            def _train_step(self, images, labels):
-                if self.step == 0:
+        class StopAt(Callback):  # the SIGUSR1 path: flag at a step boundary -> checkpoint -> exit
+            first_batch = None
+
+            def on_step_end(self, trainer, images, labels):
+                if trainer.step == 1:  # what the first step was fed
                     self.first_batch = {"images": [str(images.device), str(images.dtype), list(images.shape),
                                                    images.is_contiguous(memory_format=torch.channels_last)],
                                         "labels": [str(labels.device), str(labels.dtype), list(labels.shape)]}
-                super()._train_step(images, labels)
-                if self.step == s.stop_at:
-                    self._pending_signal = signal.SIGUSR1
+                if trainer.step == s.stop_at:
+                    trainer.interrupt(signal.SIGUSR1)
 
-        trainer = StopAt(cfg, b_dir)
+        stop = StopAt()
+        trainer = Trainer(cfg, b_dir, callbacks=[stop])
         try:
             trainer.fit()
             res["interrupt"] = "did not stop"
@@ -231,7 +235,7 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
             res["interrupt"] = f"SystemExit({exc.code}) at step {trainer.step}"
         finally:
             shutdown(trainer.dist)
-        fb = res["first_batch"] = getattr(trainer, "first_batch", None)
+        fb = res["first_batch"] = stop.first_batch
         # what the model is fed: float32 on the training device, channels_last on CUDA; int64 labels there too
         res["inputs_ok"] = bool(fb and fb["images"][0] == str(device) and fb["images"][1] == "torch.float32"
                                 and fb["images"][3] == (device.type == "cuda") and fb["labels"][0] == str(device)
@@ -240,17 +244,8 @@ def part_train(work: Path, s: Sizes, device: torch.device, data: dict) -> dict:
         _free()
         res["resumed_state"] = run_training(cfg, b_dir)
         res["resumed_from_step"] = rundir.read_status(b_dir).get("resumed_from_step")
-        exact, diffs = True, {}
-        for name in (rundir.STEPS, rundir.LAYERS, rundir.EVAL):
-            a, b = pd.read_parquet(a_dir / name), pd.read_parquet(b_dir / name)
-            a, b = a.drop(columns=["images_per_s"], errors="ignore"), b.drop(columns=["images_per_s"], errors="ignore")
-            same_shape = a.shape == b.shape and list(a.columns) == list(b.columns)
-            num = a.select_dtypes("number").columns
-            diff = float((a[num] - b[num]).abs().max().max()) if same_shape else math.inf
-            diffs[name] = diff
-            exact = exact and same_shape and a.equals(b)
-        res["resume_exact"] = bool(exact)
-        res["resume_max_abs_diff"] = diffs
+        res["resume_problems"] = compare_runs(a_dir, b_dir)  # [] when the tables are equal bit for bit
+        res["resume_exact"] = not res["resume_problems"]
         res["ok"] = bool(res["state"] == "done" and res["resumed_state"] == "done" and res["loss_falls"]
                          and res["norms_finite"] and res["eval_ran"] and res["resume_exact"] and res["inputs_ok"])
     finally:
@@ -289,7 +284,7 @@ def _loader_fed(trainer, s: Sizes, device: torch.device) -> dict:
                 if i == s.warmup_steps:
                     _sync(device)
                     w0 = time.perf_counter()
-                t._train_step(images, labels)
+                t.train_step(images, labels)
                 if t.step % t.telemetry.flush_every == 0:
                     t.telemetry.flush()
                 m += images.shape[0]
@@ -315,7 +310,7 @@ def _loader_fed(trainer, s: Sizes, device: torch.device) -> dict:
 
 def _compute_only(trainer, s: Sizes, device: torch.device, batch: int, res: int,
                   telemetry: bool = True, steps: int | None = None) -> float:
-    """Seconds per step of the same _train_step fed from device-resident random tensors."""
+    """Seconds per step of the same train_step fed from device-resident random tensors."""
     t = trainer
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=fmt)
@@ -328,7 +323,7 @@ def _compute_only(trainer, s: Sizes, device: torch.device, batch: int, res: int,
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            t._train_step(images, labels)
+            t.train_step(images, labels)
             if telemetry and t.step % t.telemetry.flush_every == 0:
                 t.telemetry.flush()
         _sync(device)

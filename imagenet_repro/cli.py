@@ -34,16 +34,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _data_write(args: argparse.Namespace) -> int:
-    from imagenet_repro.data import writer
+    from imagenet_repro.datasets import WriteOptions, get_dataset
 
-    if args.source == "imagefolder":
-        if not args.src:
-            raise ConfigError("--source imagefolder needs the image folder: repro data write --source imagefolder DIR --out FILE.beton")
-        writer.write_imagefolder(args.src, args.out, max_resolution=args.max_res, jpeg_quality=args.jpeg_quality,
-                                 compress_probability=args.compress_probability, num_workers=args.num_workers)
-    else:
-        writer.write_fashion_mnist(args.out, source=args.src, size=args.size,
-                                   num_workers=args.num_workers)
+    try:
+        dataset = get_dataset(args.source)  # its registry entry writes it
+    except ConfigError as exc:
+        raise ConfigError(f"--source: {exc}") from None
+    dataset.write(args.src, args.out, WriteOptions(
+        max_resolution=args.max_res, jpeg_quality=args.jpeg_quality, compress_probability=args.compress_probability,
+        num_workers=args.num_workers, size=args.size))
     return 0
 
 
@@ -200,11 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="prepare datasets")
     dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
-    w = dsub.add_parser("write", help="write an ImageFolder or Fashion-MNIST to FFCV .beton files")
-    w.add_argument("--source", choices=["imagefolder", "fashion-mnist"], required=True)
-    w.add_argument("src", nargs="?", help="imagefolder: the class-folder root; fashion-mnist: idx folder "
+    from imagenet_repro.datasets import available_datasets, get_dataset  # torch-free: the registry only
+
+    w = dsub.add_parser("write", help="write a dataset (an ImageFolder, Fashion-MNIST, ...) to FFCV .beton files")
+    names = [get_dataset(n).cli_name for n in available_datasets()]
+    w.add_argument("--source", required=True, metavar="DATASET",
+                   help=f"a registered dataset ({', '.join(names)}) or FILE.py:NAME (docs/datasets.md)")
+    w.add_argument("src", nargs="?", help="imagefolder, imagenet: the class-folder root; fashion-mnist: idx folder "
                    "(default: $FASHION_MNIST_DIR, else Debian's, else torchvision's download into data/)")
-    w.add_argument("--out", required=True, help="imagefolder: FILE.beton; fashion-mnist: folder for train.beton and val.beton")
+    w.add_argument("--out", required=True, help="imagefolder, imagenet: FILE.beton; fashion-mnist: folder for "
+                                                "train.beton and val.beton")
     w.add_argument("--max-res", type=int, default=256, help="longest image side kept (imagefolder)")
     w.add_argument("--jpeg-quality", type=int, default=90)
     w.add_argument("--compress-probability", type=float, default=0.5, help="share of images stored as JPEG (rest raw)")

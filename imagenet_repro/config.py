@@ -23,6 +23,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from imagenet_repro.datasets import get_dataset
 from imagenet_repro.errors import ConfigError, first_line
 from imagenet_repro.optim.registry import check_optim_config, optimizer_config_class
 from imagenet_repro.paths import in_path_problem
@@ -31,12 +32,6 @@ from imagenet_repro.paths import in_path_problem
 # Choice fields are StrEnums: OmegaConf rejects any other value when merging (one line,
 # naming the key and the choices), and a member *is* its string, so comparisons, YAML
 # output and the run-id hash are the same as with plain strings.
-class Dataset(StrEnum):
-    imagenet = "imagenet"
-    fashion_mnist = "fashion_mnist"
-    imagefolder = "imagefolder"
-
-
 class Backend(StrEnum):
     ffcv = "ffcv"
     torchvision = "torchvision"
@@ -61,7 +56,7 @@ class ScheduleName(StrEnum):
 
 @dataclass
 class DataConfig:
-    dataset: Dataset = Dataset.imagenet  # imagenet | fashion_mnist | imagefolder (labels from folders)
+    dataset: str = "imagenet"  # a registered dataset (imagenet | fashion_mnist | imagefolder, imagenet_repro.datasets) or FILE.py:NAME
     backend: Backend = Backend.ffcv  # ffcv | torchvision (ImageFolder + transforms.v2 + DataLoader)
     # ffcv backend: .beton files; torchvision backend: ImageFolder roots (train/ and val/)
     train_path: str = "data/imagenet/train.beton"
@@ -260,7 +255,7 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-CHOICES = {"data.dataset": Dataset, "data.backend": Backend, "data.order": Order, "train.device": Device,
+CHOICES = {"data.backend": Backend, "data.order": Order, "train.device": Device,
            "schedule.name": ScheduleName}
 
 
@@ -411,6 +406,10 @@ def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
         section, name = key.split(".")
         value = cfg[section][name]
         _require(value in set(choices), f"{key} must be one of {', '.join(choices)} (got {value!r})")
+    try:
+        dataset = get_dataset(cfg.data.dataset)  # its registry entry (imagenet_repro.datasets)
+    except ConfigError as exc:
+        raise ConfigError(f"bad value for data.dataset: {exc}") from None
 
     _require(bool(cfg.name.strip()) and "/" not in cfg.name and cfg.name not in (".", ".."),
              f"name must be a non-empty folder name without '/' (got {cfg.name!r})")
@@ -424,6 +423,8 @@ def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
     _require(all(0 < x < 1 for x in s.milestones) and all(a < b for a, b in zip(s.milestones, s.milestones[1:])),
              f"schedule.milestones must be increasing fractions of the run in (0, 1) (got {list(s.milestones)})")
     check_bounds(leaves, BOUNDS)  # every numeric knob's own range (the table above)
+    _require(dataset.num_classes in (None, d.num_classes),
+             f"data.num_classes must be {dataset.num_classes} for data.dataset={dataset.name} (got {d.num_classes})")
 
     check_optim_config(cfg.optim)  # the optimizer's own keys (its config's check), normalized_rule, corrected_decay
 
@@ -445,10 +446,11 @@ def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
 
 def data_path_kind(cfg: Any) -> str:
     """What ``data.train_path``/``val_path`` must be: a ``.beton`` file (ffcv), an ImageFolder
-    root (torchvision), or either (torchvision Fashion-MNIST: a folder of idx files, else found)."""
+    root (torchvision), or either (the data set's registry entry says: Fashion-MNIST's is a folder of
+    idx files, else found)."""
     if cfg["data"]["backend"] == "ffcv":
         return "file"
-    return "any" if cfg["data"]["dataset"] == "fashion_mnist" else "folder"
+    return get_dataset(cfg["data"]["dataset"]).path_kind
 
 
 def data_path_problem(cfg: Any, key: str) -> Optional[str]:

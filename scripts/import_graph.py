@@ -27,6 +27,10 @@ DEFERRED = {
     ("imagenet_repro.data.loaders", "imagenet_repro.data.ffcv_backend"):
         "the configured backend only: ffcv and numba take seconds to import and may be missing",
     ("imagenet_repro.data.loaders", "imagenet_repro.data.torchvision_backend"): "the configured backend only",
+    ("imagenet_repro.datasets.imagenet", "*"):
+        "a dataset's writer and reader load ffcv, torch and OpenCV when called: the registry is read torch-free",
+    ("imagenet_repro.datasets.fashion_mnist", "*"):
+        "a dataset's writer and reader load ffcv, torch and OpenCV when called: the registry is read torch-free",
     ("imagenet_repro.sweep.job", "imagenet_repro.train.loop"):
         "the trainer loads in the job's process; the submitting one (a dry run, the launcher) never trains",
 }

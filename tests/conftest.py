@@ -164,7 +164,7 @@ def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
 def assert_same_tables(reference: Path, other: Path) -> None:
     """The steps, layers and eval tables of two runs are equal bit for bit, the wall-clock
     images/s aside: the package's own comparison (what the rehearsal's resume check uses)."""
-    from imagenet_repro.sweep.rehearse import compare_runs
+    from imagenet_repro.train.compare import compare_runs
 
     problems = compare_runs(reference, other)
     assert not problems, problems

@@ -4,7 +4,7 @@
 
 PLAN.json lists runs, ``{"out": DIR, "overrides": [...], "sync": true}``, trained one after
 the other in these processes (one process group) with the trainer's public surface:
-``Trainer(cfg, out, on_step=probe).fit()``.  ``"sync": false`` trains inside DDP's own
+``Trainer(cfg, out, callbacks=[probe]).fit()``.  ``"sync": false`` trains inside DDP's own
 ``no_sync()``, the switch that turns the gradient all-reduce off: each rank then steps on the
 gradient of its own shard, which is what the checks must catch.
 
@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from imagenet_repro.config import load_config
+from imagenet_repro.train.callbacks import Callback
 from imagenet_repro.train.distributed import shutdown
 from imagenet_repro.train.loop import Trainer
 
@@ -38,7 +39,7 @@ def norm_like_telemetry(tensors: list[torch.Tensor]) -> float:
     return float(torch.stack(torch._foreach_norm(tensors)).float().square().sum().sqrt())
 
 
-class Probe:
+class Probe(Callback):
     def __init__(self) -> None:
         self.own: dict[int, torch.Tensor] = {}
         self.rows: list[dict] = []
@@ -49,7 +50,7 @@ class Probe:
             p.register_hook(lambda g, i=i: self.own.__setitem__(i, g.detach().clone()))
 
     @torch.no_grad()
-    def __call__(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> None:
         world = dist.get_world_size()
         weights = torch.cat([p.detach().reshape(-1) for p in self.params])
         gathered = [torch.empty_like(weights) for _ in range(world)]
@@ -76,7 +77,7 @@ class Probe:
 def main(plan_path: str) -> None:
     for run in json.loads(Path(plan_path).read_text()):
         probe = Probe()
-        trainer = Trainer(load_config(DEMO, run["overrides"]), Path(run["out"]), on_step=probe)
+        trainer = Trainer(load_config(DEMO, run["overrides"]), Path(run["out"]), callbacks=[probe])
         probe.attach(trainer)
         if run["sync"]:
             state = trainer.fit()

@@ -13,7 +13,7 @@ from synthetic_runs import write_run
 from imagenet_repro.analysis.aggregate import aggregate_runs, format_summary, write_aggregate
 from imagenet_repro.analysis.paired import (
     CORRECTED,
-    DEFAULT_TARGET_TOP1,
+    default_target,
     format_paired,
     paired_display,
     t_interval,
@@ -130,7 +130,7 @@ def test_time_to_target_default_and_explicit(tmp_path):
     c = run(tmp_path, "sgd", 0.5, 2, 0.80, 1.5, eval_top1=[0.5, 0.8, 0.8, 0.80])
     agg = aggregate_runs([a, b, c])  # synthetic runs are "imagenet": the AlgoPerf target 0.7743
     runs = agg.runs.set_index("seed")
-    assert DEFAULT_TARGET_TOP1["imagenet"] == 0.7743 and (runs.target_top1 == 0.7743).all()
+    assert default_target("imagenet") == 0.7743 and (runs.target_top1 == 0.7743).all()
     assert runs.steps_per_epoch.tolist() == [25.0, 25.0, 25.0]
     assert runs.loc[0, "steps_to_target"] == 75 and runs.loc[0, "epochs_to_target"] == 3.0
     assert math.isnan(runs.loc[1, "steps_to_target"])

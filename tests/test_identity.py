@@ -4,7 +4,7 @@ Starting or resuming a folder with another config is refused (exit 2, one line n
 differing key with both values, nothing written), in ``repro train`` and in ``repro sweep``;
 a restart that differs only in :data:`NON_METRIC_KEYS` is accepted, and each of those keys,
 changed half-way through a run, leaves its steps/layers/eval tables equal to the unchanged
-run's (the rehearsal's :func:`compare_runs`)."""
+run's (the package's :func:`~imagenet_repro.train.compare.compare_runs`)."""
 from __future__ import annotations
 
 import os
@@ -19,8 +19,9 @@ from imagenet_repro import rundir
 from imagenet_repro.cli import main
 from imagenet_repro.config import NON_METRIC_KEYS, build_config, load_config, to_yaml
 from imagenet_repro.identity import check_run_folder, config_differences
-from imagenet_repro.sweep.rehearse import compare_runs
 from imagenet_repro.sweep.spec import load_spec, resolve_runs
+from imagenet_repro.train.callbacks import Callback
+from imagenet_repro.train.compare import compare_runs
 from imagenet_repro.train.loop import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,14 +36,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def stopped_run(out: Path, overrides: list[str], at: int = STOP_AT) -> None:
     """A run interrupted at step ``at`` as a preempted job is: checkpoint there, status failed."""
-    def send(trainer) -> None:
-        if trainer.step == at:
-            os.kill(os.getpid(), signal.SIGUSR1)
+    class Send(Callback):
+        def on_step_end(self, trainer, images, labels) -> None:
+            if trainer.step == at:
+                os.kill(os.getpid(), signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, lambda *_: None)
     try:
         with pytest.raises(SystemExit):
-            run_training(load_config(DEMO, overrides), out, on_step=send)
+            run_training(load_config(DEMO, overrides), out, callbacks=[Send()])
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert rundir.read_status(out)["state"] == "failed"

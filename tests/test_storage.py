@@ -24,9 +24,10 @@ from imagenet_repro import files, rundir
 from imagenet_repro.cli import main
 from imagenet_repro.config import load_config
 from imagenet_repro.errors import StorageError
-from imagenet_repro.sweep.rehearse import compare_runs
 from imagenet_repro.sweep.status import RunRef, classify
+from imagenet_repro.train.callbacks import Callback
 from imagenet_repro.train.checkpoint import kept_checkpoint
+from imagenet_repro.train.compare import compare_runs
 from imagenet_repro.train.loop import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,12 +252,13 @@ def test_disk_filled_during_a_checkpoint_then_freed_resumes_exactly(mounts, refe
     overrides = fmnist_tiny + ["train.tensorboard=false"]
     filled = []
 
-    def fill_at_20(trainer) -> None:
-        if trainer.step == 20 and not filled:
-            filled.append(_fill(disk, 96 * 1024))
+    class FillAt20(Callback):
+        def on_step_end(self, trainer, images, labels) -> None:
+            if trainer.step == 20 and not filled:
+                filled.append(_fill(disk, 96 * 1024))
 
     with pytest.raises(StorageError) as info:
-        run_training(load_config(DEMO, overrides), out, on_step=fill_at_20)
+        run_training(load_config(DEMO, overrides), out, callbacks=[FillAt20()])
     assert str(info.value) == (f"could not write {out}/checkpoints/last.pt: No space left on device; kept: "
                                f"{out}/checkpoints/last.pt at step 16, the last good checkpoint (the same command "
                                f"resumes from it once the disk can be written); status.json: failed")

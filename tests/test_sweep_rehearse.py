@@ -15,8 +15,9 @@ from imagenet_repro import cli, rundir
 from imagenet_repro.config import check_placement, placement_problems
 from imagenet_repro.errors import ConfigError
 from imagenet_repro.sweep.launcher import slurm_available
-from imagenet_repro.sweep.rehearse import Scale, VariantResult, choose_variants, compare_runs, format_table, shrink
+from imagenet_repro.sweep.rehearse import Scale, VariantResult, choose_variants, format_table, shrink
 from imagenet_repro.sweep.spec import load_spec
+from imagenet_repro.train.compare import compare_runs
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGSHIP = REPO / "sweeps/paper_fig5.yaml"

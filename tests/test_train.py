@@ -20,6 +20,7 @@ from conftest import assert_same_tables
 
 from imagenet_repro import rundir
 from imagenet_repro.config import load_config
+from imagenet_repro.train.callbacks import Callback
 from imagenet_repro.train.loop import run_training
 
 DEMO = "experiments/demo.yaml"
@@ -117,9 +118,10 @@ def test_deferred_signal_checkpoints_at_the_step_boundary_then_resume_is_exact(t
     # reason, the previously installed handler (submitit's requeue), then SystemExit(128 + signum)
     out, calls = tmp_path / "signalled", []
 
-    def send_at_step_3(trainer) -> None:
-        if trainer.step == 3:
-            os.kill(os.getpid(), signal.SIGUSR1)
+    class SendAtStep3(Callback):
+        def on_step_end(self, trainer, images, labels) -> None:
+            if trainer.step == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
 
     def requeue(signum, frame) -> None:
         calls.append(signum)
@@ -127,7 +129,7 @@ def test_deferred_signal_checkpoints_at_the_step_boundary_then_resume_is_exact(t
     previous = signal.signal(signal.SIGUSR1, requeue)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            run_training(load_config(ROOT / DEMO, fmnist_tiny), out, on_step=send_at_step_3)
+            run_training(load_config(ROOT / DEMO, fmnist_tiny), out, callbacks=[SendAtStep3()])
         assert exit_info.value.code == 128 + signal.SIGUSR1 and calls == [signal.SIGUSR1]
         assert signal.getsignal(signal.SIGUSR1) is requeue  # the trainer's handlers are gone
     finally:

@@ -27,7 +27,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run", ["trian.epochs=3"], "unknown config key: trian"),
     # ---- data
     ("data", ["data.dataset=cifar10"],
-     "bad value for data.dataset: Invalid value 'cifar10', expected one of [imagenet, fashion_mnist, imagefolder]"),
+     "bad value for data.dataset: unknown dataset 'cifar10': known: fashion_mnist, imagefolder, imagenet, "
+     "or FILE.py:NAME / module:NAME (see docs/datasets.md)"),
+    ("data", ["data.dataset=fashion_mnist", "data.num_classes=12"],
+     "data.num_classes must be 10 for data.dataset=fashion_mnist (got 12)"),
     ("data", ["data.backend=dali"], "bad value for data.backend: Invalid value 'dali', expected one of [ffcv, torchvision]"),
     ("data", ["data.order=shuffled"], "bad value for data.order: Invalid value 'shuffled', expected one of [random, quasi_random]"),
     ("data", ["data.num_classes=0"], "data.num_classes must be >= 2 (got 0)"),

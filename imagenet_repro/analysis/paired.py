@@ -15,8 +15,8 @@ significant difference at the 5% level).
 
 The top-1 target of time-to-target is the sweep spec's optional ``target_top1`` (a field of
 the spec schema, :class:`imagenet_repro.sweep.schema.SpecSchema`, recorded in the sweep's
-``sweep.json``: :mod:`imagenet_repro.sweepdir`); without it the default of
-the runs' dataset in :data:`DEFAULT_TARGET_TOP1` applies.
+``sweep.json``: :mod:`imagenet_repro.sweepdir`); without it the ``target_top1`` of the runs'
+dataset's registry entry (:mod:`imagenet_repro.datasets`) applies.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from imagenet_repro.datasets import get_dataset
+from imagenet_repro.errors import ConfigError
 
 # plain optimizer -> its corrected version (λ_t = λ γ_t / γ_max); add a line per new pair
 CORRECTED: dict[str, str] = {"sgd": "sgdc", "adamw": "adamc"}
@@ -39,12 +42,6 @@ CI_LEVEL = 0.95
 CI_METHOD = "t"  # Student's t interval on the per-seed differences (scipy.stats.t)
 CI_DESCRIPTION = "95% CI: Student's t interval on the per-seed differences (scipy.stats.t, two-sided)"
 
-# Time-to-target defaults when the spec has no target_top1:
-#   imagenet: the AlgoPerf ResNet-50 ImageNet validation target, 77.43% top-1
-#             (MLCommons AlgoPerf training-algorithms benchmark, workload imagenet_resnet);
-#   fashion_mnist: 75%, a demo convenience (no published target): the demo's small ResNet
-#             passes it within its one epoch.
-DEFAULT_TARGET_TOP1: dict[str, float] = {"imagenet": 0.7743, "fashion_mnist": 0.75}
 
 PAIRED_COLUMNS = ["comparison", "plain", "corrected", "metric", "plain_lr", "plain_wd", "corrected_lr",
                   "corrected_wd", "n_seeds", "plain_mean", "corrected_mean", "mean_diff", "sd_diff", "ci_low",
@@ -52,7 +49,13 @@ PAIRED_COLUMNS = ["comparison", "plain", "corrected", "metric", "plain_lr", "pla
 
 
 def default_target(dataset: Any) -> float:
-    return DEFAULT_TARGET_TOP1.get(str(dataset), math.nan)
+    """The time-to-target default when the spec has no target_top1: the dataset's registry
+    entry's ``target_top1`` (imagenet: AlgoPerf's 77.43%; fashion_mnist: 75%, the demo's;
+    NaN for a dataset without one, or one that is no longer registered)."""
+    try:
+        return float(get_dataset(dataset).target_top1)
+    except ConfigError:
+        return math.nan
 
 
 def time_to_target(steps: np.ndarray, top1: np.ndarray, target: float) -> float:

@@ -1,27 +1,24 @@
 """What both loader backends (FFCV and torchvision) share, so they compute the same thing:
-normalisation constants, ffcv-imagenet's progressive resolution, the per-rank batch
+normalisation constants (each data set's, from its registry entry: :mod:`imagenet_repro.datasets`), ffcv-imagenet's progressive resolution, the per-rank batch
 geometry of DDP (``data.batch_size`` is global, drop_last), subsets and the label check."""
 from __future__ import annotations
 
 import numpy as np
 from omegaconf import DictConfig
 
+from imagenet_repro import datasets
+from imagenet_repro.datasets import imagenet
 from imagenet_repro.errors import ConfigError
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
-# Fashion-MNIST train-set pixel statistics in [0, 1] (grey, copied to 3 channels).
-FASHION_MNIST_MEAN = np.array([0.286] * 3) * 255
-FASHION_MNIST_STD = np.array([0.353] * 3) * 255
+IMAGENET_MEAN = np.array(imagenet.IMAGENET_MEAN) * 255
+IMAGENET_STD = np.array(imagenet.IMAGENET_STD) * 255
 VAL_CROP_RATIO = 224 / 256
 RES_STEP = 32  # progressive resolutions are rounded to a multiple of this, as ffcv-imagenet
 
 
 def mean_std(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel normalisation constants on the 0..255 scale for ``data.dataset``."""
-    if dataset == "fashion_mnist":
-        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
-    return IMAGENET_MEAN, IMAGENET_STD
+    """Per-channel normalisation constants on the 0..255 scale for ``data.dataset`` (its registry entry)."""
+    return datasets.mean_std(dataset)
 
 
 def train_resolution(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:

@@ -1,4 +1,4 @@
-"""Torchvision fallback: ImageFolder (or Fashion-MNIST idx arrays) + transforms.v2 + DataLoader.
+"""Torchvision fallback: the data set's own reader (ImageFolder, Fashion-MNIST idx arrays, ...) + transforms.v2 + DataLoader.
 
 Same augmentations as the FFCV pipelines (RandomResizedCrop + horizontal flip for
 train; centre crop of 224/256 of the short side resized to ``data.val_res`` for val;
@@ -7,12 +7,11 @@ and the same determinism contract: each sample's transforms run under a torch RN
 seeded from ``(seed, epoch, sample index)``, so ``epoch(e, skip=k)`` reproduces the
 tail of an uninterrupted epoch whatever the number of workers.
 
-``data.train_path``/``val_path`` are ImageFolder roots; for ``fashion_mnist`` they may be
-folders holding the idx ``.gz`` files, otherwise ``fashion_mnist_source()`` finds them.
+``data.train_path``/``val_path`` are read by the ``read`` of ``data.dataset``'s registry entry
+(:mod:`imagenet_repro.datasets`): ImageFolder roots for ImageNet and image folders; for
+``fashion_mnist`` folders holding the idx ``.gz`` files, otherwise ``fashion_mnist_source()`` finds them.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,14 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from imagenet_repro.errors import ConfigError
-from imagenet_repro.data.imagefolder import (FASHION_MNIST_FILES, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
-                                             read_fashion_mnist, scan_imagefolder)
 from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
                                          train_resolution)
 from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
+from imagenet_repro.datasets import get_dataset
 
-FASHION_MNIST_SIZE = 32  # the writer's default size, so both backends see the same pixels
 _MASK63 = (1 << 63) - 1
 
 
@@ -61,28 +57,9 @@ class _Images(Dataset):
         return self.normalize(img.float()), int(self.labels[index])
 
 
-def _folder_source(root: str):
-    _, samples = scan_imagefolder(root)
-    paths = [p for p, _ in samples]
-    labels = np.array([lbl for _, lbl in samples], dtype=np.int64)
-    return (lambda i: F.pil_to_tensor(load_rgb(paths[i]))), labels
-
-
-def _fmnist_source(path: str, split: str):
-    folder = Path(path) if Path(path).is_dir() and (Path(path) / FASHION_MNIST_FILES[split][0]).is_file() \
-        else fashion_mnist_source()
-    images, labels = read_fashion_mnist(split, folder)
-    rgb = torch.from_numpy(fashion_mnist_rgb(images, FASHION_MNIST_SIZE)).permute(0, 3, 1, 2)
-    return (lambda i: rgb[i]), labels
-
-
 def _source(d: DictConfig, split: str):
-    path = str(d.train_path if split == "train" else d.val_path)
-    if d.dataset == "fashion_mnist":
-        return _fmnist_source(path, split)
-    if path.endswith(".beton"):
-        raise ConfigError(f"data.backend=torchvision needs an ImageFolder root, got the .beton file {path}")
-    return _folder_source(path)
+    """``(load(i) -> uint8 CHW tensor, labels)`` of a split, by the data set's registered reader."""
+    return get_dataset(d.dataset).read(str(d.train_path if split == "train" else d.val_path), split)
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device):

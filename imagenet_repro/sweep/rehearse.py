@@ -11,7 +11,7 @@ For a spec it:
    (lr, weight decay, ...); seeds do not change code paths and are not varied;
 3. writes a small synthetic dataset shaped like the spec's (:func:`rehearsal_data`:
    photo-like JPEGs at ImageNet sizes with every one of ``data.num_classes`` classes, or
-   small images for the small-image datasets) through the same writer as
+   small images for the datasets whose registry entry says ``small_images``) through the same writer as
    ``repro data write``, cached under the rehearsal root; the user's data is never read;
 4. runs each variant's real resolved config (same model, optimizer, schedule, telemetry,
    data pipeline, DDP world size) with data, batch, steps and epochs shrunk
@@ -50,6 +50,7 @@ from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.config import build_config, config_hash
 from imagenet_repro.data.synthetic import write_synthetic_imagefolder
 from imagenet_repro.data.writer import write_imagefolder
+from imagenet_repro.datasets import get_dataset
 from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.sweep.launcher import execute, pick_cluster
 from imagenet_repro.sweep.spec import (
@@ -61,6 +62,8 @@ from imagenet_repro.sweep.spec import (
     load_spec,
     resolve_runs,
 )
+from imagenet_repro.train.callbacks import Callback
+from imagenet_repro.train.compare import compare_runs
 from imagenet_repro.train.loop import run_training
 
 DEFAULT_ROOT = "rehearsal"
@@ -68,8 +71,6 @@ STEPS_PER_EPOCH = 3
 EPOCHS = 2
 KILL_AT_STEP = STEPS_PER_EPOCH + 1  # mid-way through the second epoch
 VAL_IMAGES = 8
-SMALL_IMAGE_DATASETS = ("fashion_mnist",)
-TIMING_COLUMNS = ("images_per_s",)  # wall-clock, not part of the exact comparison
 NOT_ON_CPU = "CUDA device placement, bf16 autocast, channels_last, NCCL, the GPU FFCV pipeline (ToDevice, normalisation on GPU)"
 
 
@@ -133,7 +134,7 @@ def rehearsal_data(root: Path, cfg: dict, image_root_only: bool = False) -> tupl
     makes an interrupted build start again."""
     d = cfg["data"]
     classes = int(d["num_classes"])
-    small = d["dataset"] in SMALL_IMAGE_DATASETS
+    small = get_dataset(d["dataset"]).small_images
     side = int(d["max_res"])
     n_images = max(classes, 64)
     key = f"{'small' + str(side) if small else 'imagenet'}-{classes}c-{n_images}"
@@ -221,7 +222,7 @@ def rehearsal_specs(spec: SweepSpec, root: Path, scale: Scale) -> tuple[SweepSpe
 
 
 # ---------------------------------------------------------------------------- the kill
-class KillAfterCheckpoint:
+class KillAfterCheckpoint(Callback):
     """A sweep job's trainer that checkpoints at step ``step`` and SIGKILLs every rank there.
 
     Every rank runs the same hook; the barrier makes sure rank 0's checkpoint is on disk
@@ -231,12 +232,12 @@ class KillAfterCheckpoint:
         self.step = step
 
     def __call__(self, cfg, run_dir: Path) -> str:
-        return run_training(cfg, run_dir, on_step=self.on_step)
+        return run_training(cfg, run_dir, callbacks=[self])
 
-    def on_step(self, trainer) -> None:
+    def on_step_end(self, trainer, images, labels) -> None:
         if trainer.step != self.step:
             return
-        trainer._checkpoint()
+        trainer.save_checkpoint()
         if trainer.dist.enabled:
             import torch.distributed
 
@@ -245,25 +246,6 @@ class KillAfterCheckpoint:
 
 
 # ---------------------------------------------------------------------------- checks
-def compare_runs(reference: Path, resumed: Path) -> list[str]:
-    """Differences between the tables of two runs (empty: identical, timing columns aside)."""
-    import pandas as pd
-
-    problems = []
-    for table in (rundir.STEPS, rundir.LAYERS, rundir.EVAL):
-        try:
-            a, b = pd.read_parquet(reference / table), pd.read_parquet(resumed / table)
-        except Exception as exc:  # missing or unreadable
-            problems.append(f"{table}: {describe(exc)}")
-            continue
-        drop = [c for c in TIMING_COLUMNS if c in a.columns]
-        try:
-            pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop, errors="ignore"), check_exact=True)
-        except AssertionError as exc:
-            problems.append(f"{table} differs after resume: {' '.join(str(exc).split())[:160]}")
-    return problems
-
-
 def steps_per_second(run_dir: Path, global_batch: int) -> float:
     """Median training steps per second of a run (from its logged images/s)."""
     import pandas as pd
@@ -387,4 +369,4 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
     return 1 if failed else 0
 
 
-__all__ = ["choose_variants", "rehearsal_data", "shrink", "rehearse", "KillAfterCheckpoint", "compare_runs"]
+__all__ = ["choose_variants", "rehearsal_data", "shrink", "rehearse", "KillAfterCheckpoint"]

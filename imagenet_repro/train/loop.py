@@ -1,9 +1,12 @@
 """One training run: config in, run directory out (see :mod:`imagenet_repro.rundir`).
 
-:meth:`Trainer.fit` is the recipe: start (or resume) the run's files, then for each epoch
-``_train_epoch()`` (its steps, each followed by the step-boundary work of ``_after_step``)
-and ``_end_epoch()`` (flush, eval, checkpoint).  It ends ``done``; ``diverged`` (a helper
-raises ``_Diverged``, caught once in ``fit``); with SystemExit for a deferred signal (below);
+:meth:`Trainer.fit` is the recipe: :meth:`~Trainer.start` (or resume) the run's files, then for
+each epoch ``_train_epoch()`` (its steps, each followed by the step-boundary work of
+``_after_step``) and ``_end_epoch()`` (flush, eval, checkpoint).  Code outside ``train/``
+extends a run through :class:`~imagenet_repro.train.callbacks.Callback` (step end, epoch end,
+checkpoint) and the public methods ``start``, ``train_step``, ``evaluate``,
+``save_checkpoint`` and ``interrupt``, never the private ones.  It ends ``done``;
+``diverged`` (a helper raises ``_Diverged``, caught once in ``fit``); with SystemExit for a deferred signal (below);
 or with the error, which :func:`run_training` records as ``failed``.
 
 The loop, in the order it happens each step::
@@ -37,7 +40,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -56,6 +59,7 @@ from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
 from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
+from imagenet_repro.train.callbacks import Callback
 from imagenet_repro.train.checkpoint import CheckpointError, kept_checkpoint, load_latest, save_checkpoint
 from imagenet_repro.train.distributed import all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
@@ -89,9 +93,9 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, out_dir: Path, on_step: Optional[Callable[["Trainer"], None]] = None) -> None:
+    def __init__(self, cfg: DictConfig, out_dir: Path, callbacks: Iterable[Callback] = ()) -> None:
         self.cfg = cfg
-        self.on_step = on_step  # called at every step boundary (the rehearsal's kill hook)
+        self.callbacks: list[Callback] = list(callbacks)  # told of each step end, epoch end, checkpoint
         self.out = Path(out_dir)
         self.dist, self.device = init_from_env(cfg.train.device)
         check_placement(cfg, self.dist.world_size, self.device.type == "cuda")
@@ -139,6 +143,10 @@ class Trainer:
         self._previous_handlers: dict[int, object] = {}
         self._last_checkpoint = time.monotonic()
 
+    def add_callback(self, callback: Callback) -> None:
+        """Tell ``callback`` of this run's step ends, epoch ends and checkpoints (after the others)."""
+        self.callbacks.append(callback)
+
     # ---- files ---------------------------------------------------------------------
     def _write_tables(self) -> None:
         if not self.dist.is_main:
@@ -157,14 +165,18 @@ class Trainer:
         rundir.write_status(self.out, state, epoch=self.epoch, step=self.step, total_steps=self.total_steps,
                             top1=top1, job_id=job_id or os.environ.get("SLURM_JOB_ID"), updated=time.time(), **extra)
 
-    def _checkpoint(self) -> None:
-        """Flush telemetry, write the tables, then the checkpoint (so they always agree)."""
+    def save_checkpoint(self) -> None:
+        """Flush telemetry, write the tables, then the checkpoint (so they always agree); then
+        the callbacks' ``on_checkpoint``.  Call it on every rank (rank 0 writes)."""
         self.telemetry.flush()
+        path = self.out / rundir.LAST_CHECKPOINT
         if self.dist.is_main:
             self._write_tables()
-            save_checkpoint(self.out / rundir.LAST_CHECKPOINT, model=self.model, optimizer=self.optimizer,
+            save_checkpoint(path, model=self.model, optimizer=self.optimizer,
                             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
         self._last_checkpoint = time.monotonic()
+        for callback in self.callbacks:
+            callback.on_checkpoint(self, path)
 
     def _read_table(self, name: str) -> pd.DataFrame:
         path = self.out / name
@@ -174,9 +186,9 @@ class Trainer:
             raise CheckpointError(f"{path}: unreadable run table ({type(exc).__name__}) next to a checkpoint: the "
                                   f"run cannot resume exactly; delete {self.out} to start it over") from None
 
-    def _start_files(self) -> None:
-        """Resume from the newest checkpoint that verifies (``last.pt``, else ``prev.pt``), the
-        tables cut back to its position; a run with checkpoints none of which can be used
+    def start(self) -> None:
+        """Start the run's files (config, manifest, status ``running``), resuming from the newest
+        checkpoint that verifies (``last.pt``, else ``prev.pt``), the tables cut back to its position; a run with checkpoints none of which can be used
         raises CheckpointError (marked failed by :func:`run_training`)."""
         pos = load_latest(self.out / rundir.CHECKPOINTS, model=self.model, optimizer=self.optimizer)
         if pos is not None:
@@ -207,6 +219,12 @@ class Trainer:
     def _defer_signal(self, signum: int, frame) -> None:
         self._pending_signal = signum
 
+    def interrupt(self, signum: int = signal.SIGTERM) -> None:
+        """End the run at the next step boundary as the deferred signal ``signum`` would:
+        checkpoint, status ``failed`` with the reason, the previously installed handler of
+        ``signum`` (submitit's requeue), then SystemExit(128 + signum)."""
+        self._pending_signal = int(signal.Signals(signum))  # (ValueError for a number no signal has)
+
     def _install_signal_handlers(self) -> None:
         for sig in _DEFERRED_SIGNALS:
             self._previous_handlers[sig] = signal.getsignal(sig)
@@ -219,7 +237,7 @@ class Trainer:
     def _handle_pending_signal(self) -> None:
         signum = self._pending_signal
         name = signal.Signals(signum).name
-        self._checkpoint()
+        self.save_checkpoint()
         self._status("failed", reason=f"interrupted by {name} at step {self.step}; resumes from its checkpoint")
         self._restore_signal_handlers()
         previous = self._previous_handlers.get(signum)
@@ -228,7 +246,9 @@ class Trainer:
         raise SystemExit(128 + signum)
 
     # ---- the loop -------------------------------------------------------------------
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One optimizer step on a batch, telemetry recorded (and flushed only when its buffer
+        is full); none of the step-boundary work nor the callbacks."""
         lr = self.schedule.apply(self.step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.train.amp):
             loss = F.cross_entropy(self.ddp_model(images), labels, label_smoothing=self.cfg.train.label_smoothing)
@@ -303,7 +323,7 @@ class Trainer:
 
         A deferred signal exits (SystemExit) at a step boundary; an error propagates.
         """
-        self._start_files()
+        self.start()
         self._install_signal_handlers()
         try:
             while self.epoch < self.cfg.train.epochs:
@@ -328,9 +348,9 @@ class Trainer:
             for images, labels in self.train_loader.epoch(self.epoch, skip=self.batch_in_epoch):
                 if self.batch_in_epoch >= self.steps_per_epoch:  # train.steps_per_epoch caps the epoch
                     break
-                self._train_step(images, labels)
-                if self.on_step is not None:
-                    self.on_step(self)
+                self.train_step(images, labels)
+                for callback in self.callbacks:
+                    callback.on_step_end(self, images, labels)
                 bar.update(1)
                 self._after_step(bar)
 
@@ -346,7 +366,7 @@ class Trainer:
         if self._pending_signal is not None:
             self._handle_pending_signal()  # checkpoint, status failed, SystemExit
         if self._checkpoint_due():
-            self._checkpoint()  # (its flush may find a non-finite step)
+            self.save_checkpoint()  # (its flush may find a non-finite step)
             if self.telemetry.diverged:
                 raise _Diverged
 
@@ -361,8 +381,10 @@ class Trainer:
         if self.show_bar:
             tqdm.write(f"epoch {self.epoch}: top1 {row.top1:.4f} top5 {row.top5:.4f} loss {row.loss:.4f}")
         if self.cfg.checkpoint.every_epoch or self.epoch == self.cfg.train.epochs:
-            self._checkpoint()
+            self.save_checkpoint()
         self._status("running")
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, row)
 
     def storage_failure(self, exc: StorageError) -> StorageError:
         """The one line a failed write ends the run with: what could not be written where, what
@@ -396,8 +418,9 @@ class Trainer:
         return state
 
 
-def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callable[[Trainer], None]] = None) -> str:
-    """Train (or resume) the run in ``out_dir``; return its final state.
+def run_training(cfg: DictConfig, out_dir: str | Path, callbacks: Iterable[Callback] = ()) -> str:
+    """Train (or resume) the run in ``out_dir`` (``callbacks``: :class:`Callback` instances told of
+    its step ends, epoch ends and checkpoints); return its final state.
 
     A folder holding a run of another config is refused first (ConfigError, nothing
     written: :mod:`imagenet_repro.identity`).  A run already ``done`` or ``diverged`` is not
@@ -412,7 +435,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path, on_step: Optional[Callabl
     if state in rundir.FINAL_STATES:
         return state
     try:
-        trainer = Trainer(cfg, out, on_step=on_step)
+        trainer = Trainer(cfg, out, callbacks=callbacks)
     except BaseException as exc:
         # bad input for a fresh run leaves nothing behind; anything else is recorded
         fresh_bad_input = isinstance(exc, ConfigError) and not out.exists()
