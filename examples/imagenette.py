@@ -17,8 +17,8 @@ refused (a folder of another dataset would train with the wrong labels).
 import os
 from pathlib import Path
 
-from imagenet_repro.datasets import DatasetEntry, WriteOptions, register_dataset
-from imagenet_repro.datasets.imagenet import IMAGENET_MEAN, IMAGENET_STD, read_folder
+from imagenet_repro.data.datasets import DatasetEntry, WriteOptions, register_dataset
+from imagenet_repro.data.datasets.imagenet import IMAGENET_MEAN, IMAGENET_STD, read_folder
 from imagenet_repro.errors import ConfigError
 
 WNIDS = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079",  # tench, springer, cassette player,

@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _data_write(args: argparse.Namespace) -> int:
-    from imagenet_repro.datasets import WriteOptions, get_dataset
+    from imagenet_repro.data.datasets import WriteOptions, get_dataset
 
     try:
         dataset = get_dataset(args.source)  # its registry entry writes it
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="prepare datasets")
     dsub = d.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
-    from imagenet_repro.datasets import available_datasets, get_dataset  # torch-free: the registry only
+    from imagenet_repro.data.datasets import available_datasets, get_dataset  # torch-free: the registry only
 
     w = dsub.add_parser("write", help="write a dataset (an ImageFolder, Fashion-MNIST, ...) to FFCV .beton files")
     names = [get_dataset(n).cli_name for n in available_datasets()]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from imagenet_repro.datasets import get_dataset
+from imagenet_repro.bounds import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_RES, MAX_WORKERS, NO_LIMIT, Bound, check_bounds
+from imagenet_repro.data.datasets import get_dataset
 from imagenet_repro.errors import ConfigError, first_line
 from imagenet_repro.optim.registry import check_optim_config, optimizer_config_class
 from imagenet_repro.paths import in_path_problem
@@ -56,7 +56,7 @@ class ScheduleName(StrEnum):
 
 @dataclass
 class DataConfig:
-    dataset: str = "imagenet"  # a registered dataset (imagenet | fashion_mnist | imagefolder, imagenet_repro.datasets) or FILE.py:NAME
+    dataset: str = "imagenet"  # a registered dataset (imagenet | fashion_mnist | imagefolder, imagenet_repro.data.datasets) or FILE.py:NAME
     backend: Backend = Backend.ffcv  # ffcv | torchvision (ImageFolder + transforms.v2 + DataLoader)
     # ffcv backend: .beton files; torchvision backend: ImageFolder roots (train/ and val/)
     train_path: str = "data/imagenet/train.beton"
@@ -271,48 +271,6 @@ def _leaves(node: Any, prefix: str = ""):
         yield prefix[:-1], node
 
 
-def _in(value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> bool:
-    return (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-
-
-def _num(b: float) -> str:
-    return str(b) if isinstance(b, int) else f"{b:g}"
-
-
-@dataclass(frozen=True)
-class Bound:
-    """The range of one numeric knob, ``lo`` to ``hi`` (ends open with ``lo_open``/``hi_open``).
-
-    ``why`` says what breaks above ``hi`` (printed with a value above it); ``interval``
-    knobs (fractions) name both ends in every message, the others only the end broken."""
-
-    lo: float
-    hi: float
-    why: str = ""
-    lo_open: bool = False
-    hi_open: bool = False
-    interval: bool = False
-
-    def problem(self, key: str, value: float) -> Optional[str]:
-        if _in(value, self.lo, self.hi, self.lo_open, self.hi_open):
-            return None
-        if self.interval:
-            ends = f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
-            return f"{key} must be in {ends} (got {value})"
-        if value < self.hi:  # below lo
-            return f"{key} must be {'>' if self.lo_open else '>='} {_num(self.lo)} (got {value})"
-        why = f": {self.why}" if self.why else ""
-        return f"{key} must be {'<' if self.hi_open else '<='} {_num(self.hi)} (got {value}){why}"
-
-
-# Upper bounds shared by several knobs, each from what the pipeline can take.
-MAX_RES = 2048  # px: a decoded batch is batch x res^2 x 3 bytes per buffer slot (ffcv keeps 5)
-MAX_BATCH = 1 << 20  # a batch is allocated whole by the loaders
-MAX_COUNT = (1 << 31) - 1  # image and step counts: ffcv's sample indices are 32-bit
-MAX_WORKERS = 1024  # processes (torchvision) or numba threads (ffcv, capped at the cores): no node has more cores
-MAX_EPOCHS = 10_000
-NO_LIMIT = math.inf  # any finite value works (the finite check still applies)
-
 # Every numeric knob of a RunConfig outside ``optim`` (each optimizer's checks are its own, in
 # optim.registry; the library optimizers are probed with the settings).  One entry per int or
 # float field: tests/test_bounds.py fails on a field missing here.  ``model.widths[]`` is
@@ -350,17 +308,6 @@ BOUNDS: dict[str, Bound] = {
                                    lo_open=True),
     "checkpoint.every_minutes": Bound(0, NO_LIMIT),
 }
-
-
-def check_bounds(values: dict[str, float], table: dict[str, Bound]) -> None:
-    """ConfigError for the first value outside its bound (``values``: dotted key -> value;
-    a key ``k[i]`` is checked against ``k[]``)."""
-    for key, value in values.items():
-        bound = table.get(re.sub(r"\[\d+\]$", "[]", key))
-        if bound is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
-            problem = bound.problem(key, value)
-            if problem is not None:
-                raise ConfigError(problem)
 
 
 class ContainerView(dict):
@@ -407,7 +354,7 @@ def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
         value = cfg[section][name]
         _require(value in set(choices), f"{key} must be one of {', '.join(choices)} (got {value!r})")
     try:
-        dataset = get_dataset(cfg.data.dataset)  # its registry entry (imagenet_repro.datasets)
+        dataset = get_dataset(cfg.data.dataset)  # its registry entry (imagenet_repro.data.datasets)
     except ConfigError as exc:
         raise ConfigError(f"bad value for data.dataset: {exc}") from None
 

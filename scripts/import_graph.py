@@ -24,12 +24,14 @@ DEFERRED = {
     ("imagenet_repro.cli", "*"): "each verb loads only what it uses: `repro status` and `--help` stay free of torch",
     ("imagenet_repro.config", "imagenet_repro.models"):
         "torch and torchvision load when a config is validated, not when a spec or status is read",
+    ("imagenet_repro.data", "imagenet_repro.data.loaders"):
+        "the loaders (torch) load on first use: `config` reads the package's dataset registry torch-free",
     ("imagenet_repro.data.loaders", "imagenet_repro.data.ffcv_backend"):
         "the configured backend only: ffcv and numba take seconds to import and may be missing",
     ("imagenet_repro.data.loaders", "imagenet_repro.data.torchvision_backend"): "the configured backend only",
-    ("imagenet_repro.datasets.imagenet", "*"):
+    ("imagenet_repro.data.datasets.imagenet", "*"):
         "a dataset's writer and reader load ffcv, torch and OpenCV when called: the registry is read torch-free",
-    ("imagenet_repro.datasets.fashion_mnist", "*"):
+    ("imagenet_repro.data.datasets.fashion_mnist", "*"):
         "a dataset's writer and reader load ffcv, torch and OpenCV when called: the registry is read torch-free",
     ("imagenet_repro.sweep.job", "imagenet_repro.train.loop"):
         "the trainer loads in the job's process; the submitting one (a dry run, the launcher) never trains",

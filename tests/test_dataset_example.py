@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from imagenet_repro.cli import main
+from imagenet_repro.data.datasets import available_datasets, get_dataset, mean_std
 from imagenet_repro.data.synthetic import write_synthetic_imagefolder
-from imagenet_repro.datasets import available_datasets, get_dataset, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = f"{ROOT}/examples/imagenette.py:imagenette"
@@ -121,7 +121,7 @@ def test_docs_name_every_field_of_an_entry():
     import dataclasses
     import re
 
-    from imagenet_repro.datasets import DatasetEntry
+    from imagenet_repro.data.datasets import DatasetEntry
 
     text = (ROOT / "docs" / "datasets.md").read_text()
     block = re.search(r"^```python\n(.*?)^```$", text, flags=re.S | re.M).group(1)

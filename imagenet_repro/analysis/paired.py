@@ -16,7 +16,7 @@ significant difference at the 5% level).
 The top-1 target of time-to-target is the sweep spec's optional ``target_top1`` (a field of
 the spec schema, :class:`imagenet_repro.sweep.schema.SpecSchema`, recorded in the sweep's
 ``sweep.json``: :mod:`imagenet_repro.sweepdir`); without it the ``target_top1`` of the runs'
-dataset's registry entry (:mod:`imagenet_repro.datasets`) applies.
+dataset's registry entry (:mod:`imagenet_repro.data.datasets`) applies.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from imagenet_repro.datasets import get_dataset
+from imagenet_repro.data.datasets import get_dataset
 from imagenet_repro.errors import ConfigError
 
 # plain optimizer -> its corrected version (λ_t = λ γ_t / γ_max); add a line per new pair

@@ -1,13 +1,13 @@
 """What both loader backends (FFCV and torchvision) share, so they compute the same thing:
-normalisation constants (each data set's, from its registry entry: :mod:`imagenet_repro.datasets`), ffcv-imagenet's progressive resolution, the per-rank batch
+normalisation constants (each data set's, from its registry entry: :mod:`imagenet_repro.data.datasets`), ffcv-imagenet's progressive resolution, the per-rank batch
 geometry of DDP (``data.batch_size`` is global, drop_last), subsets and the label check."""
 from __future__ import annotations
 
 import numpy as np
 from omegaconf import DictConfig
 
-from imagenet_repro import datasets
-from imagenet_repro.datasets import imagenet
+from imagenet_repro.data import datasets
+from imagenet_repro.data.datasets import imagenet
 from imagenet_repro.errors import ConfigError
 
 IMAGENET_MEAN = np.array(imagenet.IMAGENET_MEAN) * 255

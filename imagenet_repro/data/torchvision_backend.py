@@ -8,7 +8,7 @@ seeded from ``(seed, epoch, sample index)``, so ``epoch(e, skip=k)`` reproduces 
 tail of an uninterrupted epoch whatever the number of workers.
 
 ``data.train_path``/``val_path`` are read by the ``read`` of ``data.dataset``'s registry entry
-(:mod:`imagenet_repro.datasets`): ImageFolder roots for ImageNet and image folders; for
+(:mod:`imagenet_repro.data.datasets`): ImageFolder roots for ImageNet and image folders; for
 ``fashion_mnist`` folders holding the idx ``.gz`` files, otherwise ``fashion_mnist_source()`` finds them.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as F
 from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
                                          train_resolution)
 from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
-from imagenet_repro.datasets import get_dataset
+from imagenet_repro.data.datasets import get_dataset
 
 _MASK63 = (1 << 63) - 1
 

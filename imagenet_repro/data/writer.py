@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from imagenet_repro.config import MAX_WORKERS, Bound, check_bounds
+from imagenet_repro.bounds import MAX_WORKERS, Bound, check_bounds
 from imagenet_repro.errors import ConfigError
 from imagenet_repro.paths import check_out_dir, check_out_file
 from imagenet_repro.data.beton import check_beton

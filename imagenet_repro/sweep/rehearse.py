@@ -48,9 +48,9 @@ from imagenet_repro import files, rundir
 from imagenet_repro.analysis.aggregate import aggregate_sweep
 from imagenet_repro.analysis.figures import make_figures
 from imagenet_repro.config import build_config, config_hash
+from imagenet_repro.data.datasets import get_dataset
 from imagenet_repro.data.synthetic import write_synthetic_imagefolder
 from imagenet_repro.data.writer import write_imagefolder
-from imagenet_repro.datasets import get_dataset
 from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.sweep.launcher import execute, pick_cluster
 from imagenet_repro.sweep.spec import (

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 from omegaconf.errors import OmegaConfBaseException
 
-from imagenet_repro.config import Bound, check_bounds, merge_error
+from imagenet_repro.bounds import Bound, check_bounds
+from imagenet_repro.config import merge_error
 from imagenet_repro.errors import ConfigError
 from imagenet_repro.rundir import DEFAULT_RUNS_ROOT
 from imagenet_repro.sweepdir import SweepDescription

@@ -11,7 +11,7 @@ and the paired statistics need (stand-in image size, time-to-target).  Everythin
 
 1. a registered name: the built-ins (``imagenet``, ``imagefolder``, ``fashion_mnist``: the
    modules of this folder) and anything registered by a module that an installed package
-   names under the entry-point group ``imagenet_repro.datasets``;
+   names under the entry-point group ``imagenet_repro.data.datasets``;
 2. ``<file.py or module>:<name>``: the file (relative to the working directory) or module is
    imported first, and registers ``<name>``, e.g. ``examples/imagenette.py:imagenette``.
 
@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional
 
 from imagenet_repro.errors import ConfigError, describe
 
-ENTRY_POINT_GROUP = "imagenet_repro.datasets"
-BUILTIN_MODULES = tuple(f"imagenet_repro.datasets.{m}" for m in ("imagenet", "fashion_mnist"))
+ENTRY_POINT_GROUP = "imagenet_repro.data.datasets"
+BUILTIN_MODULES = tuple(f"imagenet_repro.data.datasets.{m}" for m in ("imagenet", "fashion_mnist"))
 PATH_KINDS = ("folder", "any")
 
 

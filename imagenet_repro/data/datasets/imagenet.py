@@ -3,7 +3,7 @@ trees (ffcv-imagenet's ``write_imagenet.py`` knobs), or the folders themselves f
 torchvision backend.  ImageNet's normalisation for both."""
 from __future__ import annotations
 
-from imagenet_repro.datasets import DatasetEntry, WriteOptions, register_dataset
+from imagenet_repro.data.datasets import DatasetEntry, WriteOptions, register_dataset
 from imagenet_repro.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

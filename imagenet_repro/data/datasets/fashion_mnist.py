@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagenet_repro.datasets import DatasetEntry, WriteOptions, register_dataset
+from imagenet_repro.data.datasets import DatasetEntry, WriteOptions, register_dataset
 
 SIZE = 32  # the writer's default size, so both backends see the same pixels
 # Fashion-MNIST train-set pixel statistics in [0, 1] (grey, copied to 3 channels).
