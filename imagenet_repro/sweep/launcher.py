@@ -318,8 +318,8 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
     refs = [_ref(r) for r in runs]
     check_run_folders(runs)  # before the lock: a refused plan leaves no file behind
     limits = None
-    if cluster == "slurm":  # the site's limits, before the lock too: a submission that cannot fit writes nothing
-        n_todo = sum(s.state in SUBMIT_STATES for s in classify_all(refs))
+    n_todo = sum(s.state in SUBMIT_STATES for s in classify_all(refs)) if cluster == "slurm" else 0
+    if n_todo:  # the site's limits, before the lock too: a submission that cannot fit writes nothing
         _, limits, notes = check_site(sweep, n_todo)
         for note in notes if announce else ():
             print(f"  note: {note}")
