@@ -163,29 +163,50 @@ def slurm_config() -> dict[str, str]:
                                               check=True).stdout)
 
 
-def _reconfigure_to(value: str) -> None:
+def _array_accepted(size: int) -> bool:
+    """Whether the controller takes an array of ``size`` tasks now (a held job, cancelled at once):
+    what it enforces, which `scontrol show config` alone does not tell (see below)."""
+    proc = subprocess.run(["sbatch", "--hold", f"--array=0-{size - 1}", "--wrap", "true", "-o", "/dev/null",
+                           "-J", "repro-probe"], capture_output=True, text=True, timeout=60)
+    if proc.returncode == 0:
+        subprocess.run(["scancel", proc.stdout.split()[-1]], check=True, timeout=60)
+    return proc.returncode == 0
+
+
+def _reconfigure_to(conf: Path, text: str, value: int) -> None:
+    """Write slurm.conf, `scontrol reconfigure`, and wait until arrays of ``value`` tasks are
+    taken and (when the value is lowered) one more is refused."""
+    conf.write_text(text)
     subprocess.run(["scontrol", "reconfigure"], check=True, capture_output=True, timeout=60)
     deadline = time.monotonic() + 30
-    while slurm_config().get("MaxArraySize") != value:
-        assert time.monotonic() < deadline, f"MaxArraySize did not become {value} after scontrol reconfigure"
-        time.sleep(0.2)
+    while not (_array_accepted(value) and (f"MaxArraySize={value}" not in text or not _array_accepted(value + 1))):
+        assert time.monotonic() < deadline, f"slurmctld does not enforce MaxArraySize={value} after reconfigure"
+        time.sleep(0.5)
 
 
 @contextmanager
 def lowered_max_array_size(value: int):
     """MaxArraySize lowered in slurm.conf (+ ``scontrol reconfigure``) for the block only, and
-    ALWAYS restored, file and controller, however the block ends: other tests use this cluster."""
+    ALWAYS restored, file and controller, however the block ends: other tests use this cluster.
+
+    Measured on SLURM 22.05: a reconfigure with the line removed again leaves the controller
+    enforcing the lowered value (while `scontrol show config` reports the default), so the
+    restore first sets the old value explicitly, checks with a probe array that it is
+    enforced, then puts the original file back."""
     config = slurm_config()
-    conf, before = Path(config["SLURM_CONF"]), config["MaxArraySize"]
+    conf, before = Path(config["SLURM_CONF"]), int(config["MaxArraySize"])
     original = conf.read_text()
+    kept = [ln for ln in original.splitlines() if not ln.strip().startswith("MaxArraySize")]
     try:
-        kept = [ln for ln in original.splitlines() if not ln.strip().startswith("MaxArraySize")]
-        conf.write_text("\n".join(kept + [f"MaxArraySize={value}"]) + "\n")
-        _reconfigure_to(str(value))
+        _reconfigure_to(conf, "\n".join(kept + [f"MaxArraySize={value}"]) + "\n", value)
         yield
     finally:
-        conf.write_text(original)
-        _reconfigure_to(before)
+        try:
+            _reconfigure_to(conf, "\n".join(kept + [f"MaxArraySize={before}"]) + "\n", before)
+        finally:
+            conf.write_text(original)
+            subprocess.run(["scontrol", "reconfigure"], check=True, capture_output=True, timeout=60)
+        assert _array_accepted(before), f"slurmctld no longer takes arrays of MaxArraySize={before}"
 
 
 def _sacct_times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
@@ -209,7 +230,7 @@ def test_grid_over_max_array_size_is_split_and_keeps_the_parallelism(slurm_clust
     spec.write_text(spec.read_text().replace("signal_delay_s: 20}", "signal_delay_s: 20, array_parallelism: 1}"))
     with lowered_max_array_size(2):  # the limit counts at submission only: restored right after
         assert launch(spec, cluster="slurm", wait=False) == 0
-    assert slurm_config()["MaxArraySize"] != "2"
+    assert _array_accepted(8)  # restored: the other tests' arrays fit again
     out = capsys.readouterr().out
     print(out)
     assert "split into 2 array(s) (MaxArraySize=2; tasks: 2, 2 after #1), at most 1 running at once" in out
