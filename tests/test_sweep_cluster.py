@@ -173,40 +173,55 @@ def _array_accepted(size: int) -> bool:
     return proc.returncode == 0
 
 
-def _reconfigure_to(conf: Path, text: str, value: int) -> None:
-    """Write slurm.conf, `scontrol reconfigure`, and wait until arrays of ``value`` tasks are
-    taken and (when the value is lowered) one more is refused."""
+def _enforces(value: int, exact: bool) -> bool:
+    return _array_accepted(value) and (not exact or not _array_accepted(value + 1))
+
+
+def _restart_controller() -> None:
+    """Stop slurmctld and start it again (running jobs live on in slurmd; the state is saved)."""
+    pid_file = Path(slurm_config()["SlurmctldPidFile"])
+    pid = int(pid_file.read_text().split()[0])
+    subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "slurmctld did not stop"
+        time.sleep(0.1)
+    subprocess.run(["slurmctld"], check=True, timeout=60)
+    while subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "slurmctld did not come back"
+        time.sleep(0.1)
+
+
+def _reconfigure_to(conf: Path, text: str, value: int, exact: bool) -> None:
+    """Write slurm.conf and make the controller enforce it: arrays of ``value`` tasks taken and,
+    ``exact``, one more refused.  `scontrol reconfigure` first; measured on SLURM 22.05 it does
+    not reliably change the MaxArraySize the controller enforces (`scontrol show config` shows
+    the new value, submissions are checked against an old one), so when a probe array says it
+    did not, slurmctld is restarted (a few seconds; jobs keep running)."""
     conf.write_text(text)
     subprocess.run(["scontrol", "reconfigure"], check=True, capture_output=True, timeout=60)
+    time.sleep(1.0)
+    if not _enforces(value, exact):
+        _restart_controller()
     deadline = time.monotonic() + 30
-    while not (_array_accepted(value) and (f"MaxArraySize={value}" not in text or not _array_accepted(value + 1))):
-        assert time.monotonic() < deadline, f"slurmctld does not enforce MaxArraySize={value} after reconfigure"
+    while not _enforces(value, exact):
+        assert time.monotonic() < deadline, f"slurmctld does not enforce MaxArraySize={value}"
         time.sleep(0.5)
 
 
 @contextmanager
 def lowered_max_array_size(value: int):
-    """MaxArraySize lowered in slurm.conf (+ ``scontrol reconfigure``) for the block only, and
-    ALWAYS restored, file and controller, however the block ends: other tests use this cluster.
-
-    Measured on SLURM 22.05: a reconfigure with the line removed again leaves the controller
-    enforcing the lowered value (while `scontrol show config` reports the default), so the
-    restore first sets the old value explicitly, checks with a probe array that it is
-    enforced, then puts the original file back."""
+    """MaxArraySize lowered in slurm.conf for the block only, and ALWAYS restored, file and
+    controller, however the block ends: other tests use this cluster (see _reconfigure_to)."""
     config = slurm_config()
     conf, before = Path(config["SLURM_CONF"]), int(config["MaxArraySize"])
     original = conf.read_text()
     kept = [ln for ln in original.splitlines() if not ln.strip().startswith("MaxArraySize")]
     try:
-        _reconfigure_to(conf, "\n".join(kept + [f"MaxArraySize={value}"]) + "\n", value)
+        _reconfigure_to(conf, "\n".join(kept + [f"MaxArraySize={value}"]) + "\n", value, exact=True)
         yield
     finally:
-        try:
-            _reconfigure_to(conf, "\n".join(kept + [f"MaxArraySize={before}"]) + "\n", before)
-        finally:
-            conf.write_text(original)
-            subprocess.run(["scontrol", "reconfigure"], check=True, capture_output=True, timeout=60)
-        assert _array_accepted(before), f"slurmctld no longer takes arrays of MaxArraySize={before}"
+        _reconfigure_to(conf, original, before, exact=True)
 
 
 def _sacct_times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
