@@ -314,10 +314,13 @@ def format_costs(spec: SweepSpec, refs: list, states: list[TrackedRun]) -> list[
         if started_more else ""
     lines = [f"cost: measured {measured:.4g} GPU-hours per epoch (wall time x GPUs of {len(costs)} run(s), "
              f"{epochs:.1f} epochs run; {versus}){left_out}"]
+    def gpu_h(x: float) -> str:  # 3 significant digits for the small sweeps of a CPU check
+        return f"{x:,.1f}" if x >= 10 else f"{x:.3g}"
+
     for p in projections(spec, refs, measured):
         bound = "at most " if p.bound else ""
-        spec_h = "no spec estimate" if p.spec_hours is None else f"spec {bound}{p.spec_hours:,.1f}"
-        lines.append(f"  projected {p.label}: {bound}{p.runs} runs, {bound}{p.projected_hours:,.1f} GPU-hours "
+        spec_h = "no spec estimate" if p.spec_hours is None else f"spec {bound}{gpu_h(p.spec_hours)}"
+        lines.append(f"  projected {p.label}: {bound}{p.runs} runs, {bound}{gpu_h(p.projected_hours)} GPU-hours "
                      f"({spec_h})")
     return lines
 
