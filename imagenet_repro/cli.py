@@ -64,7 +64,16 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from imagenet_repro.sweep.spec import load_spec
-    from imagenet_repro.sweep.status import classify_all, format_counts, run_refs, run_table, status_refs
+    from imagenet_repro.sweep.status import (
+        array_line,
+        classify_all,
+        format_costs,
+        format_counts,
+        run_refs,
+        run_table,
+        status_refs,
+        triage_lines,
+    )
 
     spec = load_spec(args.spec)
     refs = run_refs(spec)
@@ -73,12 +82,20 @@ def _status(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {len(states)} runs{staged} in {spec.sweep_dir}: {format_counts(states)}")
     if args.counts_only or not states:
         return 0
-    print(run_table(states))
     failed = [st for st in states if st.state == "failed"]
+    if not args.failed:
+        print(run_table(states))
+        for line in [*format_costs(spec, refs, states), array_line(states)]:
+            if line:
+                print(line)
+    elif failed:
+        print(run_table(failed))
     if failed:
         print("failed runs:")
         for st in failed:
-            print(f"  {st.ref.run_id}: {st.reason}")
+            print("\n".join(triage_lines(spec, st)))
+    elif args.failed:
+        print("no failed runs")
     return 0
 
 
@@ -234,9 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rehearse-root", default="rehearsal", help="folder for rehearsal data, runs and results")
     s.set_defaults(fn=_sweep, wait=True)
 
-    st = sub.add_parser("status", help="counts by state and a per-run table for a sweep")
+    st = sub.add_parser("status", help="counts by state, a per-run table, measured costs and failed runs' logs")
     st.add_argument("spec")
-    st.add_argument("--counts-only", action="store_true")
+    shown = st.add_mutually_exclusive_group()
+    shown.add_argument("--counts-only", action="store_true")
+    shown.add_argument("--failed", action="store_true",
+                       help="only the failed runs: each one's reason and its scheduler log's path and last lines")
     st.set_defaults(fn=_status)
 
     for verb, fn, text in (("aggregate", _aggregate, "collect a sweep's runs into results/<sweep>/ tables"),

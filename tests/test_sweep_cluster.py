@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +17,7 @@ import pytest
 from conftest import fmnist_folder, slurm_answers
 
 from imagenet_repro import cli, rundir
-from imagenet_repro.sweep import claims
+from imagenet_repro.sweep import arrays, claims
 from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec
 from imagenet_repro.sweep.status import classify_all, run_refs
@@ -155,3 +157,127 @@ def test_multi_gpu_submission_asks_one_task_per_gpu(slurm_cluster, tmp_path):
     assert ex.parameters["gpus_per_node"] == 2 and ex.parameters["ntasks_per_node"] == 2
     job = ex.submit(shutil.which, "sh")  # a trivial callable: checks placement, not training
     assert job.results() == [shutil.which("sh")] * 2  # one result per task
+
+
+# ---------------------------------------------------------------------------- arrays that fit the site
+def slurm_config() -> dict[str, str]:
+    return arrays.parse_config(subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                              check=True).stdout)
+
+
+def _array_accepted(size: int) -> bool:
+    """Whether the controller takes an array of ``size`` tasks now (a held job, cancelled at once):
+    what it enforces, which `scontrol show config` alone does not tell (see below)."""
+    proc = subprocess.run(["sbatch", "--hold", f"--array=0-{size - 1}", "--wrap", "true", "-o", "/dev/null",
+                           "-J", "repro-probe"], capture_output=True, text=True, timeout=60)
+    if proc.returncode == 0:
+        subprocess.run(["scancel", proc.stdout.split()[-1]], check=True, timeout=60)
+    return proc.returncode == 0
+
+
+def _enforces(value: int, exact: bool) -> bool:
+    return _array_accepted(value) and (not exact or not _array_accepted(value + 1))
+
+
+def _restart_controller() -> None:
+    """Stop slurmctld and start it again (running jobs live on in slurmd; the state is saved)."""
+    pid_file = Path(slurm_config()["SlurmctldPidFile"])
+    pid = int(pid_file.read_text().split()[0])
+    subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "slurmctld did not stop"
+        time.sleep(0.1)
+    subprocess.run(["slurmctld"], check=True, timeout=60)
+    while subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "slurmctld did not come back"
+        time.sleep(0.1)
+
+
+def _reconfigure_to(conf: Path, text: str, value: int, exact: bool) -> None:
+    """Write slurm.conf and make the controller enforce it: arrays of ``value`` tasks taken and,
+    ``exact``, one more refused.  `scontrol reconfigure` first; measured on SLURM 22.05 it does
+    not reliably change the MaxArraySize the controller enforces (`scontrol show config` shows
+    the new value, submissions are checked against an old one), so when a probe array says it
+    did not, slurmctld is restarted (a few seconds; jobs keep running)."""
+    conf.write_text(text)
+    subprocess.run(["scontrol", "reconfigure"], check=True, capture_output=True, timeout=60)
+    time.sleep(1.0)
+    if not _enforces(value, exact):
+        _restart_controller()
+    deadline = time.monotonic() + 30
+    while not _enforces(value, exact):
+        assert time.monotonic() < deadline, f"slurmctld does not enforce MaxArraySize={value}"
+        time.sleep(0.5)
+
+
+@contextmanager
+def lowered_max_array_size(value: int):
+    """MaxArraySize lowered in slurm.conf for the block only, and ALWAYS restored, file and
+    controller, however the block ends: other tests use this cluster (see _reconfigure_to)."""
+    config = slurm_config()
+    conf, before = Path(config["SLURM_CONF"]), int(config["MaxArraySize"])
+    original = conf.read_text()
+    kept = [ln for ln in original.splitlines() if not ln.strip().startswith("MaxArraySize")]
+    try:
+        _reconfigure_to(conf, "\n".join(kept + [f"MaxArraySize={value}"]) + "\n", value, exact=True)
+        yield
+    finally:
+        _reconfigure_to(conf, original, before, exact=True)
+
+
+def _sacct_times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", "JobID,Start,End"],
+                         capture_output=True, text=True, check=True).stdout
+    times = {}
+    for line in out.splitlines():
+        job, start, end = line.split("|")
+        times[job] = (datetime.fromisoformat(start), datetime.fromisoformat(end))
+    return times
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_grid_over_max_array_size_is_split_and_keeps_the_parallelism(slurm_cluster, tmp_path, capsys):
+    """4 runs, MaxArraySize lowered to 2, array_parallelism 1: two arrays of 2, the second
+    waiting for the first (afterany), never more than 1 task running (the node fits 2);
+    a re-sweep submits nothing and status sees one sweep."""
+    name = f"split{os.getpid()}"
+    spec = tiny_spec(tmp_path, name, "  optimizer: [sgd, sgdc]\n  seed: [0, 1]\n", epochs=1)
+    spec.write_text(spec.read_text().replace("signal_delay_s: 20}", "signal_delay_s: 20, array_parallelism: 1}"))
+    with lowered_max_array_size(2):  # the limit counts at submission only: restored right after
+        assert launch(spec, cluster="slurm", wait=False) == 0
+    assert _array_accepted(8)  # restored: the other tests' arrays fit again
+    out = capsys.readouterr().out
+    print(out)
+    assert "split into 2 array(s) (MaxArraySize=2; tasks: 2, 2 after #1), at most 1 running at once" in out
+    assert "submitted 4 runs: SLURM jobs " in out and "(2 arrays, 4 tasks)" in out
+    most, seen, deadline = 0, set(), time.monotonic() + 600
+    while True:  # follow the queue: how many of our tasks run at once
+        q = subprocess.run(["squeue", "-h", "-r", "-n", f"repro-{name}", "-o", "%i|%T"], capture_output=True,
+                           text=True, check=True).stdout.split()
+        running = [j.split("|")[0] for j in q if j.endswith("|RUNNING")]
+        seen |= set(running)
+        most = max(most, len(running))
+        if not q:
+            break
+        assert time.monotonic() < deadline, f"still queued: {q}"
+        time.sleep(0.2)
+    states = classify_all(run_refs(load_spec(spec)))
+    assert [s.state for s in states] == ["done"] * 4
+    ids = sorted({s.claim["job_id"] for s in states})
+    by_array: dict[str, list[str]] = {}
+    for job in ids:
+        by_array.setdefault(job.split("_")[0], []).append(job)
+    assert len(by_array) == 2 and all(len(v) == 2 for v in by_array.values()), ids
+    assert most == 1 and len(seen) >= 2, (most, seen)
+    first, second = sorted(by_array, key=int)
+    times = _sacct_times(ids)
+    assert min(times[j][0] for j in by_array[second]) >= max(times[j][1] for j in by_array[first]), times
+    script = (tmp_path / "runs" / name / ".submitit" / second / f"{second}_submission.sh").read_text()
+    assert f"#SBATCH --dependency=afterany:{first}" in script and "#SBATCH --array=0-1%1" in script
+
+    assert launch(spec, cluster="slurm", poll_s=1.0) == 0  # the re-sweep sees both arrays' runs done
+    assert "submitted 0 runs" in capsys.readouterr().out
+    assert cli.main(["status", str(spec)]) == 0
+    assert f"sweep {name}: 4 runs in {tmp_path / 'runs' / name}: done 4" in capsys.readouterr().out

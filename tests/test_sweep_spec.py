@@ -245,3 +245,13 @@ def test_planner_tests_pass_in_a_checkout_with_imagenet_and_a_launched_stage(tmp
     after = sorted((p.relative_to(checkout_copy), p.stat().st_mtime_ns) for p in checkout_copy.rglob("*")
                    if "tests" not in p.relative_to(checkout_copy).parts[:1])
     assert after == before  # the user's data, runs and specs untouched
+
+
+def test_quick_spec_is_one_config_three_seeds_within_twenty_gpu_hours(capsys, checkout_copy):
+    """sweeps/paper_fig5_quick.yaml: SGD vs SGDC at one (lr, wd), 3 seeds, 16 epochs, <= 20 GPU-hours."""
+    assert cli.main(["sweep", "sweeps/paper_fig5_quick.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs (2 optimizer x 1 lr x 1 wd x 3 seed)" in out and "-/16" in out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("cost estimate:"))
+    hours = float(line.split("cost estimate:")[1].split("GPU-hours")[0].replace(",", ""))
+    assert hours <= 20, line

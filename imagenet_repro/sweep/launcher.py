@@ -5,8 +5,11 @@
    warning for ``--dry-run`` (cluster paths need not exist on this machine).
 2. Under the sweep lock, classify every run (:mod:`.status`): done/diverged are skipped,
    queued/running (a live job) are left alone, failed and pending ones are claimed
-   (``job.json``, O_EXCL) and submitted: one SLURM job array with the spec's resources
-   (``executor.batch()``), or ``local.parallelism`` lanes on submitit's local executor.
+   (``job.json``, O_EXCL) and submitted: SLURM job arrays with the spec's resources
+   (``executor.batch()``; several when the grid exceeds the site's ``MaxArraySize``, keeping
+   ``slurm.array_parallelism`` across them, see :mod:`.arrays`; the site's job-count limits
+   are checked before anything is written), or ``local.parallelism`` lanes on submitit's
+   local executor.
 3. With ``wait`` (the default) follow the runs with a progress bar (on a terminal; else a
    plain line every 30 s) until none is queued or running, print the counts, and return 0
    iff every selected run is done or diverged.
@@ -30,7 +33,7 @@ from imagenet_repro.errors import ConfigError
 from imagenet_repro.identity import check_run_folder
 from imagenet_repro.progress import progress as progress_bar
 from imagenet_repro.rundir import FINAL_STATES, RunState
-from imagenet_repro.sweep import claims
+from imagenet_repro.sweep import arrays, claims
 from imagenet_repro.sweep.job import RunLane, TrainJob
 from imagenet_repro.sweep.spec import (
     SHORT_NAMES,
@@ -135,27 +138,55 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[TrackedRun]
 
 
 # ---------------------------------------------------------------------------- submission
-def _slurm_executor(spec: SweepSpec):
+def _slurm_executor(spec: SweepSpec, parallelism: Optional[int] = None, after: Optional[str] = None):
+    """submitit's executor with the spec's resources; ``parallelism``: this array's %N (default
+    slurm.array_parallelism); ``after``: a job id it waits for (``--dependency=afterany:ID``)."""
     s = spec.slurm
     ex = submitit.SlurmExecutor(folder=spec.sweep_dir / ".submitit" / "%j", max_num_timeout=s.max_timeout_requeues)
     params = dict(job_name=f"repro-{spec.name}", time=s.timeout_min, nodes=s.nodes, ntasks_per_node=s.tasks,
-                  array_parallelism=s.array_parallelism, signal_delay_s=s.signal_delay_s,
+                  array_parallelism=parallelism or s.array_parallelism, signal_delay_s=s.signal_delay_s,
                   stderr_to_stdout=True)
+    extra = dict(s.additional_parameters)
+    if after is not None:  # the spec's own dependency, if any, and ours (',' = both)
+        extra["dependency"] = ",".join(d for d in (extra.get("dependency"), f"afterany:{after}") if d)
     optional = dict(partition=s.partition, account=s.account, qos=s.qos, constraint=s.constraint,
                     gpus_per_node=s.gpus_per_node or None, cpus_per_task=s.cpus_per_task or None,
                     mem=f"{int(s.mem_gb * 1024)}MB" if s.mem_gb else None,
-                    setup=list(s.setup) or None, additional_parameters=dict(s.additional_parameters) or None)
+                    setup=list(s.setup) or None, additional_parameters=extra or None)
     params.update({k: v for k, v in optional.items() if v is not None})
     ex.update_parameters(**params)
     return ex
 
 
-def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None) -> list:
-    ex = _slurm_executor(spec)
-    with ex.batch():
-        jobs = [ex.submit(TrainJob(trainer), run.config, str(run.run_dir)) for run in runs]
-    for run, job in zip(runs, jobs):
-        claims.record_job(run.run_dir, "slurm", job.job_id, job.paths.folder)
+def check_site(spec: SweepSpec, n_runs: int, limits: Optional[arrays.SiteLimits] = None
+               ) -> tuple[list[arrays.ArrayPlan], arrays.SiteLimits, list[str]]:
+    """The arrays ``n_runs`` will be submitted as, under the site's limits (read when not given);
+    a ConfigError when they cannot fit.  Returns the plan, the limits and the notes to print."""
+    limits = limits if limits is not None else arrays.read_site_limits(spec.slurm.account)
+    plans = arrays.plan_arrays(n_runs, spec.slurm.array_parallelism, limits.max_array_size)
+    return plans, limits, arrays.check_fits(n_runs, plans, limits)
+
+
+def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None,
+                  limits: Optional[arrays.SiteLimits] = None) -> list:
+    """One array per :class:`~.arrays.ArrayPlan` (one when the grid fits MaxArraySize), each
+    claim recording its own task's job id, so status and re-sweeps see one sweep."""
+    plans, limits, _ = check_site(spec, len(runs), limits)
+    jobs: list = []
+    array_ids: list[str] = []
+    for plan in plans:
+        ex = _slurm_executor(spec, plan.parallelism, None if plan.after is None else array_ids[plan.after])
+        part = runs[plan.start:plan.stop]
+        with ex.batch():
+            submitted = [ex.submit(TrainJob(trainer), run.config, str(run.run_dir)) for run in part]
+        for run, job in zip(part, submitted):
+            claims.record_job(run.run_dir, "slurm", job.job_id, job.paths.folder)
+        array_ids.append(str(submitted[0].job_id).split("_")[0])
+        jobs += submitted
+    if len(plans) > 1:
+        print(f"  split into {arrays.describe(plans, limits)}: SLURM jobs "
+              + ", ".join(a + (f" (after {array_ids[p.after]})" if p.after is not None else "")
+                          for a, p in zip(array_ids, plans)), flush=True)
     return jobs
 
 
@@ -186,8 +217,10 @@ def _submit_local(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer
     return jobs
 
 
-def submit(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) -> list:
-    """Claim and submit ``runs`` (the caller holds the sweep lock); claims are released on failure."""
+def submit(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None,
+           limits: Optional[arrays.SiteLimits] = None) -> list:
+    """Claim and submit ``runs`` (the caller holds the sweep lock); claims are released on failure.
+    ``limits``: the SLURM site's, when the caller has read them (else read here)."""
     claimed = []
     try:
         for run in runs:
@@ -195,7 +228,7 @@ def submit(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer=None) 
                 raise ConfigError(f"run {run.run_id} ({run.label()}) was claimed by another launcher")
             claimed.append(run)
         if cluster == "slurm":
-            return _submit_slurm(spec, runs, trainer)
+            return _submit_slurm(spec, runs, trainer, limits)
         return _submit_local(spec, runs, cluster, trainer)
     except BaseException:
         for run in claimed:
@@ -285,6 +318,12 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
     The one submission path: ``repro sweep`` and the rehearsal (:mod:`.rehearse`) both come here."""
     refs = [_ref(r) for r in runs]
     check_run_folders(runs)  # before the lock: a refused plan leaves no file behind
+    limits = None
+    n_todo = sum(s.state in SUBMIT_STATES for s in classify_all(refs)) if cluster == "slurm" else 0
+    if n_todo:  # the site's limits, before the lock too: a submission that cannot fit writes nothing
+        _, limits, notes = check_site(sweep, n_todo)
+        for note in notes if announce else ():
+            print(f"  note: {note}")
     with claims.sweep_lock(sweep.sweep_dir):
         write_description(sweep.description())  # sweep.json: what the analysis reads of this sweep
         if grid is not None:  # staged: the cache lists the whole grid, as `repro status` reads it
@@ -301,10 +340,11 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
                 claims.release(st.ref.run_dir)  # dead job (or a launcher that died): the run is claimed anew
         if announce:
             print_plan(sweep, runs, states, cluster, [], show_runs=False, label=label)
-        jobs = submit(sweep, todo, cluster, trainer) if todo else []
+        jobs = submit(sweep, todo, cluster, trainer, limits) if todo else []
     if announce and jobs:
-        first = jobs[0].job_id
-        where = f"SLURM job {first.split('_')[0]} ({len(todo)} array tasks)" if cluster == "slurm" else \
+        ids = list(dict.fromkeys(str(j.job_id).split("_")[0] for j in jobs))
+        where = (f"SLURM job {ids[0]} ({len(todo)} array tasks)" if len(ids) == 1 else
+                 f"SLURM jobs {', '.join(ids)} ({len(ids)} arrays, {len(todo)} tasks)") if cluster == "slurm" else \
             f"{len(jobs)} {cluster} job(s)"
         print(f"submitted {len(todo)} runs: {where}; logs in {sweep.sweep_dir / '.submitit'}", flush=True)
     elif announce:
