@@ -138,10 +138,10 @@ def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
 
 
 # ---------------------------------------------------------------------------- runs
-def assert_same_tables(reference: Path, other: Path) -> None:
-    """The steps, layers and eval tables of two runs are equal bit for bit, the wall-clock
-    images/s aside: the package's own comparison (what the rehearsal's resume check uses)."""
-    from imagenet_repro.sweep.rehearse import compare_runs
+def assert_same_tables(reference: Path, other: Path, tables: tuple[str, ...] | None = None) -> None:
+    """The steps, layers and eval tables (or only ``tables``) of two runs are equal bit for bit,
+    the wall-clock images/s aside: the package's own comparison (the rehearsal's resume check)."""
+    from imagenet_repro.sweep.rehearse import RUN_TABLES, compare_runs
 
-    problems = compare_runs(reference, other)
+    problems = compare_runs(reference, other, tables or RUN_TABLES)
     assert not problems, problems

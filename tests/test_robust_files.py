@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_same_tables
 
 from imagenet_repro import rundir
 from imagenet_repro.cli import main
@@ -431,12 +432,8 @@ def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_ti
         assert run_training(load_config(DEMO, overrides), killed) == "done"
     status = json.loads((killed / "status.json").read_text())
     assert status["resumed_from_step"] == prev_step and status["resumed_from"] == "prev.pt"
-    a = {n: pd.read_parquet(full / f"{n}.parquet") for n in ("steps", "layers", "eval")}
+    assert_same_tables(full, killed)
     b = {n: pd.read_parquet(killed / f"{n}.parquet") for n in ("steps", "layers", "eval")}
-    pd.testing.assert_frame_equal(a["steps"].drop(columns="images_per_s"), b["steps"].drop(columns="images_per_s"),
-                                  check_exact=True)
-    pd.testing.assert_frame_equal(a["layers"], b["layers"], check_exact=True)
-    pd.testing.assert_frame_equal(a["eval"], b["eval"], check_exact=True)
     (tmp_path / "result.json").write_text(json.dumps({"prev_step": prev_step, "last_step": last_step}))
     print(f"RESUME-RESULT killed with last.pt at step {last_step}, prev.pt at step {prev_step}; "
           f"{len(b['steps'])} step rows, {len(b['layers'])} layer rows, {len(b['eval'])} eval rows exactly equal")

@@ -245,12 +245,15 @@ class KillAfterCheckpoint:
 
 
 # ---------------------------------------------------------------------------- checks
-def compare_runs(reference: Path, resumed: Path) -> list[str]:
-    """Differences between the tables of two runs (empty: identical, timing columns aside)."""
+RUN_TABLES = (rundir.STEPS, rundir.LAYERS, rundir.EVAL)
+
+
+def compare_runs(reference: Path, resumed: Path, tables: tuple[str, ...] = RUN_TABLES) -> list[str]:
+    """Differences between the ``tables`` of two runs (empty: identical, timing columns aside)."""
     import pandas as pd
 
     problems = []
-    for table in (rundir.STEPS, rundir.LAYERS, rundir.EVAL):
+    for table in tables:
         try:
             a, b = pd.read_parquet(reference / table), pd.read_parquet(resumed / table)
         except Exception as exc:  # missing or unreadable
