@@ -1,11 +1,11 @@
 """Shared fixtures and helpers: the real Fashion-MNIST idx folder and .beton files (found/written
 once per session), a copy of the checkout's specs to plan in, placeholder data paths and one
-optimizer step for the optimizer tests, and the exact comparison of two runs' tables."""
+optimizer step for the optimizer tests, the exact comparison of two runs' tables, and whether
+the SLURM tests run (by the launcher's own rule, launcher.slurm_available)."""
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,17 +16,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKOUT_PARTS = ("sweeps", "experiments")  # what planning a shipped spec reads (its base configs)
-
-
-def slurm_answers() -> bool:
-    """A SLURM cluster answers here and its node takes jobs (any user can submit to it)."""
-    if shutil.which("sinfo") is None:
-        return False
-    try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return any(s.strip() in ("idle", "mixed", "allocated", "completing") for s in out.splitlines())
 
 
 SLURM_SKIP = "SLURM tests: no cluster answers sinfo, and "
@@ -43,11 +32,13 @@ def pytest_collection_modifyitems(config, items):
     the only part of the suite that needs root (and apt-get). Where neither is possible they
     are skipped with one reason, reported in one line (below). Cluster tests share one
     xdist group (`--dist loadgroup`)."""
+    from imagenet_repro.sweep.launcher import slurm_available  # the launcher's own rule: one rule for both
+
     for item in items:
         if item.get_closest_marker("slurm") or item.path.name in CLUSTER_MODULES:
             item.add_marker(pytest.mark.xdist_group("cluster"))
     slurm = [item for item in items if item.get_closest_marker("slurm")]
-    if not slurm or slurm_answers():
+    if not slurm or slurm_available():
         return
     if os.geteuid() != 0:
         reason = SLURM_SKIP + "starting one (scripts/slurm-up.sh) needs root"
@@ -161,10 +152,10 @@ def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
 
 
 # ---------------------------------------------------------------------------- runs
-def assert_same_tables(reference: Path, other: Path) -> None:
-    """The steps, layers and eval tables of two runs are equal bit for bit, the wall-clock
-    images/s aside: the package's own comparison (what the rehearsal's resume check uses)."""
-    from imagenet_repro.train.compare import compare_runs
+def assert_same_tables(reference: Path, other: Path, tables: tuple[str, ...] | None = None) -> None:
+    """The steps, layers and eval tables (or only ``tables``) of two runs are equal bit for bit,
+    the wall-clock images/s aside: the package's own comparison (the rehearsal's resume check)."""
+    from imagenet_repro.train.compare import RUN_TABLES, compare_runs
 
-    problems = compare_runs(reference, other)
+    problems = compare_runs(reference, other, tables or RUN_TABLES)
     assert not problems, problems

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_same_tables
 
 from imagenet_repro import rundir
 from imagenet_repro.cli import main
@@ -29,7 +30,6 @@ from imagenet_repro.config import load_config
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.status import RunRef, classify
 from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
-from imagenet_repro.train.compare import compare_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments/demo.yaml")
@@ -431,7 +431,7 @@ def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_ti
         assert run_training(load_config(DEMO, overrides), killed) == "done"
     status = json.loads((killed / "status.json").read_text())
     assert status["resumed_from_step"] == prev_step and status["resumed_from"] == "prev.pt"
-    assert compare_runs(full, killed) == []
+    assert_same_tables(full, killed)
     b = {n: pd.read_parquet(killed / f"{n}.parquet") for n in ("steps", "layers", "eval")}
     (tmp_path / "result.json").write_text(json.dumps({"prev_step": prev_step, "last_step": last_step}))
     print(f"RESUME-RESULT killed with last.pt at step {last_step}, prev.pt at step {prev_step}; "

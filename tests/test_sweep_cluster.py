@@ -1,10 +1,12 @@
 """Sweeps that really train: submitit's local executor, and a real single-node SLURM
 cluster with job arrays, idempotent re-sweeps and a requeued array task that resumes from
-its checkpoint. The SLURM tests use a cluster that already answers `sinfo`, else start one
+its checkpoint, and a task sent submitit's time-limit signal that checkpoints, is requeued
+and finishes exactly. The SLURM tests use a cluster that already answers `sinfo`, else start one
 with scripts/slurm-up.sh (root, apt-get); without either they are skipped, in one line."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -14,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import fmnist_folder, slurm_answers
+from conftest import assert_same_tables, fmnist_folder
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.sweep import arrays, claims
-from imagenet_repro.sweep.launcher import launch
+from imagenet_repro.sweep.launcher import launch, slurm_available
 from imagenet_repro.sweep.spec import load_spec
 from imagenet_repro.sweep.status import classify_all, run_refs
 from imagenet_repro.sweepdir import read_description
@@ -71,7 +73,7 @@ def test_local_executor_runs_the_grid_then_submits_nothing(tmp_path, capsys):
 # ---------------------------------------------------------------------------- SLURM
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    if slurm_answers():  # a running cluster, whoever started it
+    if slurm_available():  # a running cluster, whoever started it (the launcher's own rule)
         return True
     # else start one (root; tests/conftest.py skips the `slurm` tests where that cannot be done)
     t0 = time.monotonic()
@@ -136,13 +138,57 @@ def test_requeued_array_task_resumes_from_its_checkpoint(slurm_cluster, tmp_path
     status = rundir.read_status(target.run_dir)
     assert status["state"] == "done" and status["job_id"] == job_id
     assert (status.get("resumed_from_step") or 0) > 0
-    a = pd.read_parquet(run_refs(load_spec(ref))[0].run_dir / rundir.EVAL)
-    b = pd.read_parquet(target.run_dir / rundir.EVAL)
-    assert len(b) == 3
-    pd.testing.assert_frame_equal(a, b)
-    sa = pd.read_parquet(run_refs(load_spec(ref))[0].run_dir / rundir.STEPS)
-    sb = pd.read_parquet(target.run_dir / rundir.STEPS)
-    pd.testing.assert_frame_equal(sa[["step", "loss", "grad_norm"]], sb[["step", "loss", "grad_norm"]])
+    assert len(pd.read_parquet(target.run_dir / rundir.EVAL)) == 3
+    assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
+
+
+def restarts(job_id: str) -> int:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"\bRestarts=(\d+)", out).group(1))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_timeout_signal_checkpoints_at_a_step_boundary_requeues_and_finishes_exactly(slurm_cluster, tmp_path, capsys):
+    """The signal submitit has SLURM send before the time limit (`--signal=USR2@signal_delay_s`),
+    sent now with `scancel --signal=USR2` to a training array task: the trainer checkpoints at
+    the next step boundary and hands over to submitit's handler, which (the job past its
+    guaranteed walltime: the timed-out case) checkpoints the job and requeues it with
+    `scontrol requeue`; the same job resumes from that step and ends with the tables of an
+    uninterrupted run."""
+    axes = "  optimizer: [sgd]\n  seed: [5]\n"
+    ref, sig = (tiny_spec(tmp_path, f"{n}{os.getpid()}", axes, epochs=5) for n in ("tref", "tsig"))
+    assert launch(ref, cluster="slurm", wait=False) == 0
+    assert launch(sig, cluster="slurm", wait=False) == 0
+    target = run_refs(load_spec(sig))[0]
+    deadline = time.monotonic() + 300
+    while (rundir.read_status(target.run_dir).get("epoch") or 0) < 1:  # training, past its first epoch
+        assert rundir.read_status(target.run_dir).get("state") != "done", "finished before the signal"
+        assert time.monotonic() < deadline, "run never reached epoch 1"
+        time.sleep(0.1)
+    job_id = claims.read_claim(target.run_dir)["job_id"]
+    assert restarts(job_id) == 0
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    deadline = time.monotonic() + 120
+    while not (rundir.read_status(target.run_dir).get("reason") or "").startswith("interrupted by SIGUSR2"):
+        assert rundir.read_status(target.run_dir).get("state") != "done", "the signal changed nothing"
+        assert time.monotonic() < deadline, "the trainer never took the signal"
+        time.sleep(0.1)
+    interrupted = rundir.read_status(target.run_dir)
+    step = interrupted["step"]
+    assert interrupted["reason"] == f"interrupted by SIGUSR2 at step {step}; resumes from its checkpoint"
+    assert 4 <= step < 20  # after epoch 1, before the end (5 epochs x 4 steps)
+    while restarts(job_id) == 0:  # submitit's handler requeued the job
+        assert time.monotonic() < deadline, "the job was not requeued"
+        time.sleep(0.2)
+    assert launch(sig, cluster="slurm", poll_s=1.0) == 0  # nothing new submitted: the requeued job is live
+    assert "submitted 0 runs" in capsys.readouterr().out
+    assert launch(ref, cluster="slurm", poll_s=1.0) == 0
+
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "done" and status["job_id"] == job_id and restarts(job_id) == 1
+    assert status["resumed_from_step"] == step  # from the checkpoint written at the signal's step boundary
+    assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
 
 
 @pytest.mark.slow

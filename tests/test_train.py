@@ -296,10 +296,8 @@ def test_intermediate_evals_land_on_their_steps_and_change_nothing_in_training(r
     assert list(ev.epoch) == [0, 0, 0, 1, 1, 1, 1, 2]
     assert list(ev.images) == [300, 300, 300, 1000, 300, 300, 300, 1000]
     assert ((ev.top1 > 0) & (ev.top1 <= ev.top5) & (ev.top5 <= 1)).all()
+    assert_same_tables(finished_run, run_with_intermediate_evals, (rundir.STEPS, rundir.LAYERS))
     a, b = tables(finished_run), tables(run_with_intermediate_evals)
-    pd.testing.assert_frame_equal(a["steps"].drop(columns="images_per_s"), b["steps"].drop(columns="images_per_s"),
-                                  check_exact=True)
-    pd.testing.assert_frame_equal(a["layers"], b["layers"], check_exact=True)
     full = b["eval"][b["eval"].images == 1000].reset_index(drop=True)
     pd.testing.assert_frame_equal(a["eval"], full, check_exact=True)
 

@@ -16,13 +16,13 @@ RUN_TABLES = (rundir.STEPS, rundir.LAYERS, rundir.EVAL)
 TIMING_COLUMNS = ("images_per_s",)  # wall-clock, not part of the exact comparison
 
 
-def compare_runs(reference: str | Path, other: str | Path) -> list[str]:
-    """Differences between the steps, layers and eval tables of two run folders, one line
-    each (empty: equal bit for bit, the wall-clock :data:`TIMING_COLUMNS` aside)."""
+def compare_runs(reference: str | Path, other: str | Path, tables: tuple[str, ...] = RUN_TABLES) -> list[str]:
+    """Differences between the ``tables`` (default: steps, layers and eval) of two run folders,
+    one line each (empty: equal bit for bit, the wall-clock :data:`TIMING_COLUMNS` aside)."""
     import pandas as pd
 
     problems = []
-    for table in RUN_TABLES:
+    for table in tables:
         try:
             a, b = pd.read_parquet(Path(reference) / table), pd.read_parquet(Path(other) / table)
         except Exception as exc:  # missing or unreadable
