@@ -3,9 +3,11 @@
 # (MUTATION_VENV, default build/mutation-venv) layered on the project's venv (VENV, default .venv):
 # the project's pinned environment and requirements.lock are not touched.
 #
-#   scripts/mutation.sh [MODULE.py ...]   set up (first time, or when requirements-mutation.txt
+#   scripts/mutation.sh [--keep|--no-run] [MODULE.py ...]
+#                                         set up (first time, or when requirements-mutation.txt
 #                                         changed), then score every module of [tool.mutmut]
 #                                         only_mutate (or the ones named) -> results/mutation/
+#                                         (--keep, --no-run: scripts/mutation_scores.py's docstring)
 #   scripts/mutation.sh --lock            regenerate requirements-mutation.txt (needs uv)
 #
 # The mutation venv sees the project's venv through a .pth file (`site.addsitedir`), so torch,
@@ -33,8 +35,12 @@ if [ "${1:-}" = "--lock" ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || { echo "mutation: no project venv at $VENV (run make install first)" >&2; exit 2; }
-for module in "$@"; do
-  [ -f "$module" ] || { echo "mutation: no such module: $module" >&2; exit 2; }
+for arg in "$@"; do
+  case "$arg" in
+    --keep|--no-run) ;;
+    -*) echo "mutation: unknown option $arg (--keep, --no-run, or module paths)" >&2; exit 2 ;;
+    *) [ -f "$arg" ] || { echo "mutation: no such module: $arg" >&2; exit 2; } ;;
+  esac
 done
 
 stamp="$MVENV/.requirements-mutation.sha256"
