@@ -114,7 +114,7 @@ def markdown(report: dict) -> str:
     for module, r in report["modules"].items():
         tests = ", ".join(Path(t).name for t in r["tests"])
         lines.append(f"| `{module}` | {tests} | {r['killed']} | {r['survived']} | {r['timeout']} | {r['no_tests']} | "
-                     f"{r['other']} | {r['total']} | {r['score_pct']} % | {r['seconds']}"
+                     f"{r['other']} | {r['total']} | {r['score_pct']} % | {'-' if r['seconds'] is None else r['seconds']}"
                      f"{' (re-ran the not killed)' if r['rerun_only_not_killed'] else ''} |")
     t = report["all"]
     lines.append(f"| **all** | | {t['killed']} | {t['survived']} | {t['timeout']} | {t['no_tests']} | {t['other']} | "
@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_run:
             names = []
         log = STAGING / (dotted(module) + ".log")
-        print(f"mutation: {module}: {'the ' + str(len(names)) + ' not killed before' if keep else 'all mutants'} "
-              f"(log: {log.relative_to(ROOT)})", flush=True)
+        what = ("the last run's verdicts" if args.no_run else
+                f"the {len(names)} not killed before" if keep else "all mutants")
+        print(f"mutation: {module}: {what} (log: {log.relative_to(ROOT)})", flush=True)
         proc = None
         if names:
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -175,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         statuses = verdicts(folder, module)
         every.update(statuses)
-        row = {"tests": cfg["tests_by_module"][module], **score(statuses), "seconds": round(time.monotonic() - start),
+        seconds = None if args.no_run else round(time.monotonic() - start)
+        row = {"tests": cfg["tests_by_module"][module], **score(statuses), "seconds": seconds,
                "rerun_only_not_killed": keep and not args.no_run}
         report["modules"][module] = row
         print(f"mutation: {module}: {row['killed']} killed, {row['survived']} survived, {row['timeout']} timeout, "
-              f"{row['no_tests']} no tests of {row['total']}: {row['score_pct']} % ({row['seconds']} s)", flush=True)
+              f"{row['no_tests']} no tests of {row['total']}: {row['score_pct']} %"
+              + ("" if seconds is None else f" ({seconds} s)"), flush=True)
         write_report(report, every, args.out)  # after each module: an interrupted run keeps what it measured
     print(markdown(report))
     return 0
