@@ -1,12 +1,13 @@
-# Thin wrapper: every target calls scripts/setup.sh or `repro <verb>`; the logic lives in the package.
+# Thin wrapper: every target calls a script in scripts/ or `repro <verb>`; the logic lives in the package.
 .DEFAULT_GOAL := help
 VENV ?= .venv
 REPRO := $(VENV)/bin/repro
 SPEC ?= sweeps/demo.yaml
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
+MUTATION_ARGS ?=
 
-.PHONY: help install lock demo test test-rehearsals lint rehearse sweep status aggregate figures report bench slurm-up slurm-down
+.PHONY: help install lock demo test test-rehearsals lint rehearse sweep status aggregate figures report bench mutation slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +54,9 @@ report: install  ## write results/<sweep>/report.html (status, best configs, pai
 
 bench: install  ## run benchmarks/ (JSON to results/bench/)
 	$(REPRO) bench
+
+mutation: install  ## mutation testing (mutmut, its own venv) of the science/bookkeeping modules: scores to results/mutation/ (not in make test)
+	@VENV='$(VENV)' scripts/mutation.sh $(MUTATION_ARGS)
 
 slurm-up:  ## install and start a single-node SLURM cluster on this machine (root)
 	@scripts/slurm-up.sh

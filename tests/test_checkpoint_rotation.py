@@ -1,0 +1,201 @@
+"""Checkpoint files without a trainer: the last/prev rotation and its sidecars, what each
+check refuses and why, the fallback to prev.pt, the RNG round trip, a full disk mid-save."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from imagenet_repro.errors import StorageError
+from imagenet_repro.train import checkpoint as ckpt
+from imagenet_repro.train.checkpoint import (
+    CheckpointError,
+    kept_checkpoint,
+    load_checkpoint,
+    load_latest,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+
+def model_and_optimizer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def save(folder, step: int, seed: int = 0):
+    model, opt = model_and_optimizer(seed)
+    save_checkpoint(folder / "last.pt", model=model, optimizer=opt, step=step, epoch=step // 10,
+                    batch_in_epoch=step % 10)
+    return model
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_each_save_rotates_last_into_prev_with_its_sidecar(tmp_path):
+    save(tmp_path, 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
+    assert (tmp_path / "last.pt.sha256").read_text() == sha(tmp_path / "last.pt") + "\n"
+    first = sha(tmp_path / "last.pt")
+    save(tmp_path, 20, seed=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256", "prev.pt", "prev.pt.sha256"]
+    assert sha(tmp_path / "prev.pt") == first and (tmp_path / "prev.pt.sha256").read_text().strip() == first
+    assert (tmp_path / "last.pt.sha256").read_text().strip() == sha(tmp_path / "last.pt")
+    assert read_checkpoint(tmp_path / "last.pt")["step"] == 20 and read_checkpoint(tmp_path / "prev.pt")["step"] == 10
+    assert kept_checkpoint(tmp_path) == (tmp_path / "last.pt", 20)
+    save(tmp_path, 30)  # the oldest goes
+    assert [read_checkpoint(tmp_path / n)["step"] for n in ("last.pt", "prev.pt")] == [30, 20]
+
+
+def test_a_last_without_sidecar_becomes_a_prev_without_a_stale_sidecar(tmp_path):
+    save(tmp_path, 10)
+    save(tmp_path, 20)
+    (tmp_path / "last.pt.sha256").unlink()  # e.g. a crash between the rename and the sidecar
+    save(tmp_path, 30)
+    assert not (tmp_path / "prev.pt.sha256").exists()  # step 10's sidecar must not vouch for step 20
+    assert read_checkpoint(tmp_path / "prev.pt")["step"] == 20
+
+
+def test_what_each_check_refuses(tmp_path):
+    with pytest.raises(CheckpointError, match="^missing$"):
+        read_checkpoint(tmp_path / "last.pt")
+    save(tmp_path, 10)
+    last, side = tmp_path / "last.pt", tmp_path / "last.pt.sha256"
+    good = last.read_bytes()
+
+    flip_a_byte(last)
+    with pytest.raises(CheckpointError, match=r"^checksum mismatch with last\.pt\.sha256 \(truncated or corrupted"):
+        read_checkpoint(last)
+
+    side.unlink()  # no sidecar: the structure is checked only
+    last.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"^unreadable: truncated or corrupted \("):
+        read_checkpoint(last)
+    last.write_bytes(b"GARBAGE!" + good)
+    with pytest.raises(CheckpointError, match=r"^not a PyTorch checkpoint \(starts with b'GARB'\)$"):
+        read_checkpoint(last)
+    torch.save({"model": {}, "step": 3}, last)
+    with pytest.raises(CheckpointError, match=r"^not a checkpoint of this suite \(keys \['model', 'step'\]\)$"):
+        read_checkpoint(last)
+    torch.save([1, 2], last)
+    with pytest.raises(CheckpointError, match=r"^not a checkpoint of this suite \(keys list\)$"):
+        read_checkpoint(last)
+    last.write_bytes(good)
+    side.write_text("\n")  # an empty sidecar checks nothing
+    assert read_checkpoint(last)["step"] == 10
+    side.write_text(hashlib.sha256(good).hexdigest() + "\n")
+    assert read_checkpoint(last)["step"] == 10
+
+
+def test_a_checkpoint_of_another_model_does_not_fit(tmp_path):
+    save(tmp_path, 10)
+    model = torch.nn.Linear(5, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(CheckpointError, match=r"^does not fit this run's model/optimizer \(RuntimeError: "):
+        load_checkpoint(tmp_path / "last.pt", model=model, optimizer=opt)
+
+
+def test_load_latest_falls_back_to_prev_and_says_why(tmp_path):
+    model, opt = model_and_optimizer()
+    assert load_latest(tmp_path, model=model, optimizer=opt) is None  # no checkpoint at all: a fresh run
+    assert kept_checkpoint(tmp_path) is None
+    save(tmp_path, 10, seed=1)
+    expected = {k: v.clone() for k, v in model_and_optimizer(seed=1)[0].state_dict().items()}
+    save(tmp_path, 20, seed=2)
+    flip_a_byte(tmp_path / "last.pt")
+    with pytest.warns(RuntimeWarning) as caught:
+        pos = load_latest(tmp_path, model=model, optimizer=opt)
+    assert pos == {"step": 10, "epoch": 1, "batch_in_epoch": 0, "path": tmp_path / "prev.pt",
+                   "skipped": [pos["skipped"][0]]}
+    assert pos["skipped"][0].startswith("last.pt: checksum mismatch with last.pt.sha256")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"{tmp_path}: last.pt: checksum mismatch") and message.endswith(
+        "; resuming from prev.pt (step 10)")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    assert kept_checkpoint(tmp_path) == (tmp_path / "prev.pt", 10)
+
+    flip_a_byte(tmp_path / "prev.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_latest(tmp_path, model=model, optimizer=opt)
+    text = str(err.value)
+    assert text.startswith(f"no usable checkpoint in {tmp_path} (last.pt: checksum mismatch")
+    assert "; prev.pt: checksum mismatch with prev.pt.sha256" in text
+    assert text.endswith(f"): the run cannot resume; delete {tmp_path.parent} to start it over")
+    assert kept_checkpoint(tmp_path) is None
+
+
+def test_a_good_last_loads_without_a_warning(tmp_path):
+    save(tmp_path, 10)
+    save(tmp_path, 20)
+    model, opt = model_and_optimizer(seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pos = load_latest(tmp_path, model=model, optimizer=opt)
+    assert pos == {"step": 20, "epoch": 2, "batch_in_epoch": 0, "path": tmp_path / "last.pt", "skipped": []}
+
+
+def test_rng_states_with_a_cached_gaussian_come_back(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.randn(1), random.gauss(0, 1)  # both keep a second gaussian for the next call
+    save(tmp_path, 10)
+    expected = (torch.rand(3), np.random.randn(3), random.gauss(0, 1), random.random())
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    np.random.randn(2), random.gauss(0, 1), random.gauss(0, 1)
+    model, opt = model_and_optimizer()
+    load_checkpoint(tmp_path / "last.pt", model=model, optimizer=opt)
+    got = (torch.rand(3), np.random.randn(3), random.gauss(0, 1), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2:] == expected[2:]
+
+
+class _FullDisk:
+    """A file that takes ``room`` bytes, then fails like a full disk."""
+
+    def __init__(self, fh, room: int) -> None:
+        self.fh, self.room = fh, room
+
+    def write(self, data) -> int:
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+
+
+@pytest.mark.parametrize("room", [0, 2000])
+def test_a_full_disk_mid_save_is_the_disks_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, room):
+    save(tmp_path, 10)
+    before = (tmp_path / "last.pt").read_bytes()
+    monkeypatch.setattr(ckpt, "open", lambda path, mode="r": _FullDisk(open(path, mode), room), raising=False)
+    with pytest.raises(StorageError) as err:
+        save(tmp_path, 20)
+    assert err.value.errno == errno.ENOSPC and str(tmp_path / "last.pt") in str(err.value)
+    monkeypatch.undo()
+    assert (tmp_path / "last.pt").read_bytes() == before and read_checkpoint(tmp_path / "last.pt")["step"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporary file left
