@@ -232,7 +232,10 @@ def test_status_counts_only_on_the_sweep(sweep, capsys):
     counts = dict(part.rsplit(" ", 1) for part in out[0].split(": ", 1)[1].split(": ", 1)[1].split(", "))
     assert {k: int(v) for k, v in counts.items() if int(v)} == {"pending": 7, "done": 4, "diverged": 1}
     assert main(["status", str(sweep["spec"])]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 1 + 12  # counts, the table's header, 12 runs
+    lines = capsys.readouterr().out.strip().splitlines()
+    # counts, the table's header, 12 runs, then the measured cost of the finished runs and the projection
+    assert len(lines) == 1 + 1 + 12 + 2, lines
+    assert lines[-2].startswith("cost: measured ") and lines[-1].startswith("  projected sweep: 12 runs, ")
 
 
 def test_only_on_the_command_line_plans_those_grid_points(sweep, capsys):

@@ -171,7 +171,9 @@ def test_status_and_plan_on_hundreds_of_synthetic_runs(tmp_path, capsys):
     assert f"failed {expected['failed']}, pending {expected['pending']}" in out[0]
     assert out[1].split() == ["run_id", "optimizer", "lr", "wd", "seed", "state", "epoch", "top1", "job"]
     table_end = out.index("failed runs:")
-    assert table_end == 2 + 160 and len(out) == table_end + 1 + expected["failed"]  # then one reason per failed run
+    # then per failed run its reason and its scheduler log (none here: no job wrote one)
+    assert table_end == 2 + 160 and len(out) == table_end + 1 + 2 * expected["failed"]
+    assert all(line.startswith("    log: none found") for line in out[table_end + 2::2])
     first = out[2].split()
     assert first[0] == refs[0].run_id and first[1:7] == ["sgd", "0.05", "0.0005", "0", "done", "2/2"]
     assert first[7:] == ["0.5000", "7_1"]
