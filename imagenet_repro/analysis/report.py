@@ -34,7 +34,9 @@ from imagenet_repro.sweep.spec import as_spec
 REPORT = "report.html"
 FIGURES = [("fig5_training_curves.png", "Fig 5: training curves of each optimizer's best config"),
            ("heatmap_top1.png", "Final top-1 over the (lr, wd) grid"),
-           ("fig2_layer_ratios.png", "Per-layer ||g||/||x|| against the steady-state prediction")]
+           ("fig2_layer_ratios.png", "Per-layer ||g||/||x|| against the steady-state prediction"),
+           ("layer_rotation.png", "Per-layer rotation per step (angle between x_t and x_t+1) against the steady-state "
+                                  "rotation: plain and corrected optimizer side by side")]
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
        color: #222; line-height: 1.4; padding: 0 1em; }
@@ -150,6 +152,15 @@ def _paired_section(paired: pd.DataFrame) -> str:
                if len(every) else ""))
 
 
+def _verdicts(theory_summary: pd.DataFrame | None) -> str:
+    """One plain-words sentence per optimizer: is its end of training what the theory predicts?"""
+    if theory_summary is None or "verdict" not in theory_summary:
+        return '<p class="note">(no verdict: the theory tables predate it, or no run has per-layer telemetry)</p>'
+    items = [f"<li><b>{html.escape(str(r['optimizer']))}</b>: {html.escape(str(r['verdict']))}</li>"
+             for _, r in theory_summary.iterrows()]
+    return "<ul>" + "".join(items) + "</ul>"
+
+
 def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summary: pd.DataFrame | None,
                   theory_layers: pd.DataFrame | None) -> str:
     configs = config_table(runs)
@@ -184,9 +195,15 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
         "<h2>Figures</h2>",
         *(_figure(figures_dir / f, cap) for f, cap in FIGURES),
         "<h2>Theory check</h2>",
+        "<p>Is the end-of-training rise of ||g|| what the weight-decay/schedule theory predicts? Per optimizer "
+        "(best config, its layers' errors averaged over seeds, median over layers, last 20% of steps, "
+        "tolerance ±25%):</p>",
+        _verdicts(theory_summary),
         '<p class="note">Relative error of the measured sqrt(mean ||g||²)/||x|| per normalized layer against the '
-        "steady-state prediction, best configs.</p>",
-        _table(theory_summary if theory_summary is not None else pd.DataFrame()),
+        "steady-state prediction, and of the measured rotation per step sqrt(mean θ²) against the steady-state "
+        "rotation (rotation_*), best configs, in the steady-state window.</p>",
+        _table(theory_summary.drop(columns=["verdict"], errors="ignore") if theory_summary is not None
+               else pd.DataFrame()),
         "<details><summary>per layer and seed</summary>",
         _table(theory_layers if theory_layers is not None else pd.DataFrame()), "</details>",
         "<h2>Run status</h2>", _table(status, classes),
