@@ -317,9 +317,9 @@ def read_tables(spec: str | Path, results_root: str | Path = "results", quiet: b
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``runs.parquet`` and ``curves.parquet`` of the sweep of ``spec`` (aggregated first if missing)."""
     res = Path(results_root) / as_spec(spec).name
-    if not (res / "runs.parquet").is_file() or not (res / "curves.parquet").is_file():
+    if not (res / rundir.RUNS_TABLE).is_file() or not (res / rundir.CURVES_TABLE).is_file():
         aggregate_sweep(spec, results_root=results_root, quiet=quiet)
-    return pd.read_parquet(res / "runs.parquet"), pd.read_parquet(res / "curves.parquet")
+    return pd.read_parquet(res / rundir.RUNS_TABLE), pd.read_parquet(res / rundir.CURVES_TABLE)
 
 
 def _with_layers(picked: pd.DataFrame) -> pd.DataFrame:
@@ -360,7 +360,7 @@ def make_figures(spec: str | Path, results_root: str | Path = "results", theory_
     sweep = as_spec(spec)
     res = Path(results_root) / sweep.name
     runs, curves = read_tables(spec, results_root, quiet)
-    out = res / "figures"
+    out = res / rundir.FIGURES_DIR
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     configs, best, picked = _best_config_runs(runs)  # selected once, for the figures and the theory tables
@@ -369,7 +369,7 @@ def make_figures(spec: str | Path, results_root: str | Path = "results", theory_
     have_layers = _with_layers(picked)
     if len(have_layers):
         per_layer, summary = theory_tables(have_layers, theory_window)
-        for name, frame in (("theory_agreement.csv", per_layer), ("theory_summary.csv", summary)):
+        for name, frame in ((rundir.THEORY_AGREEMENT, per_layer), (rundir.THEORY_SUMMARY, summary)):
             files.atomic_write(res / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
             written.append(res / name)
         if not quiet:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from imagenet_repro import files
+from imagenet_repro import files, rundir
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best, summarize
 from imagenet_repro.analysis.aggregate import summary_table as aggregate_summary_table
 from imagenet_repro.analysis.figures import make_figures
@@ -31,7 +31,7 @@ from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, paired_dis
 from imagenet_repro.rundir import RunState
 from imagenet_repro.sweep.spec import as_spec
 
-REPORT = "report.html"
+REPORT = rundir.REPORT
 FIGURES = [("fig5_training_curves.png", "Fig 5: training curves of each optimizer's best config"),
            ("heatmap_top1.png", "Final top-1 over the (lr, wd) grid"),
            ("fig2_layer_ratios.png", "Per-layer ||g||/||x|| against the steady-state prediction"),
@@ -216,18 +216,19 @@ def make_report(spec: str | Path, results_root: str | Path = "results", quiet: b
     """Write ``results/<sweep>/report.html`` for the sweep of ``spec``; returns its path."""
     sweep = as_spec(spec)
     res = Path(results_root) / sweep.name
-    runs_file = res / "runs.parquet"
+    runs_file = res / rundir.RUNS_TABLE
     if not runs_file.is_file() or "steps_to_target" not in pq.read_schema(runs_file).names:  # missing or older
         aggregate_sweep(spec, results_root=results_root, quiet=quiet)
-    if not (res / "figures" / FIGURES[0][0]).is_file():
+    if not (res / rundir.FIGURES_DIR / FIGURES[0][0]).is_file():
         make_figures(spec, results_root=results_root, quiet=quiet)
-    runs = pd.read_parquet(res / "runs.parquet")
+    runs = pd.read_parquet(res / rundir.RUNS_TABLE)
 
     def csv(name: str) -> pd.DataFrame | None:
         path = res / name
         return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else None
 
-    page = render_report(sweep.name, runs, res / "figures", csv("theory_summary.csv"), csv("theory_agreement.csv"))
+    page = render_report(sweep.name, runs, res / rundir.FIGURES_DIR, csv(rundir.THEORY_SUMMARY),
+                         csv(rundir.THEORY_AGREEMENT))
     out = res / REPORT
     files.atomic_write_text(out, page)
     if not quiet:

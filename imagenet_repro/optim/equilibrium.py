@@ -63,6 +63,8 @@ import math
 
 import torch
 
+from imagenet_repro.optim.decay import corrected_weight_decay
+
 
 def _factor(momentum: float, dampening: float, nesterov: bool) -> float:
     """SGD's :math:`A_d B/A^2` (see the module docstring)."""
@@ -106,10 +108,30 @@ def predicted_rotation_of(optimizer, group: dict) -> float:
     fn = getattr(optimizer, "predicted_rotation", None)
     if fn is not None:
         return float(fn(group))
-    lr, wd = float(group.get("lr", math.nan)), float(group.get("weight_decay", 0.0))
+    lr, wd = float(group.get("lr", math.nan)), _decay(optimizer, group)
     if isinstance(optimizer, torch.optim.SGD):
         return sgd_rotation(lr, wd, group.get("momentum", 0.0), group.get("dampening", 0.0),
                             bool(group.get("nesterov", False)))
     if isinstance(optimizer, torch.optim.AdamW) or type(optimizer).__name__.lower() == "adamw":
         return adamw_rotation(lr, wd, float(group["betas"][0]))
+    return math.nan
+
+
+def _decay(optimizer, group: dict) -> float:
+    """λ_t: the corrected λ·γ_t/γ_max for an optimizer switched by ``optim.decay.correct``."""
+    if getattr(optimizer, "corrects_decay", False) and "lr_max" in group:
+        return float(corrected_weight_decay(group))
+    return float(group.get("weight_decay", 0.0))
+
+
+def predicted_ratio_of(optimizer, group: dict) -> float:
+    """The steady-state ||g||/||x|| of a normalized weight in ``group``: the optimizer's own
+    ``predicted_ratio(group)`` if it has one, else for a ``torch.optim.SGD`` sqrt(2λ(1-β)/γ_t)
+    (the same balance as the rotation's; NaN for Adam-family optimizers: no closed form)."""
+    fn = getattr(optimizer, "predicted_ratio", None)
+    if fn is not None:
+        return float(fn(group))
+    lr = float(group.get("lr", math.nan))
+    if isinstance(optimizer, torch.optim.SGD) and lr > 0:
+        return math.sqrt(2.0 * _decay(optimizer, group) * (1.0 - group.get("momentum", 0.0)) / lr)
     return math.nan
