@@ -152,6 +152,19 @@ def _paired_section(paired: pd.DataFrame) -> str:
                if len(every) else ""))
 
 
+THEORY_SHOWN = {"optimizer": "optimizer", "n_seeds": "seeds", "n_layers": "layers (ratio)",
+                "median_abs_err": "ratio median |err|", "mean_err": "ratio mean err",
+                "rotation_n_layers": "layers (rotation)", "rotation_median_abs_err": "rotation median |err|",
+                "rotation_mean_err": "rotation mean err", "window_start": "window from", "window_end": "window to",
+                "late_median_err": "last 20%: ratio median err", "late_rotation_median_err": "last 20%: rotation median err"}
+
+
+def theory_summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """theory_summary.csv as the report shows it: the numbers that fit a page, named in words
+    (the verdict is its own list)."""
+    return summary[[c for c in THEORY_SHOWN if c in summary]].rename(columns=THEORY_SHOWN)
+
+
 def _verdicts(theory_summary: pd.DataFrame | None) -> str:
     """One plain-words sentence per optimizer: is its end of training what the theory predicts?"""
     if theory_summary is None or "verdict" not in theory_summary:
@@ -202,8 +215,7 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
         '<p class="note">Relative error of the measured sqrt(mean ||g||²)/||x|| per normalized layer against the '
         "steady-state prediction, and of the measured rotation per step sqrt(mean θ²) against the steady-state "
         "rotation (rotation_*), best configs, in the steady-state window.</p>",
-        _table(theory_summary.drop(columns=["verdict"], errors="ignore") if theory_summary is not None
-               else pd.DataFrame()),
+        _table(theory_summary_display(theory_summary) if theory_summary is not None else pd.DataFrame()),
         "<details><summary>per layer and seed</summary>",
         _table(theory_layers if theory_layers is not None else pd.DataFrame()), "</details>",
         "<h2>Run status</h2>", _table(status, classes),
