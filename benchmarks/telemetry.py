@@ -1,8 +1,11 @@
 """Telemetry overhead: a ResNet-50 training step with vs without norm telemetry.
 
 The same model, optimizer and batch run alternately with and without
-``Telemetry.record`` (layer_every=1: per-layer norms on every step, the worst case;
-flushed every ``flush_every`` steps as in training).  The telemetry cost is fixed per
+``Telemetry.record`` + ``Telemetry.after_step`` (``--layer-every 1``, the default: per-layer
+norms and update health on every step, the worst case; the trainer's default is 50;
+flushed every ``flush_every`` steps as in training).  The per-layer update health
+(:mod:`imagenet_repro.train.health`) copies the normalized weights before the step and
+reads them about nine times in all, on per-layer steps only.  The telemetry cost is fixed per
 step (two foreach norms over all 25.6M weights and grads: memory-bound, ~19 ms on this CPU),
 so the ratio depends on the step's size: ``--batch/--res`` choose it (default: batch 8 at
 128 px on CPU, a quick run; the paper's per-GPU load is batch 32 at 160-192 px).  Rounds are interleaved in random
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -28,10 +32,10 @@ import torch.nn.functional as F
 import imagenet_repro  # noqa: F401  (torchvision shim)
 from imagenet_repro.files import atomic_write_text
 from imagenet_repro.models import build_model
-from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
+from imagenet_repro.optim.factory import build_optimizer, predicted_ratio, predicted_rotation
 from imagenet_repro.train.telemetry import Telemetry
 
-OUT = Path("results/bench/telemetry.json")
+OUT = Path(os.environ.get("TELEMETRY_BENCH_OUT", "results/bench/telemetry.json"))
 
 
 def main() -> None:
@@ -43,6 +47,7 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=default[1])
     ap.add_argument("--rounds", type=int, default=default[2])
     ap.add_argument("--steps-per-round", type=int, default=default[3])
+    ap.add_argument("--layer-every", type=int, default=1, help="per-layer norms and update health every N steps")
     a = ap.parse_args()
     batch, res, rounds, steps_per_round = a.batch, a.res, a.rounds, a.steps_per_round
     torch.manual_seed(0)
@@ -59,7 +64,8 @@ def main() -> None:
     normalized = {n for g in opt.param_groups if g["normalized"] for n in g["names"]}
     tel = Telemetry(list(model.named_parameters()), normalized,
                     predicted=lambda n: predicted_ratio(opt, opt.param_groups[index[n]]),
-                    layer_every=1, flush_every=50, device=device)
+                    layer_every=a.layer_every, flush_every=50, device=device, optimizer=opt,
+                    predicted_rotation=lambda n: predicted_rotation(opt, opt.param_groups[index[n]]))
     x = torch.randn(batch, 3, res, res, device=device)
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -83,8 +89,14 @@ def main() -> None:
                 if cuda:
                     torch.cuda.synchronize()
                 record_s.append(time.perf_counter() - r0)
-                step_no += 1
             opt.step()
+            if with_telemetry:
+                r0 = time.perf_counter()
+                tel.after_step()
+                if cuda:
+                    torch.cuda.synchronize()
+                record_s[-1] += time.perf_counter() - r0
+                step_no += 1
         if cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / steps_per_round
@@ -100,18 +112,20 @@ def main() -> None:
     result = {
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "model": "resnet50", "batch": batch, "resolution": res, "rounds": rounds, "steps_per_round": steps_per_round,
-        "layer_every": 1, "flush_every": 50, "normalized_layers": len(normalized),
+        "layer_every": a.layer_every, "flush_every": 50, "normalized_layers": len(normalized),
         "step_s_without": base, "step_s_with": with_tel, "ratio": with_tel / base,
         "record_s_median": statistics.median(record_s),
         "record_share_of_step": statistics.median(record_s) / base,
         "target_ratio": 1.02, "target_met": with_tel / base <= 1.02,
         "note": "ratio: end-to-end medians, noisy on a shared CPU (about +-2%); record_share_of_step: "
-                "time inside Telemetry.record / step time without it",
+                "time inside Telemetry.record + Telemetry.after_step (the update health) / step time without it",
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(OUT.read_text()) if OUT.exists() else {}
-    previous[f"{'cuda' if cuda else 'cpu'}_batch{batch}_res{res}"] = result
+    key = f"{'cuda' if cuda else 'cpu'}_batch{batch}_res{res}" + (f"_layer_every{a.layer_every}" if a.layer_every != 1 else "")
+    previous[key] = result
     atomic_write_text(OUT, json.dumps(previous, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -101,9 +101,16 @@ def write_run(run_dir: str | Path, *, optimizer: str = "sgd", lr: float = 0.5, w
     lx = np.outer(x_norm[logged], share)
     lnoise = np.sqrt(rng.chisquare(4, lx.shape) / 4)
     lg = lx * r_t[logged, None] * (1 + bias[None, :]) * lnoise
+    # rotation: SGD-M 0.9's steady state sqrt(2 γ_t λ_t / 1.9) (optim.equilibrium), measured with the same bias
+    lam_t = wd * lr_t / lr if optimizer.endswith("c") else np.full(n_steps, wd)
+    rot_t = np.sqrt(2 * lr_t * lam_t / 1.9)
+    angle = rot_t[logged, None] * (1 + bias[None, :]) * np.sqrt(rng.chisquare(8, lx.shape) / 8)
     layers = pd.DataFrame({"step": np.repeat(logged, len(names)).astype(np.int64),
                            "layer": np.tile(names, len(logged)), "grad_norm": lg.ravel(), "weight_norm": lx.ravel(),
-                           "ratio": (lg / lx).ravel(), "predicted_ratio": np.repeat(r_t[logged], len(names))})
+                           "ratio": (lg / lx).ravel(), "predicted_ratio": np.repeat(r_t[logged], len(names)),
+                           "angular_update": angle.ravel(), "relative_update": angle.ravel(),
+                           "predicted_rotation": np.repeat(rot_t[logged], len(names)),
+                           "update_grad_cos": np.nan, "eps_fraction": np.nan})
     top1 = final_top1(optimizer, lr, wd, seed)
     ep = np.arange(1, epochs + 1)
     top1s = np.asarray(eval_top1, dtype=np.float64) if eval_top1 is not None else top1 * (1 - 0.6 * np.exp(-3 * ep / epochs)) / (1 - 0.6 * np.exp(-3.0))

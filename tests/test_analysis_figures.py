@@ -27,7 +27,7 @@ def test_make_figures_writes_images(tmp_path, capsys):
     out = tmp_path / "results" / "fig"
     assert (out / "runs.parquet").is_file() and (out / "summary.csv").is_file()
     names = {p.name for p in files}
-    for stem in ("fig5_training_curves", "heatmap_top1", "fig2_layer_ratios"):
+    for stem in ("fig5_training_curves", "heatmap_top1", "fig2_layer_ratios", "layer_rotation"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
         png = (out / "figures" / f"{stem}.png").read_bytes()
         assert png[:8] == PNG_MAGIC and len(png) > 20_000
@@ -40,5 +40,8 @@ def test_make_figures_writes_images(tmp_path, capsys):
     assert (summary["n_seeds"] == 2).all()
     per_layer = pd.read_csv(out / "theory_agreement.csv")
     assert len(per_layer) == 2 * 2 * 6  # optimizers x seeds x layers
+    # the synthetic rotation is the theory's times noise with E = 1: agreement within a few %
+    assert (per_layer["rotation_rel_err"].abs() < 0.25).all() and (summary["rotation_n_layers"] == 6).all()
+    assert summary["verdict"].str.len().gt(40).all()
     printed = capsys.readouterr().out
     assert "theory agreement" in printed and "median |err|" in printed

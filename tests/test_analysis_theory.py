@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 from synthetic_runs import write_config
 
-from imagenet_repro.analysis.theory import agreement_from_layers, default_window, main, theory_agreement
+from imagenet_repro.analysis.theory import (
+    agreement_from_layers,
+    default_window,
+    main,
+    summarize_agreement,
+    theory_agreement,
+    verdict,
+)
 from imagenet_repro.errors import ConfigError
 
 
@@ -69,3 +76,31 @@ def test_theory_agreement_on_a_run_dir(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "median |err| 5.9%" in out and "max |err| 11.8%" in out
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_rotation_agreement_by_hand():
+    """Rotation: rms of the angle over the window against predicted_rotation; a layer with only a
+    rotation prediction (Adam: no ratio theory) keeps its row with NaN ratio columns."""
+    frame = layer_table()
+    frame["angular_update"] = np.where(frame["layer"] == "A", 0.02, 0.01)
+    frame.loc[frame.index % 6 == 0, "angular_update"] = 0.04  # A: alternating 0.04 / 0.02
+    frame["predicted_rotation"] = 0.02
+    table = agreement_from_layers(frame, (0.5, 1.0), total_steps=200).set_index("layer")
+    assert list(table.index) == ["A", "B", "C"]
+    assert table.loc["A", "rotation_measured"] == pytest.approx(math.sqrt((0.04**2 + 0.02**2) / 2))
+    assert table.loc["B", "rotation_rel_err"] == pytest.approx(-0.5)
+    assert math.isnan(table.loc["C", "rel_err"]) and table.loc["C", "rotation_rel_err"] == pytest.approx(-0.5)
+    s = summarize_agreement(table)
+    assert s["n_layers"] == 2 and s["rotation_n_layers"] == 3
+    assert s["rotation_median_err"] == pytest.approx(-0.5)
+
+
+def test_verdicts_in_words():
+    assert verdict({"median_err": 0.1}).startswith("as the theory predicts")
+    lag = verdict({"median_err": -0.4, "rotation_median_err": -0.3})
+    assert "falls short" in lag and "-40%" in lag and "lag" in lag and "-30%" in lag
+    assert verdict({"median_err": 0.6}).startswith("not what the theory explains")
+    adam = verdict({"median_err": math.nan, "rotation_median_err": 0.05})
+    assert "no closed form" in adam and "holds within ±25%" in adam
+    assert "lag" in verdict({"median_err": math.nan, "rotation_median_err": -0.5})
+    assert verdict({}).startswith("no theory")

@@ -56,7 +56,7 @@ def test_report_is_one_self_contained_page(report):
     page = report.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     srcs = re.findall(r'src="([^"]*)"', page)
-    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r"<link|<script|href=\"(?!#)|url\(", page), "the page must reference no other file"
     for section in ("Best config per optimizer", "Paired statistics", "Time to target", "Figures", "Theory check",
                     "Run status"):
@@ -64,6 +64,16 @@ def test_report_is_one_self_contained_page(report):
     assert "includes zero" in page or "excludes zero" in page
     assert "Student&#x27;s t interval" in page
     assert "sgd-failed" in page and 'class="state-failed"' in page and 'class="state-diverged"' in page
+
+
+def test_theory_check_has_a_verdict_per_optimizer(report):
+    page = report.read_text()
+    section = page[page.index("<h2>Theory check"):page.index("<h2>Run status")]
+    for opt in ("sgd", "sgdc"):
+        assert re.search(rf"<li><b>{opt}</b>: (as the theory predicts|the rise goes the theory|not what the theory)",
+                         section), opt
+    assert "tolerance ±25%" in section and "last 20% of steps" in section
+    assert "rotation median |err|" in section  # the rotation's agreement is in the table
 
 
 def test_best_config_summary_is_an_html_table(report):
@@ -120,7 +130,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(report, tmp
     found = re.search(r'<pre id="report-check">(.*?)</pre>', dom.stdout, re.S)
     assert found, f"no check output in the DOM: {dom.stderr[-2000:]}"
     check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert check["images"] == 3 and check["loaded"] == 3 and min(check["widths"]) > 100
+    assert check["images"] == 4 and check["loaded"] == 4 and min(check["widths"]) > 100
     assert check["resources"] == [], "the page fetched other files"
     assert check["tables"] >= 4 and "Paired statistics: corrected vs plain optimizer" in check["h2"]
     assert check["page"]["scroll"] <= check["page"]["width"], "the page scrolls sideways at 1280 px"

@@ -59,6 +59,8 @@ STEP_READ_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
                      "grad_norm_normalized", "weight_norm_normalized"]
 EVAL_READ_COLUMNS = ["epoch", "step", "top1", "top5", "loss"]
 EVAL_OPTIONAL_COLUMNS = ["images"]  # val images of each eval (absent in older run folders)
+assert set(STEP_READ_COLUMNS) <= set(rundir.STEPS_SCHEMA)
+assert set(EVAL_READ_COLUMNS + EVAL_OPTIONAL_COLUMNS) <= set(rundir.EVAL_SCHEMA)
 CURVE_POINTS = 200
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 AXES = ["optimizer", "lr", "wd"]
@@ -441,12 +443,12 @@ def sweep_run_dirs(runs_dir: Path) -> list[Path]:
 def write_aggregate(agg: Aggregate, out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_parquet(out / "runs.parquet", agg.runs)
-    files.atomic_write_parquet(out / "curves.parquet", agg.curves)
-    files.atomic_write_csv(out / "configs.csv", agg.configs)
-    files.atomic_write_csv(out / "summary.csv", agg.summary)
-    files.atomic_write_csv(out / "paired.csv", agg.paired)
-    files.atomic_write_json(out / "environment.json", agg.environment)
+    files.atomic_write_parquet(out / rundir.RUNS_TABLE, agg.runs)
+    files.atomic_write_parquet(out / rundir.CURVES_TABLE, agg.curves)
+    files.atomic_write_csv(out / rundir.CONFIGS_TABLE, agg.configs)
+    files.atomic_write_csv(out / rundir.SUMMARY_TABLE, agg.summary)
+    files.atomic_write_csv(out / rundir.PAIRED_TABLE, agg.paired)
+    files.atomic_write_json(out / rundir.ENVIRONMENT, agg.environment)
 
 
 def aggregate_sweep(sweep: SweepDescription | str | Path, results_root: str | Path = "results",

@@ -11,9 +11,13 @@
                            own grid); configs with a diverged seed are marked D, the best is boxed
     fig2_layer_ratios      per-layer ||g||/||x|| (EMA-smoothed) with the theory line, for the
                            best config of each optimizer (its lowest done seed), log y
+    layer_rotation         per-layer rotation per step (the angle between x_t and x_{t+1},
+                           EMA-smoothed) with the theory line, same runs, plain and corrected
+                           optimizers side by side (SGD vs SGDC, AdamW vs AdamC), log y
 
-and ``results/<sweep>/theory_agreement.csv`` (per optimizer, seed and normalized layer) and
-``theory_summary.csv`` (per optimizer, over layers), which are also printed.
+and ``results/<sweep>/theory_agreement.csv`` (per optimizer, seed and normalized layer: the
+ratio's and the rotation's agreement) and ``theory_summary.csv`` (per optimizer, over
+layers, with the end-of-training verdict of :func:`~.theory.verdict`), which are also printed.
 """
 from __future__ import annotations
 
@@ -35,7 +39,14 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from imagenet_repro import files, rundir  # noqa: E402
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best  # noqa: E402
-from imagenet_repro.analysis.theory import format_summary, summarize_agreement, theory_agreement  # noqa: E402
+from imagenet_repro.analysis.paired import CORRECTED  # noqa: E402
+from imagenet_repro.analysis.theory import (  # noqa: E402
+    LATE_WINDOW,
+    format_summary,
+    summarize_agreement,
+    theory_agreement,
+    verdict,
+)
 from imagenet_repro.sweepdir import SweepDescription, as_description  # noqa: E402
 
 FORMATS = ("png", "pdf")
@@ -192,46 +203,78 @@ def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
 
 
 def _read_layers(run_dir: str | Path) -> pd.DataFrame:
-    table = pq.read_table(Path(run_dir) / rundir.LAYERS, columns=["step", "layer", "grad_norm", "weight_norm",
-                                                                  "predicted_ratio"])
-    frame = table.to_pandas()
+    path = Path(run_dir) / rundir.LAYERS
+    have = set(pq.ParquetFile(path).schema_arrow.names)
+    wanted = ["step", "layer", "grad_norm", "weight_norm", "predicted_ratio", "angular_update", "predicted_rotation"]
+    frame = pq.read_table(path, columns=[c for c in wanted if c in have]).to_pandas()
     frame["ratio"] = frame["grad_norm"] / frame["weight_norm"]
     return frame
 
 
-def fig_layer_ratios(picked: pd.DataFrame, ema_fraction: float = EMA_POINTS) -> plt.Figure:
-    """Fig. 2/3: per-layer ||g||/||x|| (EMA) coloured by depth, theory dashed, log y."""
+def _has_rotation(run_dir: str | Path) -> bool:
+    names = pq.ParquetFile(Path(run_dir) / rundir.LAYERS).schema_arrow.names
+    return "angular_update" in names
+
+
+def _pair_key(optimizer: str) -> str:
+    """Sort key putting each corrected optimizer right after its plain one (sgd, sgdc; adamw, adamc)."""
+    plain = {c: p for p, c in CORRECTED.items()}.get(optimizer)
+    return f"{plain}\x01" if plain else f"{optimizer}\x00"
+
+
+def _per_layer_panels(picked: pd.DataFrame, value: str, theory: str, ylabel: str, theory_label: str,
+                      title: str, ema_fraction: float, smooth_theory: bool = False) -> plt.Figure:
+    """One panel per optimizer (its best config's lowest done seed): ``value`` per layer
+    (EMA) coloured by depth, the median over layers of ``theory`` dashed (through the same
+    EMA with ``smooth_theory``, so the smoothing's lag does not pass for a disagreement), log y."""
     first = picked.groupby("optimizer", sort=True).head(1)
+    first = first.sort_values("optimizer", key=lambda names: names.map(_pair_key), kind="stable")
     fig, axes = plt.subplots(1, max(len(first), 1), figsize=(6.5 * max(len(first), 1), 4.8), squeeze=False,
                              sharey=True)
     cmap = plt.get_cmap("viridis")
     for ax, (_, run) in zip(axes[0], first.iterrows()):
         layers = _read_layers(run["run_dir"])
         order = list(dict.fromkeys(layers["layer"]))
-        wide = layers.pivot_table(index="step", columns="layer", values="ratio", aggfunc="mean")[order]
+        wide = layers.pivot_table(index="step", columns="layer", values=value, aggfunc="mean", dropna=False)
+        wide = wide.reindex(columns=order)
         alpha = min(0.5, 1.0 / max(ema_fraction * len(wide), 1.0))
         smooth = wide.ewm(alpha=alpha, adjust=True, ignore_na=True).mean()
         for j, name in enumerate(order):
             ax.plot(smooth.index, smooth[name], color=cmap(j / max(len(order) - 1, 1)), linewidth=0.8, alpha=0.85)
-        theory = layers.groupby("step")["predicted_ratio"].median()
-        ax.plot(theory.index, theory.to_numpy(), "k--", linewidth=2, label="theory: steady-state ratio")
+        line = layers.groupby("step")[theory].median()
+        if smooth_theory:
+            line = line.ewm(alpha=alpha, adjust=True, ignore_na=True).mean()
+        ax.plot(line.index, line.to_numpy(), "k--", linewidth=2, label=theory_label)
         ax.set_yscale("log")
-        ax.set(title=f"{run['label']}, seed {int(run['seed'])}", xlabel="step",
-               ylabel="||g|| / ||x|| per layer (EMA, log scale)")
+        ax.set(title=f"{run['label']}, seed {int(run['seed'])}", xlabel="step", ylabel=ylabel)
         ax.legend(loc="upper left")
         _steps_axis(ax)
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(order) - 1))
         fig.colorbar(sm, ax=ax, label="layer depth (index of normalized layer)")
-    fig.suptitle("Per-layer gradient-to-weight norm ratio against the steady-state prediction")
-    fig.tight_layout()
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
 
 
-def theory_tables(picked: pd.DataFrame, window: tuple[float, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-(optimizer, seed, layer) agreement and the per-optimizer summary over layers.
+def fig_layer_ratios(picked: pd.DataFrame, ema_fraction: float = EMA_POINTS) -> plt.Figure:
+    """Fig. 2/3: per-layer ||g||/||x|| (EMA) coloured by depth, theory dashed, log y."""
+    return _per_layer_panels(picked, "ratio", "predicted_ratio", "||g|| / ||x|| per layer (EMA, log scale)",
+                             "theory: steady-state ratio",
+                             "Per-layer gradient-to-weight norm ratio against the steady-state prediction", ema_fraction)
 
-    The summary uses each layer's error averaged over the best config's seeds.
-    """
+
+def fig_layer_rotation(picked: pd.DataFrame, ema_fraction: float = EMA_POINTS) -> plt.Figure:
+    """Per-layer rotation per step, angle(x_t, x_{t+1}) (EMA), against the steady-state rotation
+    (:mod:`imagenet_repro.optim.equilibrium`): it follows γ_t linearly with the corrected decay,
+    as sqrt(γ_t) without it."""
+    return _per_layer_panels(picked, "angular_update", "predicted_rotation",
+                             "angle(x_t, x_t+1) per step, rad (EMA, log)",
+                             "theory: steady-state rotation (same EMA)",
+                             "Per-layer rotation per step (a normalized layer's effective LR) against the steady state",
+                             ema_fraction, smooth_theory=True)
+
+
+def _per_layer_tables(picked: pd.DataFrame, window: tuple[float, float] | None) -> pd.DataFrame:
     parts = []
     for _, run in picked.iterrows():
         table = theory_agreement(run["run_dir"], window)
@@ -240,13 +283,33 @@ def theory_tables(picked: pd.DataFrame, window: tuple[float, float] | None = Non
         table.insert(0, "optimizer", run["optimizer"])
         table["window_start"], table["window_end"] = a, b
         parts.append(table)
-    per_layer = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _seed_mean_summary(part: pd.DataFrame) -> dict[str, float]:
+    """Summary over layers of each layer's errors averaged over the seeds."""
+    errors = [c for c in ("rel_err", "rotation_rel_err") if c in part]
+    return summarize_agreement(part.groupby("layer", sort=False)[errors].mean())
+
+
+def theory_tables(picked: pd.DataFrame, window: tuple[float, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-(optimizer, seed, layer) agreement and the per-optimizer summary over layers.
+
+    The summary uses each layer's error averaged over the best config's seeds; its ``late_*``
+    columns are the same over :data:`~.theory.LATE_WINDOW` and ``verdict`` says in words
+    whether the end of training is what the theory predicts (:func:`~.theory.verdict`).
+    """
+    per_layer, late = _per_layer_tables(picked, window), _per_layer_tables(picked, LATE_WINDOW)
     rows = []
     for opt, part in (per_layer.groupby("optimizer", sort=True) if len(per_layer) else []):
-        mean_err = part.groupby("layer", sort=False)["rel_err"].mean().rename("rel_err").to_frame()
-        summary = summarize_agreement(mean_err)
+        summary = _seed_mean_summary(part)
+        late_summary = _seed_mean_summary(late[late["optimizer"] == opt])
         rows.append({"optimizer": opt, "n_seeds": int(part["seed"].nunique()), **summary,
-                     "window_start": part["window_start"].iloc[0], "window_end": part["window_end"].iloc[0]})
+                     "window_start": part["window_start"].iloc[0], "window_end": part["window_end"].iloc[0],
+                     "late_median_err": late_summary["median_err"],
+                     "late_rotation_median_err": late_summary["rotation_median_err"],
+                     "late_window_start": LATE_WINDOW[0], "late_window_end": LATE_WINDOW[1],
+                     "verdict": verdict(late_summary)})
     return per_layer, pd.DataFrame(rows)
 
 
@@ -255,9 +318,9 @@ def read_tables(sweep: SweepDescription | str | Path, results_root: str | Path =
     """``runs.parquet`` and ``curves.parquet`` of ``sweep`` (its description or folder; aggregated first if missing)."""
     sweep = as_description(sweep)
     res = Path(results_root) / sweep.name
-    if not (res / "runs.parquet").is_file() or not (res / "curves.parquet").is_file():
+    if not (res / rundir.RUNS_TABLE).is_file() or not (res / rundir.CURVES_TABLE).is_file():
         aggregate_sweep(sweep, results_root=results_root, quiet=quiet)
-    return pd.read_parquet(res / "runs.parquet"), pd.read_parquet(res / "curves.parquet")
+    return pd.read_parquet(res / rundir.RUNS_TABLE), pd.read_parquet(res / rundir.CURVES_TABLE)
 
 
 def _with_layers(picked: pd.DataFrame) -> pd.DataFrame:
@@ -285,6 +348,10 @@ def _draw(curves: pd.DataFrame, configs: pd.DataFrame, best: pd.DataFrame, picke
         figures["fig5_training_curves"] = fig_training_curves(curves, picked)
         if len(_with_layers(picked)):
             figures["fig2_layer_ratios"] = fig_layer_ratios(_with_layers(picked))
+            rotating = _with_layers(picked)
+            rotating = rotating[[_has_rotation(d) for d in rotating["run_dir"]]]
+            if len(rotating):
+                figures["layer_rotation"] = fig_layer_rotation(rotating)
     return figures
 
 
@@ -295,7 +362,7 @@ def make_figures(sweep: SweepDescription | str | Path, results_root: str | Path 
     sweep = as_description(sweep)
     res = Path(results_root) / sweep.name
     runs, curves = read_tables(sweep, results_root, quiet)
-    out = res / "figures"
+    out = res / rundir.FIGURES_DIR
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     configs, best, picked = _best_config_runs(runs)  # selected once, for the figures and the theory tables
@@ -304,14 +371,16 @@ def make_figures(sweep: SweepDescription | str | Path, results_root: str | Path 
     have_layers = _with_layers(picked)
     if len(have_layers):
         per_layer, summary = theory_tables(have_layers, theory_window)
-        for name, frame in (("theory_agreement.csv", per_layer), ("theory_summary.csv", summary)):
+        for name, frame in ((rundir.THEORY_AGREEMENT, per_layer), (rundir.THEORY_SUMMARY, summary)):
             files.atomic_write(res / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
             written.append(res / name)
         if not quiet:
-            print("theory agreement (rel. error of sqrt(mean ||g||²)/||x|| vs prediction, best configs):")
+            print("theory agreement (rel. error of sqrt(mean ||g||²)/||x|| and of the rotation vs prediction, "
+                  "best configs):")
             for _, r in summary.iterrows():
                 print(f"  {r['optimizer']} ({r['n_seeds']} seeds, window {r['window_start']:g}-{r['window_end']:g}):"
                       f" {format_summary(r.to_dict())}")
+                print(f"    end of training: {r['verdict']}")
     if not quiet:
         print(f"{sweep.name}: {len(written)} files -> {out}/")
     return written

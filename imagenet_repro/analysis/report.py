@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from imagenet_repro import files
+from imagenet_repro import files, rundir
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best, summarize
 from imagenet_repro.analysis.aggregate import summary_table as aggregate_summary_table
 from imagenet_repro.analysis.figures import make_figures
@@ -31,10 +31,12 @@ from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, paired_dis
 from imagenet_repro.rundir import RunState
 from imagenet_repro.sweepdir import SweepDescription, as_description
 
-REPORT = "report.html"
+REPORT = rundir.REPORT
 FIGURES = [("fig5_training_curves.png", "Fig 5: training curves of each optimizer's best config"),
            ("heatmap_top1.png", "Final top-1 over the (lr, wd) grid"),
-           ("fig2_layer_ratios.png", "Per-layer ||g||/||x|| against the steady-state prediction")]
+           ("fig2_layer_ratios.png", "Per-layer ||g||/||x|| against the steady-state prediction"),
+           ("layer_rotation.png", "Per-layer rotation per step (angle between x_t and x_t+1) against the steady-state "
+                                  "rotation: plain and corrected optimizer side by side")]
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
        color: #222; line-height: 1.4; padding: 0 1em; }
@@ -150,6 +152,28 @@ def _paired_section(paired: pd.DataFrame) -> str:
                if len(every) else ""))
 
 
+THEORY_SHOWN = {"optimizer": "optimizer", "n_seeds": "seeds", "n_layers": "layers (ratio)",
+                "median_abs_err": "ratio median |err|", "mean_err": "ratio mean err",
+                "rotation_n_layers": "layers (rotation)", "rotation_median_abs_err": "rotation median |err|",
+                "rotation_mean_err": "rotation mean err", "window_start": "window from", "window_end": "window to",
+                "late_median_err": "last 20%: ratio median err", "late_rotation_median_err": "last 20%: rotation median err"}
+
+
+def theory_summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """theory_summary.csv as the report shows it: the numbers that fit a page, named in words
+    (the verdict is its own list)."""
+    return summary[[c for c in THEORY_SHOWN if c in summary]].rename(columns=THEORY_SHOWN)
+
+
+def _verdicts(theory_summary: pd.DataFrame | None) -> str:
+    """One plain-words sentence per optimizer: is its end of training what the theory predicts?"""
+    if theory_summary is None or "verdict" not in theory_summary:
+        return '<p class="note">(no verdict: the theory tables predate it, or no run has per-layer telemetry)</p>'
+    items = [f"<li><b>{html.escape(str(r['optimizer']))}</b>: {html.escape(str(r['verdict']))}</li>"
+             for _, r in theory_summary.iterrows()]
+    return "<ul>" + "".join(items) + "</ul>"
+
+
 def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summary: pd.DataFrame | None,
                   theory_layers: pd.DataFrame | None) -> str:
     configs = config_table(runs)
@@ -184,9 +208,14 @@ def render_report(name: str, runs: pd.DataFrame, figures_dir: Path, theory_summa
         "<h2>Figures</h2>",
         *(_figure(figures_dir / f, cap) for f, cap in FIGURES),
         "<h2>Theory check</h2>",
+        "<p>Is the end-of-training rise of ||g|| what the weight-decay/schedule theory predicts? Per optimizer "
+        "(best config, its layers' errors averaged over seeds, median over layers, last 20% of steps, "
+        "tolerance ±25%):</p>",
+        _verdicts(theory_summary),
         '<p class="note">Relative error of the measured sqrt(mean ||g||²)/||x|| per normalized layer against the '
-        "steady-state prediction, best configs.</p>",
-        _table(theory_summary if theory_summary is not None else pd.DataFrame()),
+        "steady-state prediction, and of the measured rotation per step sqrt(mean θ²) against the steady-state "
+        "rotation (rotation_*), best configs, in the steady-state window.</p>",
+        _table(theory_summary_display(theory_summary) if theory_summary is not None else pd.DataFrame()),
         "<details><summary>per layer and seed</summary>",
         _table(theory_layers if theory_layers is not None else pd.DataFrame()), "</details>",
         "<h2>Run status</h2>", _table(status, classes),
@@ -200,18 +229,19 @@ def make_report(sweep: SweepDescription | str | Path, results_root: str | Path =
     """Write ``results/<sweep>/report.html`` for ``sweep`` (its description or folder); returns its path."""
     sweep = as_description(sweep)
     res = Path(results_root) / sweep.name
-    runs_file = res / "runs.parquet"
+    runs_file = res / rundir.RUNS_TABLE
     if not runs_file.is_file() or "steps_to_target" not in pq.read_schema(runs_file).names:  # missing or older
         aggregate_sweep(sweep, results_root=results_root, quiet=quiet)
-    if not (res / "figures" / FIGURES[0][0]).is_file():
+    if not (res / rundir.FIGURES_DIR / FIGURES[0][0]).is_file():
         make_figures(sweep, results_root=results_root, quiet=quiet)
-    runs = pd.read_parquet(res / "runs.parquet")
+    runs = pd.read_parquet(res / rundir.RUNS_TABLE)
 
     def csv(name: str) -> pd.DataFrame | None:
         path = res / name
         return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else None
 
-    page = render_report(sweep.name, runs, res / "figures", csv("theory_summary.csv"), csv("theory_agreement.csv"))
+    page = render_report(sweep.name, runs, res / rundir.FIGURES_DIR, csv(rundir.THEORY_SUMMARY),
+                         csv(rundir.THEORY_AGREEMENT))
     out = res / REPORT
     files.atomic_write_text(out, page)
     if not quiet:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from imagenet_repro.optim.decay import DecayHook
+from imagenet_repro.optim.equilibrium import adamw_rotation
 from imagenet_repro.optim.registry import OptimConfig, check_betas, check_eps, register_optimizer
 
 
@@ -48,3 +49,10 @@ class AdamW(DecayHook, torch.optim.AdamW):
     def predicted_ratio(self, group: dict) -> float:
         """No closed form for ||g||/||x|| under Adam: NaN."""
         return math.nan
+
+    def predicted_rotation(self, group: dict) -> float:
+        """Steady-state ||Δx||/||x|| (≈ the angle) per step of a normalized weight at γ_t, λ_t
+        (:func:`~imagenet_repro.optim.equilibrium.adamw_rotation`; AdamC's λ_t makes it linear in γ_t)."""
+        if not group["normalized"]:
+            return math.nan
+        return adamw_rotation(group["lr"], self.decay(group), group["betas"][0])

@@ -13,6 +13,7 @@ import math
 import torch
 
 from imagenet_repro.optim.decay import correct
+from imagenet_repro.optim.equilibrium import predicted_rotation_of
 from imagenet_repro.optim.param_groups import param_groups
 from imagenet_repro.optim.registry import constructor_kwargs, import_modules, registered
 
@@ -33,3 +34,11 @@ def build_optimizer(model: torch.nn.Module, cfg, example_input: torch.Tensor | N
 def predicted_ratio(optimizer: torch.optim.Optimizer, group: dict) -> float:
     fn = getattr(optimizer, "predicted_ratio", None)
     return float(fn(group)) if fn is not None else math.nan
+
+
+def predicted_rotation(optimizer: torch.optim.Optimizer, group: dict) -> float:
+    """The theory's steady-state rotation per step of a normalized weight of ``group``
+    (:mod:`.equilibrium`); NaN where there is none."""
+    if not group.get("normalized", False):
+        return math.nan
+    return predicted_rotation_of(optimizer, group)

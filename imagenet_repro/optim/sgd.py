@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from imagenet_repro.optim.decay import DecayHook
+from imagenet_repro.optim.equilibrium import sgd_rotation
 from imagenet_repro.optim.registry import OptimConfig, check_fraction, check_nesterov, register_optimizer
 
 
@@ -59,3 +60,10 @@ class SGD(DecayHook, torch.optim.SGD):
         if not group["normalized"] or group["lr"] <= 0:
             return math.nan
         return math.sqrt(2.0 * self.decay(group) * (1.0 - group["momentum"]) / group["lr"])
+
+    def predicted_rotation(self, group: dict) -> float:
+        """Steady-state ||Δx||/||x|| (≈ the angle) per step of a normalized weight at γ_t, λ_t
+        (:func:`~imagenet_repro.optim.equilibrium.sgd_rotation`; SGDC's λ_t makes it linear in γ_t)."""
+        if not group["normalized"]:
+            return math.nan
+        return sgd_rotation(group["lr"], self.decay(group), group["momentum"], group["dampening"], group["nesterov"])

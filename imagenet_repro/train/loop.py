@@ -16,6 +16,7 @@ The loop, in the order it happens each step::
     loss.backward()              DDP all-reduces the gradient here
     telemetry.record(t)          ||g||, ||x|| (global, normalized layers, per layer)
     [clip], optimizer.step()
+    telemetry.after_step()       per-layer steps: rotation, relative update, Adam's health
 
 every ``flush_every`` steps the telemetry is synced to the host (non-finite → the run ends
 ``diverged``), every ``checkpoint.every_minutes`` and at every epoch end (with
@@ -55,7 +56,7 @@ from imagenet_repro.data.loaders import build_loaders
 from imagenet_repro.errors import ConfigError, StorageError, describe
 from imagenet_repro.identity import check_run_folder
 from imagenet_repro.models import build_model
-from imagenet_repro.optim.factory import build_optimizer, predicted_ratio
+from imagenet_repro.optim.factory import build_optimizer, predicted_ratio, predicted_rotation
 from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
@@ -132,7 +133,9 @@ class Trainer:
         self.telemetry = Telemetry(
             list(model.named_parameters()), normalized,
             predicted=lambda name: predicted_ratio(self.optimizer, self.optimizer.param_groups[group_index[name]]),
-            layer_every=cfg.telemetry.layer_every, flush_every=cfg.telemetry.flush_every, device=self.device)
+            layer_every=cfg.telemetry.layer_every, flush_every=cfg.telemetry.flush_every, device=self.device,
+            optimizer=self.optimizer,
+            predicted_rotation=lambda name: predicted_rotation(self.optimizer, self.optimizer.param_groups[group_index[name]]))
         self.eval_rows: list[EvalRow] = []
         self.tensorboard = (TensorBoardLog(self.out / TENSORBOARD_DIR)
                             if cfg.train.tensorboard and self.dist.is_main else None)
@@ -258,6 +261,7 @@ class Trainer:
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
+        self.telemetry.after_step()
         self.step += 1
         self.batch_in_epoch += 1
 

@@ -1,4 +1,4 @@
-"""Gradient and weight norms, every step, accumulated on the device.
+"""Gradient and weight norms, every step, accumulated on the device; update health per layer.
 
 After ``backward()`` (and so after DDP's all-reduce: the norms are those of the reduced
 gradient) and before ``optimizer.step()`` (so before weight decay or clipping touch
@@ -7,10 +7,16 @@ and one over all weights, and writes into a device buffer:
 
     loss, ||g||, ||x||, ||g_N||, ||x_N||        (N: the normalized-layer weights)
 
-and, every ``layer_every`` steps, the per-layer ||g|| and ||x|| of each normalized weight.
+and, every ``layer_every`` steps, the per-layer ||g|| and ||x|| of each normalized weight;
+on those steps it also keeps x_t, and :meth:`Telemetry.after_step` (after
+``optimizer.step()``) adds the layer's update health (:mod:`.health`: angular and relative
+update, update/gradient cosine and below-ε fraction for Adam-family optimizers) with the
+theory's steady-state rotation (:mod:`imagenet_repro.optim.equilibrium`).
 Nothing is copied to the host until :meth:`flush` (every ``flush_every`` steps), so the
 GPU never waits for a per-step ``.item()``.  The host keeps the rows; :meth:`frames`
-returns them as the ``steps`` and ``layers`` tables of the run-directory contract.
+returns them as the ``steps`` and ``layers`` tables of the run-directory contract
+(:data:`imagenet_repro.rundir.STEPS_SCHEMA`, :data:`~imagenet_repro.rundir.LAYERS_SCHEMA`);
+the steps table gets the mean over layers of the health columns on the per-layer steps.
 
 With ``train.tensorboard`` a :class:`TensorBoardLog` (the ``sink``) gets the rows of each
 flush, already on the host, and writes them as TensorBoard scalars to ``<run>/tensorboard/``
@@ -29,10 +35,12 @@ import pandas as pd
 import torch
 
 from imagenet_repro.errors import StorageError
+from imagenet_repro.rundir import EVAL_SCHEMA, LAYERS_SCHEMA, STEPS_SCHEMA, typed
+from imagenet_repro.train.health import HEALTH_COLUMNS, UpdateHealth
 
-STEP_COLUMNS = ["step", "epoch", "lr", "loss", "grad_norm", "weight_norm", "grad_norm_normalized",
-                "weight_norm_normalized", "images_per_s"]
-LAYER_COLUMNS = ["step", "layer", "grad_norm", "weight_norm", "ratio", "predicted_ratio"]
+STEP_COLUMNS = list(STEPS_SCHEMA)
+LAYER_COLUMNS = list(LAYERS_SCHEMA)
+_SUMMARIZED = ("angular_update", "predicted_rotation", "update_grad_cos", "eps_fraction")  # -> <name>_normalized
 
 
 class _Pending(NamedTuple):
@@ -42,6 +50,7 @@ class _Pending(NamedTuple):
     lr: float
     with_layers: bool  # its per-layer norms are in ``layer_buf`` too
     predicted: dict[str, float] | None  # the theory's ratio per layer, on those steps
+    rotation: dict[str, float] | None  # the theory's rotation per layer, on those steps
 
 
 
@@ -60,24 +69,34 @@ class EvalRow(NamedTuple):
                 for r in frame.itertuples(index=False)]
 
 
-EVAL_COLUMNS = list(EvalRow._fields)
-EVAL_DTYPES = {name: "int64" if kind is int else "float64" for name, kind in get_type_hints(EvalRow).items()}
+EVAL_COLUMNS = list(EVAL_SCHEMA)
+EVAL_DTYPES = dict(EVAL_SCHEMA)
+assert EVAL_COLUMNS == list(EvalRow._fields) and EVAL_DTYPES == {
+    name: "int64" if kind is int else "float64" for name, kind in get_type_hints(EvalRow).items()}
 
 
 class Telemetry:
     def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], normalized: set[str],
                  predicted: Callable[[str], float], layer_every: int, flush_every: int,
-                 device: torch.device) -> None:
+                 device: torch.device, optimizer: torch.optim.Optimizer | None = None,
+                 predicted_rotation: Callable[[str], float] | None = None) -> None:
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
         norm_idx = [i for i, n in enumerate(self.names) if n in normalized]
         self.layer_names = [self.names[i] for i in norm_idx]
         self.norm_idx = torch.tensor(norm_idx, dtype=torch.long, device=device)
         self.predicted = predicted
+        self.predicted_rotation = predicted_rotation or (lambda name: math.nan)
         self.layer_every = layer_every
         self.flush_every = flush_every
         self.buf = torch.zeros(flush_every, 5, device=device, dtype=torch.float32)
-        self.layer_buf = torch.zeros(flush_every, 2, len(norm_idx), device=device, dtype=torch.float32)
+        # per layer: ||g||, ||x||, then HEALTH_COLUMNS (NaN until after_step fills them)
+        self.layer_buf = torch.zeros(flush_every, 2 + len(HEALTH_COLUMNS), len(norm_idx), device=device,
+                                     dtype=torch.float32)
+        # without the optimizer (no after_step calls) the health columns stay NaN
+        self.health = (UpdateHealth([self.params[i] for i in norm_idx], optimizer) if optimizer is not None
+                       else None)
+        self._health_slot: tuple[int, torch.Tensor] | None = None  # (buffer row, ||g_N|| per layer)
         self.pending: list[_Pending] = []
         self.step_rows: list[list] = []
         self.layer_rows: list[list] = []
@@ -89,6 +108,9 @@ class Telemetry:
 
     @torch.no_grad()
     def record(self, step: int, epoch: int, lr: float, loss: torch.Tensor, batch_images: int) -> None:
+        """After backward, before the optimizer's step: the norms of step ``step``."""
+        if len(self.pending) == self.flush_every:  # full and not flushed by after_step
+            self.flush()
         k = len(self.pending)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         g = torch.stack(torch._foreach_norm(grads)).float()
@@ -98,13 +120,27 @@ class Telemetry:
                            g_n.square().sum().sqrt(), x_n.square().sum().sqrt()])
         self.buf[k].copy_(row)
         with_layers = step % self.layer_every == 0
-        predicted = None
+        predicted = rotation = None
+        self._health_slot = None
         if with_layers:
             self.layer_buf[k, 0].copy_(g_n)
             self.layer_buf[k, 1].copy_(x_n)
+            self.layer_buf[k, 2:].fill_(math.nan)
             predicted = {n: self.predicted(n) for n in self.layer_names}
-        self.pending.append(_Pending(step, epoch, lr, with_layers, predicted))
+            rotation = {n: self.predicted_rotation(n) for n in self.layer_names}
+            if self.health is not None:
+                self.health.before_step()
+                self._health_slot = (k, g_n)
+        self.pending.append(_Pending(step, epoch, lr, with_layers, predicted, rotation))
         self._window_images += batch_images
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After the optimizer's step: the update health of a per-layer step (on the device)."""
+        if self._health_slot is not None:
+            k, g_n = self._health_slot
+            self._health_slot = None
+            self.layer_buf[k, 2:].copy_(self.health.after_step(g_n))
         if len(self.pending) == self.flush_every:
             self.flush()
 
@@ -112,20 +148,29 @@ class Telemetry:
         """Copy the pending rows to the host. Returns False if a loss or norm is non-finite."""
         if not self.pending:
             return not self.diverged
+        if self._health_slot is not None:  # flushed between record and after_step: no health this step
+            self._health_slot = None
+            if self.health is not None:
+                self.health.armed = False
         n = len(self.pending)
         first_step_row, first_layer_row = len(self.step_rows), len(self.layer_rows)
         values = self.buf[:n].cpu().tolist()
-        layers = self.layer_buf[:n].cpu() if any(p.with_layers for p in self.pending) else None
+        layers = self.layer_buf[:n].cpu().tolist() if any(p.with_layers for p in self.pending) else None
         now = time.perf_counter()
         rate = self._window_images / max(now - self._window_start, 1e-9)
         self._window_start, self._window_images = now, 0
         finite = True
         for i, p in enumerate(self.pending):
-            self.step_rows.append([p.step, p.epoch, p.lr, *values[i], rate])
+            summary = [math.nan] * len(_SUMMARIZED)
             if p.with_layers:
+                rows = []
                 for j, name in enumerate(self.layer_names):
-                    gn, xn = float(layers[i, 0, j]), float(layers[i, 1, j])
-                    self.layer_rows.append([p.step, name, gn, xn, gn / xn if xn > 0 else math.nan, p.predicted[name]])
+                    gn, xn, angle, rel, cos, frac = (layers[i][c][j] for c in range(2 + len(HEALTH_COLUMNS)))
+                    rows.append([p.step, name, gn, xn, gn / xn if xn > 0 else math.nan, p.predicted[name],
+                                 angle, rel, p.rotation[name], cos, frac])
+                self.layer_rows.extend(rows)
+                summary = [_mean([r[LAYER_COLUMNS.index(c)] for r in rows]) for c in _SUMMARIZED]
+            self.step_rows.append([p.step, p.epoch, p.lr, *values[i], rate, *summary])
             if finite and not all(math.isfinite(v) for v in values[i]):
                 finite = False
                 self.diverged_at = p.step
@@ -144,21 +189,29 @@ class Telemetry:
         return dict(zip(STEP_COLUMNS, self.step_rows[-1]))
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        steps = pd.DataFrame(self.step_rows, columns=STEP_COLUMNS).astype({"step": "int64", "epoch": "int64"})
-        layers = pd.DataFrame(self.layer_rows, columns=LAYER_COLUMNS).astype({"step": "int64"})
+        steps = typed(pd.DataFrame(self.step_rows, columns=STEP_COLUMNS), STEPS_SCHEMA)
+        layers = typed(pd.DataFrame(self.layer_rows, columns=LAYER_COLUMNS), LAYERS_SCHEMA)
         return steps, layers
 
     def restore(self, steps: pd.DataFrame, layers: pd.DataFrame, before_step: int) -> None:
         """Resume: keep the rows of steps < ``before_step`` (later ones will be recomputed)."""
-        self.step_rows = steps[steps.step < before_step][STEP_COLUMNS].values.tolist()
+        self.step_rows = typed(steps[steps.step < before_step], STEPS_SCHEMA).values.tolist()
         for row in self.step_rows:
             row[0], row[1] = int(row[0]), int(row[1])
-        self.layer_rows = layers[layers.step < before_step][LAYER_COLUMNS].values.tolist()
+        self.layer_rows = typed(layers[layers.step < before_step], LAYERS_SCHEMA).values.tolist()
         for row in self.layer_rows:
             row[0] = int(row[0])
 
 
+def _mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN if none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 TENSORBOARD_DIR = "tensorboard"
+HEALTH_TAGS = (("rotation/angular", "angular_update_normalized"), ("rotation/predicted", "predicted_rotation_normalized"),
+               ("adam/update_grad_cos", "update_grad_cos_normalized"), ("adam/eps_fraction", "eps_fraction_normalized"))
 
 
 _TB_WORKERS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # TensorBoard's writer threads
@@ -198,7 +251,9 @@ class TensorBoardLog:
     Tags: ``train/loss``, ``train/lr``, ``norms/grad``, ``norms/weight``,
     ``ratio/normalized`` (||g_N||/||x_N|| of the normalized layers) with
     ``ratio/predicted`` (the theory's steady-state ratio, mean over layers, at the per-layer
-    steps), and ``eval/top1``, ``eval/top5``, ``eval/loss`` (x: the global step).  The
+    steps), on the per-layer steps the means over normalized layers ``rotation/angular``
+    (radians per step) with ``rotation/predicted``, and for Adam-family optimizers
+    ``adam/update_grad_cos`` and ``adam/eps_fraction``; and ``eval/top1``, ``eval/top5``, ``eval/loss`` (x: the global step).  The
     writer is opened at the first write with ``purge_step`` set to that step, so a resumed
     run replaces the events it is about to recompute instead of duplicating them.
     """
@@ -233,6 +288,9 @@ class TensorBoardLog:
             x_n = row[col["weight_norm_normalized"]]
             if x_n > 0:
                 w.add_scalar("ratio/normalized", row[col["grad_norm_normalized"]] / x_n, step)
+            for tag, name in HEALTH_TAGS:
+                if math.isfinite(row[col[name]]):
+                    w.add_scalar(tag, row[col[name]], step)
         predicted: dict[int, list[float]] = {}
         lcol = {name: i for i, name in enumerate(LAYER_COLUMNS)}
         for row in layer_rows:
