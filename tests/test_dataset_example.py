@@ -33,6 +33,15 @@ def imagenette_like(root: Path, per_class: int = 4) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def forget_the_example():
+    """Other modules in this process see only the built-in datasets (error lines list them)."""
+    yield
+    from imagenet_repro.data.datasets import unregister_dataset
+
+    unregister_dataset("imagenette")
+
+
 @pytest.fixture(scope="module")
 def betons(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("imagenette")

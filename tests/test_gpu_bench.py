@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---- the CPU smoke run -----------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
 def test_gpu_bench_cpu_smoke_runs_every_part(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--cpu-smoke", "--out", str(out)], cwd=ROOT,

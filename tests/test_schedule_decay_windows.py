@@ -61,14 +61,15 @@ def test_step_schedule_milestones_are_rounded_fractions_of_the_run():
     assert [s.lr(t) for t in range(10)] == pytest.approx([0.4] * 3 + [0.2] * 5 + [0.1] * 2)
 
 
-def test_one_step_run_and_apply_write_gamma_max_into_every_group():
+def test_one_step_run_and_apply_write_gamma_t_into_every_group_and_leave_gamma_max_alone():
     assert schedule(total=1).lr(0) == pytest.approx(0.4)
     opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]},
                            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 9.0}], lr=1.0)
     cfg = OmegaConf.merge(OmegaConf.structured(ScheduleConfig), {"final_lr_fraction": 0.5})
     s = LRSchedule(opt, cfg, peak_lr=0.2, total_steps=4, steps_per_epoch=2)
     assert s.apply(2) == pytest.approx(0.2 * (0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi / 2))))
-    assert [(g["lr"], g["lr_max"]) for g in opt.param_groups] == [(pytest.approx(0.15), 0.2)] * 2
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.15)] * 2
+    assert all("lr_max" not in g for g in opt.param_groups)  # γ_max is set where the groups are made, only
 
 
 # ---- the corrected decay --------------------------------------------------------------------------
@@ -98,10 +99,12 @@ def test_one_step_decays_a_normalized_weight_by_lr_squared_lambda_over_lr_max():
     assert one_step(SGD) == (pytest.approx(1 - lr * lam), pytest.approx(1 - lr * lam), False)
 
 
-def test_decay_hook_groups_get_lr_max_and_normalized_defaults_and_a_zero_peak_is_refused():
+def test_decay_hook_groups_get_the_normalized_default_and_a_missing_or_zero_peak_is_refused():
     opt = SGD([torch.zeros(2, requires_grad=True)], lr=0.3, momentum=0.0)
     assert isinstance(opt, DecayHook)
-    assert opt.param_groups[0]["lr_max"] == 0.3 and opt.param_groups[0]["normalized"] is False
+    assert "lr_max" not in opt.param_groups[0] and opt.param_groups[0]["normalized"] is False
+    with pytest.raises(ValueError, match="a normalized param group needs lr_max"):
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "normalized": True})
     opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr_max": 0.7, "normalized": True})
     assert opt.param_groups[1]["lr_max"] == 0.7 and opt.param_groups[1]["normalized"] is True
     for bad in (0.0, -0.1):

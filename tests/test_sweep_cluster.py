@@ -149,6 +149,7 @@ def restarts(job_id: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
 def test_timeout_signal_checkpoints_at_a_step_boundary_requeues_and_finishes_exactly(slurm_cluster, tmp_path, capsys):
     """The signal submitit has SLURM send before the time limit (`--signal=USR2@signal_delay_s`),
     sent now with `scancel --signal=USR2` to a training array task: the trainer checkpoints at
@@ -270,6 +271,21 @@ def lowered_max_array_size(value: int):
         yield
     finally:
         _reconfigure_to(conf, original, before, exact=True)
+        _wait_until_a_job_runs()
+
+
+def _wait_until_a_job_runs(timeout_s: float = 180) -> None:
+    """After a controller restart the node may take a while to take jobs again (a job sent
+    meanwhile fails at once): wait until a one-task job runs to completion, so the tests
+    after this one find the cluster as it was."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc = subprocess.run(["sbatch", "--wait", "--wrap", "true", "-o", "/dev/null", "-J", "repro-probe"],
+                              capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"the cluster runs no job after the restart: {proc.stderr.strip()}"
+        time.sleep(2.0)
 
 
 def _sacct_times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
@@ -284,6 +300,7 @@ def _sacct_times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
 def test_grid_over_max_array_size_is_split_and_keeps_the_parallelism(slurm_cluster, tmp_path, capsys):
     """4 runs, MaxArraySize lowered to 2, array_parallelism 1: two arrays of 2, the second
     waiting for the first (afterany), never more than 1 task running (the node fits 2);

@@ -302,6 +302,7 @@ def test_intermediate_evals_land_on_their_steps_and_change_nothing_in_training(r
     pd.testing.assert_frame_equal(a["eval"], full, check_exact=True)
 
 
+@pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
 def test_sigkill_then_resume_with_intermediate_evals_is_exact(tmp_path, run_with_intermediate_evals, fmnist_tiny):
     killed = tmp_path / "killed"
     overrides = fmnist_tiny + EVAL_EVERY + ["checkpoint.every_minutes=0.005"]
