@@ -36,9 +36,12 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
 
 
-def _groups(model: nn.Module, wd: float = 0.01) -> list[dict]:
+def _groups(model: nn.Module, wd: float = 0.01, lr_max: float = 0.05) -> list[dict]:
+    """The suite's groups as optim.param_groups makes them: the normalized one carries γ_max
+    (the tests' optimizers run at a flat lr 0.05)."""
     rest = [(n, p) for n, p in model.named_parameters() if n != "0.weight"]
-    return [{"params": [model[0].weight], "names": ["0.weight"], "normalized": True, "weight_decay": wd},
+    return [{"params": [model[0].weight], "names": ["0.weight"], "normalized": True, "weight_decay": wd,
+             "lr_max": lr_max},
             {"params": [p for _, p in rest], "names": [n for n, _ in rest], "normalized": False, "weight_decay": 0.0}]
 
 

@@ -319,6 +319,7 @@ def test_tensorboard_scalars_readable_by_tensorboard(run_with_intermediate_evals
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert tags == {"train/loss", "train/lr", "norms/grad", "norms/weight", "ratio/normalized", "ratio/predicted",
+                    "rotation/angular", "rotation/predicted",  # the update health (SGD: no Adam scalars)
                     "eval/top1", "eval/top5", "eval/loss"}
     t = tables(run_with_intermediate_evals)
     loss = acc.Scalars("train/loss")

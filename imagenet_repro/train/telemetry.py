@@ -128,7 +128,7 @@ class Telemetry:
             self.layer_buf[k, 2:].fill_(math.nan)
             predicted = {n: self.predicted(n) for n in self.layer_names}
             rotation = {n: self.predicted_rotation(n) for n in self.layer_names}
-            if self.health is not None:
+            if self.health is not None and self.health.params:  # a model with no normalized layer has none
                 self.health.before_step()
                 self._health_slot = (k, g_n)
         self.pending.append(_Pending(step, epoch, lr, with_layers, predicted, rotation))
