@@ -24,17 +24,15 @@ and ``lr_max`` (the schedule's peak LR γ_max), both set where the groups are ma
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.optim.library import config_class, library_optimizer
+from imagenet_repro.plugins import import_user_module, load_entry_points
 
 ENTRY_POINT_GROUP = "imagenet_repro.optimizers"
 RULES = ("graph", "transformer")
@@ -152,43 +150,14 @@ def _load_builtin() -> None:
 
 def _load_entry_points() -> None:
     """Import the modules that installed packages name under ``imagenet_repro.optimizers``."""
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value in _LOADED:
-            continue
-        _LOADED.add(ep.value)
-        try:
-            ep.load()
-        except Exception as exc:
-            raise ConfigError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}): {describe(exc)}") from None
+    load_entry_points(ENTRY_POINT_GROUP, _LOADED)
 
 
 def import_modules(imports: Iterable[str]) -> None:
     """Import ``optim.imports``: dotted module names, or paths of ``.py`` files (relative to
     the working directory).  Each is imported once per process; its decorators register."""
     for item in [imports] if isinstance(imports, str) else imports:
-        item = str(item)
-        try:
-            if item.endswith(".py"):
-                path = Path(item).resolve()
-                if not path.is_file():
-                    raise ConfigError(f"optim.imports: file not found: {item}")
-                module_name = f"_repro_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-                if module_name in sys.modules:
-                    continue
-                spec = importlib.util.spec_from_file_location(module_name, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[module_name]
-                    raise
-            else:
-                importlib.import_module(item)
-        except ConfigError:
-            raise
-        except Exception as exc:  # ImportError, SyntaxError, an error the module raises
-            raise ConfigError(f"optim.imports: cannot import {item!r}: {describe(exc)}") from None
+        import_user_module(str(item), "optim.imports", "_repro_user")
 
 
 def available_optimizers() -> list[str]:

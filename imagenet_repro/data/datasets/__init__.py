@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.plugins import import_user_module, load_entry_points
 
 ENTRY_POINT_GROUP = "imagenet_repro.data.datasets"
 BUILTIN_MODULES = tuple(f"imagenet_repro.data.datasets.{m}" for m in ("imagenet", "fashion_mnist"))
@@ -104,40 +105,12 @@ def _load_builtin() -> None:
 
 
 def _load_entry_points() -> None:
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value in _LOADED:
-            continue
-        _LOADED.add(ep.value)
-        try:
-            ep.load()
-        except Exception as exc:
-            raise ConfigError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}): {describe(exc)}") from None
+    load_entry_points(ENTRY_POINT_GROUP, _LOADED)
 
 
 def _import(ref: str) -> None:
     """Import the module part of ``FILE.py:NAME`` / ``module:NAME`` once per process."""
-    try:
-        if ref.endswith(".py"):
-            path = Path(ref).resolve()
-            if not path.is_file():
-                raise ConfigError(f"data.dataset: file not found: {ref}")
-            name = f"_repro_dataset_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-            if name in sys.modules:
-                return
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
-        else:
-            importlib.import_module(ref)
-    except ConfigError:
-        raise
-    except Exception as exc:  # ImportError, SyntaxError, an error the module raises
-        raise ConfigError(f"data.dataset: cannot import {ref!r}: {describe(exc)}") from None
+    import_user_module(ref, "data.dataset", "_repro_dataset")
 
 
 def available_datasets() -> list[str]:
