@@ -114,6 +114,7 @@ def test_tensorboard_scalars_read_back(tmp_path):
     for step in range(4):
         a.grad, b.grad = torch.full_like(a, step + 1.0), torch.ones_like(b)
         tel.record(step, 0, 0.1 * (4 - step), torch.tensor(3.0 - step), batch_images=1)
+        tel.after_step()  # the trainer's order: record after backward, after_step after the step (it flushes)
     log.eval(EvalRow(epoch=1, step=4, top1=0.5, top5=0.75, loss=1.25, images=100))
     log.close()
     log.close()  # a second close is harmless
