@@ -114,6 +114,7 @@ def test_a_sweep_plans_it(betons, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test's 10 minutes: in make test-rehearsals, with the other rehearsals
 def test_the_rehearsal_rehearses_it(betons, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "imagenet_repro", "sweep", str(spec(tmp_path, betons[1])),
                            "--rehearse", "--rehearse-root", str(tmp_path / "rehearsal"), "--ranks", "1",
