@@ -24,11 +24,11 @@ demo: install  ## CPU demo: Fashion-MNIST (as root: installed) -> .beton -> swee
 
 test: install lint  ## lint, then the test suite on 2 workers (unit + end-to-end: FFCV, SLURM, DDP over gloo), about 10 min
 	@scripts/runtime-deps.sh test
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-rehearsals: install  ## the long tests: rehearse every shipped spec, reproduce a committed demo run, the full fault/identity matrices (CI runs it after make test)
 	@scripts/runtime-deps.sh test
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "rehearsal or reproduction or long" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "rehearsal or reproduction or long" $(PYTEST_ARGS)
 
 lint: install  ## ruff (pyflakes + import order) over the whole tree; the import graph has no cycles
 	$(VENV)/bin/ruff check .

@@ -36,6 +36,10 @@ wait_for() {  # wait_for SECONDS WHAT CMD...
 
 [ "${1:-}" = --packages ] && { echo "${PACKAGES[*]}"; exit 0; }   # for .ci/run's clean start
 [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts system daemons)"
+# One caller at a time (two test workers, or a user's script beside them): the second waits
+# for the first, then finds the node up below.
+exec 9>/run/slurm-up.lock
+flock -w $((WAIT_S + 600)) 9 || die "another slurm-up.sh held /run/slurm-up.lock too long"
 if command -v sinfo >/dev/null && node_ready; then
   say "already running ($(sinfo -h -N -o '%N %T' | head -1))"
   exit 0
@@ -48,10 +52,10 @@ for pkg in "${PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   say "installing ${missing[*]}"
-  apt-get -o Acquire::Retries=3 update -qq
+  apt-get -o Acquire::Retries=3 -o DPkg::Lock::Timeout=300 update -qq
   # policy-rc.d 101: do not let the packages try to start services (there is no init system)
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=3 install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=3 -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
 fi
 

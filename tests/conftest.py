@@ -23,22 +23,36 @@ SLURM_SKIP = "SLURM tests: no cluster answers sinfo, and "
 
 # The modules whose tests submit to the cluster (explicitly, or through the launcher's `auto`,
 # which picks SLURM when it answers): under `make test`'s two pytest-xdist workers they run
-# one after another in one worker, as the single-node cluster runs one 2-rank job at a time.
-# Every other module is a group of its own: its module-scoped fixtures (the DDP runs, the
-# real-runs sweep) are then trained once, not once per worker.
+# one after another in one worker, as the single-node cluster runs one 2-rank job at a time
+# and some of these tests restart its controller. Every other module is a unit of its own: its
+# module-scoped fixtures (the DDP runs, the real-runs sweep) are then trained once, not once
+# per worker.
 CLUSTER_MODULES = ("test_sweep_cluster.py", "test_sweep_families.py", "test_sweep_rehearse.py", "test_dataset_example.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: absent when it is not installed
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` with the cluster modules as one unit (see CLUSTER_MODULES). Built on
+    xdist's file scheduler, not on `xdist_group` marks: with pytest 9.2 xdist 3.8's loadgroup
+    no longer groups (pytest-dev/pytest-xdist#1386), and nothing fails when it does not."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleOrClusterScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "cluster" if Path(module).name in CLUSTER_MODULES else module
+
+    return ModuleOrClusterScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `slurm` use a running cluster, else start one with scripts/slurm-up.sh --
     the only part of the suite that needs root (and apt-get). Where neither is possible they
-    are skipped with one reason, reported in one line (below). Cluster tests share one
-    xdist group (`--dist loadgroup`); each other module is a group."""
+    are skipped with one reason, reported in one line (below)."""
     from imagenet_repro.sweep.launcher import slurm_available  # the launcher's own rule: one rule for both
 
-    for item in items:  # the other tests: one group per module, so a module's fixtures are made once
-        cluster = item.get_closest_marker("slurm") or item.path.name in CLUSTER_MODULES
-        item.add_marker(pytest.mark.xdist_group("cluster" if cluster else item.path.name))
     slurm = [item for item in items if item.get_closest_marker("slurm")]
     if not slurm or slurm_available():
         return
