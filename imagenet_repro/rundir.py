@@ -15,9 +15,10 @@ One run = one directory holding everything needed to plot it and to resume it::
 
 The tables' schemas below are the one declaration of their columns: the trainer writes
 them (:mod:`imagenet_repro.train.telemetry`), the analysis reads them, the tests check
-them.  Two learning rates appear in the suite's tables: in ``steps.parquet`` and a sweep's
-``curves.parquet`` ``lr`` is the step's γ_t; in a sweep's ``runs.parquet``, ``configs.csv``
-and ``summary.csv`` (``best_lr``) it is the schedule's peak γ_max, the config's ``optim.lr``.
+them.  Two learning rates appear in the suite's tables, each under its own name: ``lr`` is
+the step's γ_t (``steps.parquet``, a sweep's ``curves.parquet``); ``lr_max`` is the schedule's
+peak γ_max, the config's ``optim.lr`` (a sweep's ``runs.parquet``, ``configs.csv``,
+``summary.csv``'s ``best_lr_max``, ``paired.csv``'s ``plain_lr_max`` and ``corrected_lr_max``).
 
 Every file appears atomically (:mod:`imagenet_repro.files`), so a reader never sees half a file.
 """
@@ -89,7 +90,7 @@ EVAL_SCHEMA: dict[str, str] = {"epoch": "int64", "step": "int64", "top1": "float
 RUN_TABLES = {STEPS: STEPS_SCHEMA, LAYERS: LAYERS_SCHEMA, EVAL: EVAL_SCHEMA}
 
 # ---- a sweep's results folder (results/<sweep>/): what the analysis writes ------------------
-RUNS_TABLE = "runs.parquet"              # one row per run (its lr: γ_max, the config's optim.lr)
+RUNS_TABLE = "runs.parquet"              # one row per run (lr_max: γ_max, the config's optim.lr)
 CURVES_TABLE = "curves.parquet"          # binned step curves + eval rows per run (lr: γ_t)
 CONFIGS_TABLE = "configs.csv"
 SUMMARY_TABLE = "summary.csv"

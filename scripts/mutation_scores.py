@@ -14,6 +14,9 @@ its log: ``build/mutation/<module>.log``). Then it counts every mutant's verdict
   (``cd build/mutation/<module> && mutmut show NAME`` prints one's diff), and
 * ``scores.md``: the same as a table.
 
+A run of some modules replaces their rows and keeps the other modules' rows of the report
+already in ``--out``; the total sums the rows.
+
 ``--keep`` reuses the staging folders of the previous run: only the mutants it did not kill
 are run again, against the tests as they are now (mutmut collects coverage of new tests), and
 the killed ones keep their verdict. That is right after tests were only added (a new test
@@ -146,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     modules = args.modules or configured
     report = {"tool": f"mutmut {version('mutmut')}", "pytest_args": cfg.get("pytest_add_cli_args", []),
-              "workers": args.workers, "modules": {}}
-    every: dict[str, str] = {}
+              "workers": args.workers, "modules": earlier_rows(args.out, configured, modules)}
     for module in modules:
         start = time.monotonic()
         meta = STAGING / dotted(module) / "mutants" / (module + ".meta")
@@ -175,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutation: mutmut failed on {module} (exit {proc.returncode}); see {log}", file=sys.stderr)
             return 1
         statuses = verdicts(folder, module)
-        every.update(statuses)
         seconds = None if args.no_run else round(time.monotonic() - start)
         row = {"tests": cfg["tests_by_module"][module], **score(statuses), "seconds": seconds,
                "rerun_only_not_killed": keep and not args.no_run}
@@ -183,14 +184,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutation: {module}: {row['killed']} killed, {row['survived']} survived, {row['timeout']} timeout, "
               f"{row['no_tests']} no tests of {row['total']}: {row['score_pct']} %"
               + ("" if seconds is None else f" ({seconds} s)"), flush=True)
-        write_report(report, every, args.out)  # after each module: an interrupted run keeps what it measured
+        write_report(report, args.out)  # after each module: an interrupted run keeps what it measured
     print(markdown(report))
     return 0
 
 
-def write_report(report: dict, every: dict[str, str], out: Path) -> None:
-    total = score(every)
-    total.pop("not_killed")
+def earlier_rows(out: Path, configured: list[str], modules: list[str]) -> dict:
+    """The rows of the modules not scored in this run, kept from the report already in `out`
+    (a run of some modules updates their rows and keeps the others), in only_mutate's order."""
+    try:
+        earlier = json.loads((out / "scores.json").read_text("utf-8"))["modules"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {m: earlier[m] for m in configured if m in earlier and m not in modules}
+
+
+def write_report(report: dict, out: Path) -> None:
+    order = {m: i for i, m in enumerate(pyproject()[1]["only_mutate"])}
+    report["modules"] = dict(sorted(report["modules"].items(), key=lambda kv: order.get(kv[0], len(order))))
+    rows = report["modules"].values()
+    total = {k: sum(r[k] for r in rows) for k in ("killed", "survived", "timeout", "no_tests", "other", "total")}
+    total["score_pct"] = (round(100.0 * (total["killed"] + total["timeout"]) / total["total"], 1)
+                          if total["total"] else None)
     report["all"] = total
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -94,7 +94,7 @@ def test_exact_per_run_numbers(sweep):
     spec, _ = sweep
     runs = aggregate_runs(sorted(load_spec(spec).sweep_dir.iterdir())).runs.set_index("run_id")
     a0 = runs.loc["a0"]
-    assert (a0["optimizer"], a0["lr"], a0["wd"], a0["seed"]) == ("sgd", 0.1, 1e-4, 0)
+    assert (a0["optimizer"], a0["lr_max"], a0["wd"], a0["seed"]) == ("sgd", 0.1, 1e-4, 0)
     assert a0["grad_norm_tail_ratio"] == pytest.approx(2.5)
     assert a0["ratio_tail_ratio"] == pytest.approx(6.0)
     assert a0["weight_norm_tail_ratio"] == pytest.approx(0.5)
@@ -121,18 +121,18 @@ def test_curves_are_downsampled(sweep):
 def test_best_config_and_summary(sweep):
     spec, results = sweep
     agg = aggregate_sweep(describe(spec), results_root=results, quiet=True)
-    cfg = agg.configs.set_index(["optimizer", "lr"])
+    cfg = agg.configs.set_index(["optimizer", "lr_max"])
     assert bool(cfg.loc[("sgd", 0.2), "eligible"]) is False and cfg.loc[("sgd", 0.2), "n_diverged"] == 1
     assert cfg.loc[("sgd", 0.1), "n_done"] == 2 and cfg.loc[("sgd", 0.1), "n_failed"] == 1
     summary = pd.read_csv(results / "t" / "summary.csv").set_index("optimizer")
     sgd, sgdc = summary.loc["sgd"], summary.loc["sgdc"]
-    assert (sgd["best_lr"], sgd["best_wd"], sgd["n_seeds"]) == (0.1, 1e-4, 2)
+    assert (sgd["best_lr_max"], sgd["best_wd"], sgd["n_seeds"]) == (0.1, 1e-4, 2)
     assert sgd["final_top1_pct_mean"] == pytest.approx(65.5)
     assert sgd["final_top1_pct_std"] == pytest.approx(np.std([65, 66], ddof=1))
     assert sgd["grad_norm_tail_ratio_mean"] == pytest.approx(2.5) and sgd["grad_norm_tail_ratio_std"] == pytest.approx(0)
     assert sgd["ratio_tail_ratio_mean"] == pytest.approx(6.0)
     assert sgd["n_configs"] == 3 and sgd["n_configs_diverged"] == 1
-    assert (sgdc["best_lr"], sgdc["n_seeds"]) == (0.1, 2)  # the corrupt 0.99 seed is not mixed in
+    assert (sgdc["best_lr_max"], sgdc["n_seeds"]) == (0.1, 2)  # the corrupt 0.99 seed is not mixed in
     assert sgdc["final_top1_pct_mean"] == pytest.approx(71.0)
 
 

@@ -70,7 +70,7 @@ def test_paired_differences_at_the_same_config(agg):
     assert set(p.comparison) == {"same (lr, wd)", "each at its best"}
     assert set(p.metric) == {"final_top1", "grad_norm_tail_ratio", "final_eval_loss"}
     top1 = row(p, "same (lr, wd)", "final_top1")  # diffs 0.02 0.01 0.02
-    assert (top1.plain, top1.corrected, top1.plain_lr, top1.corrected_lr) == ("sgd", "sgdc", 0.5, 0.5)
+    assert (top1.plain, top1.corrected, top1.plain_lr_max, top1.corrected_lr_max) == ("sgd", "sgdc", 0.5, 0.5)
     assert top1.n_seeds == 3 and top1.seeds == "0 1 2" and top1.ci_method == "t"  # seed 3 diverged: not paired
     assert top1.mean_diff == pytest.approx(0.0166666667) and top1.sd_diff == pytest.approx(0.0057735027)
     assert (top1.ci_low, top1.ci_high) == pytest.approx((0.0023244909, 0.0310088424))
@@ -86,7 +86,7 @@ def test_paired_differences_at_the_same_config(agg):
 
 def test_paired_differences_each_at_its_best(agg):
     top1 = row(agg.paired, "each at its best", "final_top1")  # sgdc best: lr 0.1 (mean 0.73 > 0.7267)
-    assert (top1.plain_lr, top1.corrected_lr) == (0.5, 0.1)
+    assert (top1.plain_lr_max, top1.corrected_lr_max) == (0.5, 0.1)
     assert top1.n_seeds == 3
     assert top1.mean_diff == pytest.approx(0.02) and top1.sd_diff == pytest.approx(0.0264575131)
     assert (top1.ci_low, top1.ci_high) == pytest.approx((-0.0457241061, 0.0857241061))

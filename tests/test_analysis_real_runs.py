@@ -73,7 +73,7 @@ def theory(opt: str, lr: float, step: np.ndarray) -> np.ndarray:
 
 
 def test_aggregate_rows_match_the_run_folders(sweep):
-    runs = sweep["runs"].set_index(["optimizer", "lr", "seed"])
+    runs = sweep["runs"].set_index(["optimizer", "lr_max", "seed"])
     assert len(runs) == 5 and runs["state"].value_counts().to_dict() == {"done": 4, "diverged": 1}
     for key in TRAINED[:4]:
         row, steps = runs.loc[key], steps_of(sweep, key)
@@ -202,7 +202,7 @@ def test_report_shows_the_paired_intervals_and_verdicts_of_paired_csv(sweep):
         # paired.csv against the runs: per-seed sgdc - sgd, Student's t with n - 1 = 1 degree of freedom
         d = np.array([runs.loc[("sgdc", s), metric] - runs.loc[("sgd", s), metric] for s in (0, 1)])
         half = stats.t.ppf(0.975, 1) * d.std(ddof=1) / math.sqrt(2)
-        assert r.n_seeds == 2 and (r.plain_lr, r.corrected_lr) == (0.1, 0.2)
+        assert r.n_seeds == 2 and (r.plain_lr_max, r.corrected_lr_max) == (0.1, 0.2)
         assert (r.mean_diff, r.ci_low, r.ci_high) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
         label = {"final_top1": "final top-1 (pp)", "grad_norm_tail_ratio": "||g|| tail ratio",
                  "final_eval_loss": "final val loss"}[metric]

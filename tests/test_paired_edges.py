@@ -22,12 +22,12 @@ from imagenet_repro.analysis.paired import (
 
 def runs_table(rows) -> pd.DataFrame:
     """(optimizer, lr, wd, seed, final_top1, tail, loss, state) per run."""
-    return pd.DataFrame(rows, columns=["optimizer", "lr", "wd", "seed", "final_top1", "grad_norm_tail_ratio",
+    return pd.DataFrame(rows, columns=["optimizer", "lr_max", "wd", "seed", "final_top1", "grad_norm_tail_ratio",
                                        "final_eval_loss", "state"])
 
 
 def best_table(rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["optimizer", "lr", "wd"])
+    return pd.DataFrame(rows, columns=["optimizer", "lr_max", "wd"])
 
 
 RUNS = runs_table([
@@ -51,7 +51,7 @@ def test_same_config_pairs_by_seed_and_subtracts_plain_from_corrected():
     assert set(paired.comparison) == {"same (lr, wd)"} and len(paired) == 3
     top1 = paired[paired.metric == "final_top1"].iloc[0]
     diffs = np.array([0.01, 0.02, 0.06])
-    assert (top1.plain_lr, top1.plain_wd, top1.corrected_lr, top1.corrected_wd) == (0.1, 0.01, 0.1, 0.01)
+    assert (top1.plain_lr_max, top1.plain_wd, top1.corrected_lr_max, top1.corrected_wd) == (0.1, 0.01, 0.1, 0.01)
     assert top1.n_seeds == 3 and top1.seeds == "0 1 2"
     assert top1.mean_diff == pytest.approx(diffs.mean()) and top1.sd_diff == pytest.approx(diffs.std(ddof=1))
     half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
@@ -72,7 +72,7 @@ def test_each_at_its_best_pairs_the_two_best_configs():
     best = paired[paired.comparison == "each at its best"]
     assert len(best) == 3
     top1 = best[best.metric == "final_top1"].iloc[0]
-    assert (top1.plain_lr, top1.plain_wd, top1.corrected_lr, top1.corrected_wd) == (0.1, 0.01, 0.3, 0.02)
+    assert (top1.plain_lr_max, top1.plain_wd, top1.corrected_lr_max, top1.corrected_wd) == (0.1, 0.01, 0.3, 0.02)
     assert top1.seeds == "0" and top1.n_seeds == 1 and top1.mean_diff == pytest.approx(0.10)
     assert math.isnan(top1.sd_diff) and math.isnan(top1.ci_low) and top1.includes_zero is None
     shown = paired_display(paired)

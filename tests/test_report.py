@@ -83,7 +83,7 @@ def test_best_config_summary_is_an_html_table(report):
     table = re.match(r"\s*<table[^>]*>(.*?)</table>", section, re.S)
     assert table, "the best-config summary must be the section's first element, a <table>"
     head = re.findall(r"<th>(.*?)</th>", table.group(1))
-    assert head[:5] == ["optimizer", "best lr", "best wd", "seeds", "final top-1 %"] and "steps to target" in head
+    assert head[:5] == ["optimizer", "best lr_max", "best wd", "seeds", "final top-1 %"] and "steps to target" in head
     rows = re.findall(r"<tr>(.*?)</tr>", table.group(1).split("<tbody>", 1)[1], re.S)
     cells = [re.findall(r"<td>(.*?)</td>", r) for r in rows]
     assert [c[0] for c in cells] == ["sgd", "sgdc"] and all(len(c) == len(head) for c in cells)

@@ -274,13 +274,13 @@ def test_stage_two_launch_then_status_and_aggregate_see_one_sweep(tmp_path, caps
     import pandas as pd
 
     configs = pd.read_csv(tmp_path / "results" / "staged" / "configs.csv")
-    seeds = {(r.optimizer, r.lr, r.wd): r.n_runs for r in configs.itertuples()}
+    seeds = {(r.optimizer, r.lr_max, r.wd): r.n_runs for r in configs.itertuples()}
     assert seeds[("sgd", 0.1, 1e-3)] == 3 and seeds[("sgdc", 0.05, 1e-4)] == 3
     assert sum(seeds.values()) == 22
     # the best config of the sweep is the confirmed one (3 seeds), not a runner-up's single seed
     summary = pd.read_csv(tmp_path / "results" / "staged" / "summary.csv").set_index("optimizer")
-    assert (summary.loc["sgd", "best_lr"], summary.loc["sgd", "best_wd"], summary.loc["sgd", "n_seeds"]) == (0.1, 1e-3, 3)
-    assert (summary.loc["sgdc", "best_lr"], summary.loc["sgdc", "best_wd"], summary.loc["sgdc", "n_seeds"]) == (0.05, 1e-4, 3)
+    assert (summary.loc["sgd", "best_lr_max"], summary.loc["sgd", "best_wd"], summary.loc["sgd", "n_seeds"]) == (0.1, 1e-3, 3)
+    assert (summary.loc["sgdc", "best_lr_max"], summary.loc["sgdc", "best_wd"], summary.loc["sgdc", "n_seeds"]) == (0.05, 1e-4, 3)
     assert summary.loc["sgd", "final_top1_pct_mean"] == pytest.approx(100 * (0.70 + 0.68 + 0.68) / 3)
     # a second stage-2 launch submits nothing: every run is done
     assert launch(spec_path, cluster="debug", stage="2", trainer=trainer, poll_s=0.01) == 0

@@ -4,17 +4,17 @@
 by the ``sweep.json`` there: :mod:`imagenet_repro.sweepdir`; the analysis never reads a spec) and
 writes, each file atomically:
 
-    runs.parquet    one row per run: state, problem, config axes (optimizer, lr, wd, seed
-                    and every config leaf as ``cfg.<dotted key>``), final/best top-1/top-5,
+    runs.parquet    one row per run: state, problem, config axes (optimizer, lr_max: the
+                    schedule's peak γ_max = optim.lr, wd, seed and every config leaf as ``cfg.<dotted key>``), final/best top-1/top-5,
                     tail ratios (mean over the last 10% of steps / mean over 40-60%) of the
                     gradient norm, the normalized-layer ||g||/||x|| and the weight norm, and
                     the theory's median |relative error| over normalized layers
     curves.parquet  per run: the step curves as <= 200 binned means (source "train") and
-                    the eval curve (source "eval")
-    configs.csv     one row per (optimizer, lr, wd): seed counts by state, mean/std metrics
-    summary.csv     per optimizer, its best (lr, wd) and mean ± std over that config's seeds
+                    the eval curve (source "eval"); their lr is the step's γ_t
+    configs.csv     one row per (optimizer, lr_max, wd): seed counts by state, mean/std metrics
+    summary.csv     per optimizer, its best (best_lr_max, best_wd) and mean ± std over that config's seeds
     paired.csv      per (plain, corrected) optimizer pair: per-seed differences of final
-                    top-1, ||g|| tail ratio and final val loss at the same (lr, wd) and at
+                    top-1, ||g|| tail ratio and final val loss at the same (lr_max, wd) and at
                     each one's best, with a 95% t interval (see :mod:`.paired`)
     environment.json  what the runs' environments share and where they differ (packages,
                     CPU capability or CUDA device/driver/cuDNN, thread counts; see
@@ -63,7 +63,7 @@ assert set(STEP_READ_COLUMNS) <= set(rundir.STEPS_SCHEMA)
 assert set(EVAL_READ_COLUMNS + EVAL_OPTIONAL_COLUMNS) <= set(rundir.EVAL_SCHEMA)
 CURVE_POINTS = 200
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-AXES = ["optimizer", "lr", "wd"]
+AXES = ["optimizer", "lr_max", "wd"]
 METRICS = ["final_top1", "final_top5", "best_top1", "best_top5", "grad_norm_tail_ratio",
            "ratio_tail_ratio", "weight_norm_tail_ratio", "theory_median_abs_err", "steps_to_target",
            "epochs_to_target"]
@@ -145,14 +145,14 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     except Exception as exc:
         raise CorruptRun(f"{rundir.CONFIG}: {first_line(exc)}") from None
     row: dict[str, Any] = {}
-    for key, dotted in (("optimizer", "optim.name"), ("lr", "optim.lr"), ("wd", "optim.weight_decay"),
+    for key, dotted in (("optimizer", "optim.name"), ("lr_max", "optim.lr"), ("wd", "optim.weight_decay"),
                         ("seed", "seed")):
         value = _select(tree, dotted)
         if value is None:
             raise CorruptRun(f"{rundir.CONFIG} has no {dotted}")
         row[key] = value
     try:
-        row["lr"], row["wd"], row["seed"] = float(row["lr"]), float(row["wd"]), int(row["seed"])
+        row["lr_max"], row["wd"], row["seed"] = float(row["lr_max"]), float(row["wd"]), int(row["seed"])
     except (TypeError, ValueError) as exc:
         raise CorruptRun(f"{rundir.CONFIG}: {first_line(exc)}") from None
     row["optimizer"] = str(row["optimizer"])
@@ -286,11 +286,11 @@ def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINT
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda d: read_run(d, max_points, target_top1), run_dirs))
     runs = pd.DataFrame([row for row, _ in results])
-    for col in ["optimizer", "lr", "wd", "seed", "schedule", "n_steps", "last_step", "epochs_evaluated",
+    for col in ["optimizer", "lr_max", "wd", "seed", "schedule", "n_steps", "last_step", "epochs_evaluated",
                 "final_eval_loss", "theory_mean_err", "target_top1", "steps_per_epoch", "evals", *METRICS]:
         if col not in runs.columns:
             runs[col] = np.nan
-    front = ["run_id", "state", "problem", "optimizer", "lr", "wd", "seed", "schedule", *METRICS,
+    front = ["run_id", "state", "problem", "optimizer", "lr_max", "wd", "seed", "schedule", *METRICS,
              "theory_mean_err", "target_top1", "n_steps", "last_step", "steps_per_epoch", "epochs_evaluated", "evals",
              "final_eval_loss", "reported_state", "run_dir"]
     runs = runs[front + sorted(c for c in runs.columns if c not in front)]
@@ -322,7 +322,7 @@ def _concat_curves(parts: list[Columns]) -> pd.DataFrame:
 
 
 def config_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (optimizer, lr, wd): seeds by state, mean/std (sample) of done seeds' metrics."""
+    """One row per (optimizer, lr_max, wd): seeds by state, mean/std (sample) of done seeds' metrics."""
     valid = runs[runs["state"] != "corrupt"].dropna(subset=AXES)
     if valid.empty:
         return pd.DataFrame(columns=[*AXES, "n_done", "n_diverged", "n_failed", "n_running", "eligible"])
@@ -342,7 +342,7 @@ def config_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def select_best(configs: pd.DataFrame) -> pd.DataFrame:
-    """Per optimizer, the eligible config with the highest mean final top-1 (ties: smaller lr, wd).
+    """Per optimizer, the eligible config with the highest mean final top-1 (ties: smaller lr_max, wd).
 
     Only the configs with the most runs of their optimizer compete: after the second stage of
     a two-stage sweep (:mod:`imagenet_repro.sweep.stages`) the confirmed configs have all the
@@ -352,12 +352,12 @@ def select_best(configs: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return ok
     ok = ok[ok["n_runs"] == ok.groupby("optimizer")["n_runs"].transform("max")]
-    ranked = ok.sort_values(["optimizer", "final_top1_mean", "lr", "wd"], ascending=[True, False, True, True])
+    ranked = ok.sort_values(["optimizer", "final_top1_mean", "lr_max", "wd"], ascending=[True, False, True, True])
     return ranked.groupby("optimizer", sort=True).head(1).reset_index(drop=True)
 
 
 def summarize(runs: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per optimizer: best lr and wd, seed count, mean and std of the metrics (top-k in %)."""
+    """Per optimizer: best lr_max (γ_max) and wd, seed count, mean and std of the metrics (top-k in %)."""
     configs = config_table(runs) if configs is None else configs
     best = select_best(configs)
     rows = []
@@ -367,11 +367,11 @@ def summarize(runs: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.Dat
                                "n_configs_diverged": int((mine["n_diverged"] > 0).sum()) if len(mine) else 0}
         pick = best[best["optimizer"] == opt]
         if pick.empty:
-            row.update(best_lr=math.nan, best_wd=math.nan, n_seeds=0)
+            row.update(best_lr_max=math.nan, best_wd=math.nan, n_seeds=0)
             rows.append(row)
             continue
         p = pick.iloc[0]
-        row.update(best_lr=float(p["lr"]), best_wd=float(p["wd"]), n_seeds=int(p["n_done"]),
+        row.update(best_lr_max=float(p["lr_max"]), best_wd=float(p["wd"]), n_seeds=int(p["n_done"]),
                    n_reached_target=int(p["n_reached_target"]))
         for metric in METRICS:
             scale = 100.0 if "top" in metric else 1.0
@@ -398,7 +398,7 @@ def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
 
         rows.append({
             "optimizer": r["optimizer"],
-            "best lr": f"{r['best_lr']:g}" if np.isfinite(r["best_lr"]) else "-",
+            "best lr_max": f"{r['best_lr_max']:g}" if np.isfinite(r["best_lr_max"]) else "-",
             "best wd": f"{r['best_wd']:g}" if np.isfinite(r["best_wd"]) else "-",
             "seeds": int(r["n_seeds"]),
             "final top-1 %": pm("final_top1_pct", ".2f"),

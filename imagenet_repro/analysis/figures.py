@@ -84,9 +84,9 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str, formats: Sequence[str]) -> 
 
 def _best_runs(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     """The done runs of each optimizer's best config, with a ``label`` column for legends."""
-    picked = runs[runs["state"] == "done"].merge(best[["optimizer", "lr", "wd"]], on=["optimizer", "lr", "wd"])
+    picked = runs[runs["state"] == "done"].merge(best[["optimizer", "lr_max", "wd"]], on=["optimizer", "lr_max", "wd"])
     picked = picked.copy()
-    picked["label"] = [f"{o} (lr={lr:g}, wd={wd:g})" for o, lr, wd in zip(picked["optimizer"], picked["lr"], picked["wd"])]
+    picked["label"] = [f"{o} (lr={lr:g}, wd={wd:g})" for o, lr, wd in zip(picked["optimizer"], picked["lr_max"], picked["wd"])]
     return picked.sort_values(["optimizer", "seed"])
 
 
@@ -153,7 +153,7 @@ def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
     colorbar, the shared axis labels and the key above the panels, so none of them overlaps
     at any grid size; the figure grows with the grid."""
     opts = sorted(configs["optimizer"].unique())
-    grids = {o: (sorted(configs.loc[configs["optimizer"] == o, "lr"].unique()),
+    grids = {o: (sorted(configs.loc[configs["optimizer"] == o, "lr_max"].unique()),
                  sorted(configs.loc[configs["optimizer"] == o, "wd"].unique())) for o in opts}
     n_lr = [len(lrs) for lrs, _ in grids.values()]
     n_wd = max(len(wds) for _, wds in grids.values())
@@ -167,8 +167,8 @@ def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
     for ax, opt in zip(axes[0], opts):
         lrs, wds = grids[opt]
         mine = configs[configs["optimizer"] == opt]
-        grid = mine.pivot(index="wd", columns="lr", values="final_top1_mean").reindex(index=wds, columns=lrs) * 100
-        div = mine.pivot(index="wd", columns="lr", values="n_diverged").reindex(index=wds, columns=lrs).fillna(0)
+        grid = mine.pivot(index="wd", columns="lr_max", values="final_top1_mean").reindex(index=wds, columns=lrs) * 100
+        div = mine.pivot(index="wd", columns="lr_max", values="n_diverged").reindex(index=wds, columns=lrs).fillna(0)
         annot = np.empty(grid.shape, dtype=object)
         for r in range(grid.shape[0]):
             for c in range(grid.shape[1]):
@@ -186,7 +186,7 @@ def fig_heatmaps(configs: pd.DataFrame, best: pd.DataFrame) -> plt.Figure:
         ax.set(xlabel="", ylabel="", title=opt)
         pick = best[best["optimizer"] == opt]
         if len(pick):
-            r, c = wds.index(pick["wd"].iloc[0]), lrs.index(pick["lr"].iloc[0])
+            r, c = wds.index(pick["wd"].iloc[0]), lrs.index(pick["lr_max"].iloc[0])
             ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     fig.colorbar(axes[0, 0].collections[0], ax=axes[0].tolist(), label="final top-1 (%), mean over seeds",
                  aspect=max(10, 3 * n_wd))

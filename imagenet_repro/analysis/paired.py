@@ -43,7 +43,7 @@ CI_METHOD = "t"  # Student's t interval on the per-seed differences (scipy.stats
 CI_DESCRIPTION = "95% CI: Student's t interval on the per-seed differences (scipy.stats.t, two-sided)"
 
 
-PAIRED_COLUMNS = ["comparison", "plain", "corrected", "metric", "plain_lr", "plain_wd", "corrected_lr",
+PAIRED_COLUMNS = ["comparison", "plain", "corrected", "metric", "plain_lr_max", "plain_wd", "corrected_lr_max",
                   "corrected_wd", "n_seeds", "plain_mean", "corrected_mean", "mean_diff", "sd_diff", "ci_low",
                   "ci_high", "includes_zero", "ci_method", "seeds"]
 
@@ -84,8 +84,8 @@ def t_interval(diffs: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float
 
 def _pair(done: pd.DataFrame, plain: str, corrected: str, p_cfg: tuple[float, float], c_cfg: tuple[float, float],
           comparison: str) -> list[dict[str, Any]]:
-    a = done[(done["optimizer"] == plain) & (done["lr"] == p_cfg[0]) & (done["wd"] == p_cfg[1])]
-    b = done[(done["optimizer"] == corrected) & (done["lr"] == c_cfg[0]) & (done["wd"] == c_cfg[1])]
+    a = done[(done["optimizer"] == plain) & (done["lr_max"] == p_cfg[0]) & (done["wd"] == p_cfg[1])]
+    b = done[(done["optimizer"] == corrected) & (done["lr_max"] == c_cfg[0]) & (done["wd"] == c_cfg[1])]
     both = a.merge(b, on="seed", suffixes=("_p", "_c")).sort_values("seed")
     rows = []
     for metric in PAIRED_METRICS:
@@ -93,7 +93,7 @@ def _pair(done: pd.DataFrame, plain: str, corrected: str, p_cfg: tuple[float, fl
         diffs = (pair[f"{metric}_c"] - pair[f"{metric}_p"]).to_numpy(np.float64)
         mean, sd, low, high = t_interval(diffs)
         rows.append({"comparison": comparison, "plain": plain, "corrected": corrected, "metric": metric,
-                     "plain_lr": p_cfg[0], "plain_wd": p_cfg[1], "corrected_lr": c_cfg[0], "corrected_wd": c_cfg[1],
+                     "plain_lr_max": p_cfg[0], "plain_wd": p_cfg[1], "corrected_lr_max": c_cfg[0], "corrected_wd": c_cfg[1],
                      "n_seeds": int(diffs.size), "plain_mean": float(pair[f"{metric}_p"].mean()),
                      "corrected_mean": float(pair[f"{metric}_c"].mean()), "mean_diff": mean, "sd_diff": sd,
                      "ci_low": low, "ci_high": high,
@@ -107,20 +107,20 @@ def paired_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
 
     Only ``done`` runs enter; a seed counts when it is done in both configs (and the metric is finite).
     """
-    done = runs[runs["state"] == "done"].dropna(subset=["optimizer", "lr", "wd", "seed"])
+    done = runs[runs["state"] == "done"].dropna(subset=["optimizer", "lr_max", "wd", "seed"])
     rows: list[dict[str, Any]] = []
     present = set(done["optimizer"])
     for plain, corrected in CORRECTED.items():
         if plain not in present or corrected not in present:
             continue
-        cfg_p = set(map(tuple, done[done["optimizer"] == plain][["lr", "wd"]].drop_duplicates().to_numpy()))
-        cfg_c = set(map(tuple, done[done["optimizer"] == corrected][["lr", "wd"]].drop_duplicates().to_numpy()))
+        cfg_p = set(map(tuple, done[done["optimizer"] == plain][["lr_max", "wd"]].drop_duplicates().to_numpy()))
+        cfg_c = set(map(tuple, done[done["optimizer"] == corrected][["lr_max", "wd"]].drop_duplicates().to_numpy()))
         for cfg in sorted(cfg_p & cfg_c):
             rows += _pair(done, plain, corrected, cfg, cfg, "same (lr, wd)")
         bp, bc = best[best["optimizer"] == plain], best[best["optimizer"] == corrected]
         if len(bp) and len(bc):
-            rows += _pair(done, plain, corrected, (float(bp["lr"].iloc[0]), float(bp["wd"].iloc[0])),
-                          (float(bc["lr"].iloc[0]), float(bc["wd"].iloc[0])), "each at its best")
+            rows += _pair(done, plain, corrected, (float(bp["lr_max"].iloc[0]), float(bp["wd"].iloc[0])),
+                          (float(bc["lr_max"].iloc[0]), float(bc["wd"].iloc[0])), "each at its best")
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
@@ -141,9 +141,9 @@ def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
         def f(v: float) -> str:
             return "-" if v is None or not np.isfinite(v) else f"{scale * v:{fmt}}"
 
-        config = (f"lr={r['plain_lr']:g} wd={r['plain_wd']:g}" if r["comparison"] == "same (lr, wd)" else
-                  f"{r['plain']}: lr={r['plain_lr']:g} wd={r['plain_wd']:g}; "
-                  f"{r['corrected']}: lr={r['corrected_lr']:g} wd={r['corrected_wd']:g}")
+        config = (f"lr={r['plain_lr_max']:g} wd={r['plain_wd']:g}" if r["comparison"] == "same (lr, wd)" else
+                  f"{r['plain']}: lr={r['plain_lr_max']:g} wd={r['plain_wd']:g}; "
+                  f"{r['corrected']}: lr={r['corrected_lr_max']:g} wd={r['corrected_wd']:g}")
         lines.append({"pair": f"{r['corrected']} - {r['plain']}", "comparison": r["comparison"], "config": config,
                       "metric": PAIRED_METRICS.get(r["metric"], r["metric"]), "n seeds": int(r["n_seeds"]),
                       "mean diff": f(r["mean_diff"]), "95% CI (t)": f"[{f(r['ci_low'])}, {f(r['ci_high'])}]",

@@ -84,9 +84,9 @@ PROBLEMS_FIRST = (RunState.diverged, RunState.failed, RunState.corrupt, RunState
 
 def status_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     order = {s: i for i, s in enumerate(PROBLEMS_FIRST)}
-    r = runs.assign(_o=runs["state"].map(order).fillna(9)).sort_values(["_o", "optimizer", "lr", "wd", "seed"])
+    r = runs.assign(_o=runs["state"].map(order).fillna(9)).sort_values(["_o", "optimizer", "lr_max", "wd", "seed"])
     table = pd.DataFrame({
-        "run": r["run_id"], "state": r["state"], "optimizer": r["optimizer"], "lr": r["lr"], "wd": r["wd"],
+        "run": r["run_id"], "state": r["state"], "optimizer": r["optimizer"], "lr_max": r["lr_max"], "wd": r["wd"],
         "seed": r["seed"].map(lambda s: "-" if pd.isna(s) else str(int(s))),
         "final top-1 %": r["final_top1"].map(_pct), "steps to target": r["steps_to_target"],
         "last step": r["last_step"], "problem": r["problem"].fillna("")})
@@ -107,7 +107,7 @@ def target_table(configs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     if configs.empty:
         return pd.DataFrame()
     return pd.DataFrame({
-        "optimizer": configs["optimizer"], "lr": configs["lr"], "wd": configs["wd"],
+        "optimizer": configs["optimizer"], "lr_max": configs["lr_max"], "wd": configs["wd"],
         "done seeds": configs["n_done"], "reached target": configs["n_reached_target"],
         "steps to target (mean)": configs["steps_to_target_mean"],
         "steps to target (std)": configs["steps_to_target_std"],

@@ -110,7 +110,7 @@ def choose_stage_two(spec: SweepSpec, grid: list[PlannedRun]) -> StageTwoChoice:
                          f"no stage-2 runs")
             continue
         p = pick.iloc[0]
-        i = next(k for k, v in enumerate(lrs) if same_value(v, float(p["lr"])))
+        i = next(k for k, v in enumerate(lrs) if same_value(v, float(p["lr_max"])))
         j = next(k for k, v in enumerate(wds) if same_value(v, float(p["wd"])))
         best[str(opt)] = {"optim.lr": lrs[i], "optim.weight_decay": wds[j], "final_top1": float(p["final_top1_mean"])}
         cells = {(i, j)}
