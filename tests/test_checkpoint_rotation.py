@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import random
 import warnings
 
@@ -86,8 +87,8 @@ def test_what_each_check_refuses(tmp_path):
 
     side.unlink()  # no sidecar: the structure is checked only
     last.write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match=r"^unreadable: truncated or corrupted \("):
-        read_checkpoint(last)
+    with pytest.raises(CheckpointError, match=r"^unreadable: truncated or corrupted \(\w+Error: .{1,90}\)$"):
+        read_checkpoint(last)  # torch's own reason, cut at 100 characters
     last.write_bytes(b"GARBAGE!" + good)
     with pytest.raises(CheckpointError, match=r"^not a PyTorch checkpoint \(starts with b'GARB'\)$"):
         read_checkpoint(last)
@@ -167,10 +168,10 @@ def test_rng_states_with_a_cached_gaussian_come_back(tmp_path):
 
 
 class _FullDisk:
-    """A file that takes ``room`` bytes, then fails like a full disk."""
+    """A file that takes ``room`` bytes, then fails like a full disk (``flush_errno``: its flush fails)."""
 
-    def __init__(self, fh, room: int) -> None:
-        self.fh, self.room = fh, room
+    def __init__(self, fh, room: int, flush_errno: int | None = None) -> None:
+        self.fh, self.room, self.flush_errno = fh, room, flush_errno
 
     def write(self, data) -> int:
         if self.room < len(data):
@@ -179,6 +180,8 @@ class _FullDisk:
         return self.fh.write(data)
 
     def flush(self) -> None:
+        if self.flush_errno is not None:
+            raise OSError(self.flush_errno, os.strerror(self.flush_errno))
         self.fh.flush()
 
     def __enter__(self):
@@ -188,14 +191,20 @@ class _FullDisk:
         self.fh.close()
 
 
-@pytest.mark.parametrize("room", [0, 2000])
-def test_a_full_disk_mid_save_is_the_disks_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, room):
+@pytest.mark.parametrize("room,flush_errno,expected", [
+    (0, None, errno.ENOSPC), (2000, None, errno.ENOSPC),  # the write fails at once / mid-file
+    (10**9, errno.EIO, errno.EIO),                         # every write lands, the flush fails
+    (2000, errno.EIO, errno.ENOSPC),                       # both: the first error is the one reported
+])
+def test_a_full_disk_mid_save_is_the_disks_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, room,
+                                                                               flush_errno, expected):
     save(tmp_path, 10)
     before = (tmp_path / "last.pt").read_bytes()
-    monkeypatch.setattr(ckpt, "open", lambda path, mode="r": _FullDisk(open(path, mode), room), raising=False)
+    monkeypatch.setattr(ckpt, "open", lambda path, mode="r": _FullDisk(open(path, mode), room, flush_errno),
+                        raising=False)
     with pytest.raises(StorageError) as err:
         save(tmp_path, 20)
-    assert err.value.errno == errno.ENOSPC and str(tmp_path / "last.pt") in str(err.value)
+    assert err.value.errno == expected and str(tmp_path / "last.pt") in str(err.value)
     monkeypatch.undo()
     assert (tmp_path / "last.pt").read_bytes() == before and read_checkpoint(tmp_path / "last.pt")["step"] == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporary file left

@@ -11,6 +11,7 @@ from scipy import stats
 
 from imagenet_repro.analysis.paired import (
     PAIRED_COLUMNS,
+    PAIRED_METRICS,
     default_target,
     format_paired,
     paired_display,
@@ -87,7 +88,8 @@ def test_each_at_its_best_pairs_the_two_best_configs():
 
 
 def test_only_done_runs_with_a_config_enter_and_a_missing_partner_gives_no_rows():
-    assert paired_table(RUNS[RUNS.optimizer == "sgd"], best_table([])).empty
+    alone = paired_table(RUNS[RUNS.optimizer == "sgd"], best_table([]))
+    assert alone.empty and list(alone.columns) == PAIRED_COLUMNS  # paired.csv keeps its header
     no_seed = RUNS.copy()
     no_seed.loc[no_seed.optimizer == "sgdc", "seed"] = np.nan
     assert paired_table(no_seed, best_table([])).empty
@@ -99,6 +101,25 @@ def test_only_done_runs_with_a_config_enter_and_a_missing_partner_gives_no_rows(
     assert "adamc - adamw" in text
     assert format_paired(paired_table(RUNS.iloc[:0], best_table([]))) == \
         "(no plain/corrected optimizer pair with done runs: sgd/sgdc, adamw/adamc)"
+
+
+def test_every_shared_config_an_interval_of_0_and_two_seeds_get_their_verdicts():
+    runs = runs_table([
+        ("sgd", 0.1, 0.01, 0, 0.70, 1.5, 1.0, "done"), ("sgd", 0.1, 0.01, 1, 0.72, 1.6, 0.9, "done"),
+        ("sgdc", 0.1, 0.01, 0, 0.70, 1.5, 1.0, "done"), ("sgdc", 0.1, 0.01, 1, 0.72, 1.6, 0.9, "done"),  # diffs 0
+        ("sgd", 0.2, 0.01, 0, 0.60, 2.0, 1.2, "done"), ("sgd", 0.2, 0.01, 1, 0.62, 2.1, 1.1, "done"),
+        ("sgdc", 0.2, 0.01, 0, 0.70, 1.0, 1.0, "done"), ("sgdc", 0.2, 0.01, 1, 0.73, 1.1, 0.9, "done"),
+    ])
+    paired = paired_table(runs, best_table([]))
+    assert sorted(set(paired.plain_lr_max)) == [0.1, 0.2] and len(paired) == 2 * len(PAIRED_METRICS)  # both configs
+    equal = paired[paired.plain_lr_max == 0.1]
+    assert (equal.ci_low == 0).all() and (equal.ci_high == 0).all() and equal.includes_zero.all()  # [0, 0] holds 0
+    shown = paired_display(paired)
+    assert set(shown.verdict[(paired.plain_lr_max == 0.1).to_numpy()]) == {"interval includes 0: no significant difference"}
+    better = shown[((paired.plain_lr_max == 0.2) & (paired.metric == "final_top1")).to_numpy()].iloc[0]
+    assert better.verdict == "sgdc higher (interval excludes 0)"  # two seeds (diffs 0.10, 0.11) are enough
+    lines = format_paired(paired).splitlines()
+    assert lines[1].split()[:2] == ["pair", "comparison"] and lines[2].split()[:3] == ["sgdc", "-", "sgd"]  # no index
 
 
 def test_t_interval_edges():

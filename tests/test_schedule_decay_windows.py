@@ -103,7 +103,9 @@ def test_decay_hook_groups_get_the_normalized_default_and_a_missing_or_zero_peak
     opt = SGD([torch.zeros(2, requires_grad=True)], lr=0.3, momentum=0.0)
     assert isinstance(opt, DecayHook)
     assert "lr_max" not in opt.param_groups[0] and opt.param_groups[0]["normalized"] is False
-    with pytest.raises(ValueError, match="a normalized param group needs lr_max"):
+    # the whole message: what is missing, what it is, where a suite run gets it
+    with pytest.raises(ValueError, match=r"^a normalized param group needs lr_max \(the schedule's peak LR γ_max; "
+                                         r"imagenet_repro\.optim\.param_groups\.param_groups\(\) sets it\)$"):
         opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "normalized": True})
     opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr_max": 0.7, "normalized": True})
     assert opt.param_groups[1]["lr_max"] == 0.7 and opt.param_groups[1]["normalized"] is True
@@ -152,6 +154,17 @@ def test_tail_ratio_is_the_mean_of_steps_90_99_over_the_mean_of_steps_40_59():
     values = np.ones(100)
     values[90:] = np.inf
     assert math.isnan(tail_ratio(steps, values))  # no finite tail row
+    # a sparse log (steps 0, 4, 9 of 10): one row in each window is enough
+    assert tail_ratio(np.array([0, 4, 9]), np.array([1.0, 2.0, 6.0])) == pytest.approx(3.0)
+    assert math.isnan(tail_ratio(np.array([0, 4]), np.array([1.0, 2.0])))  # no tail row
+
+
+def test_a_window_that_ends_at_1_keeps_rows_past_the_planned_steps():
+    """``b >= 1`` includes the last row even where it sits at p >= 1 (logged past ``total_steps``)."""
+    pos = positions(np.arange(11), total_steps=10)
+    assert pos[-1] == 1.0
+    assert np.flatnonzero(window_mask(pos, TAIL_WINDOW)).tolist() == [9, 10]
+    assert np.flatnonzero(window_mask(pos, (0.5, 0.9))).tolist() == [5, 6, 7, 8]  # b < 1: half-open
 
 
 def test_binned_means_ignore_non_finite_values_and_give_nan_for_an_empty_bin():

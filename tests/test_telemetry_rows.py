@@ -3,6 +3,9 @@ weight, the sink's new rows per flush, restore on resume, and the TensorBoard sc
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -53,6 +56,30 @@ def test_rows_carry_epoch_lr_loss_and_the_images_per_second_of_their_flush(monke
     assert steps.grad_norm_normalized.tolist() == pytest.approx([math.sqrt(12)] * 5)
     assert steps.step.dtype == "int64" and steps.epoch.dtype == "int64" and layers.step.dtype == "int64"
     assert tel.last["step"] == 4 and tel.last["lr"] == 0.5 and tel.last["images_per_s"] == pytest.approx(5.0)
+    a.grad = torch.ones_like(a)
+    tel.record(5, epoch=2, lr=0.5, loss=torch.tensor(1.0), batch_images=4)
+    clock.now = 106.5
+    assert tel.flush() and tel.last["images_per_s"] == pytest.approx(8.0)  # a flush under a second: 4 images / 0.5 s
+
+
+def test_a_weight_with_a_norm_below_one_has_its_ratio():
+    tel, a, b, z = make(flush_every=1, layer_every=1)
+    with torch.no_grad():
+        a.mul_(0.1 / a.norm())
+    a.grad, z.grad = torch.ones_like(a), torch.ones_like(z)
+    tel.record(0, 0, 0.1, torch.tensor(1.0), batch_images=1)
+    assert tel.flush()
+    la = tel.frames()[1].set_index("layer").loc["a"]
+    assert la.weight_norm == pytest.approx(0.1) and la.ratio == pytest.approx(math.sqrt(12) / 0.1)
+
+
+def test_eval_rows_come_back_from_their_table_with_their_types():
+    rows = [EvalRow(epoch=1, step=10, top1=0.5, top5=0.75, loss=1.25, images=100),
+            EvalRow(epoch=2, step=20, top1=0.625, top5=0.875, loss=1.0, images=100)]
+    frame = pd.DataFrame(rows, columns=EvalRow._fields)
+    back = EvalRow.from_frame(frame)
+    assert back == rows
+    assert [tuple(type(v) for v in r) for r in back] == [(int, int, float, float, float, int)] * 2
 
 
 def test_layer_rows_every_layer_every_steps_with_the_predicted_ratio_and_nan_for_a_zero_weight():
@@ -94,7 +121,9 @@ def test_restore_keeps_the_rows_before_the_resumed_step_as_ints():
     for step in range(6):
         a.grad = torch.ones_like(a)
         tel.record(step, step // 3, 0.1, torch.tensor(1.0), batch_images=1)
+    tel.flush()
     steps, layers = tel.frames()
+    assert steps.step.tolist() == [0, 1, 2, 3, 4, 5] and layers.step.tolist() == [0, 0, 2, 2, 4, 4]  # past the cut
     fresh, *_ = make()
     fresh.restore(steps, layers, before_step=4)
     assert [r[0] for r in fresh.step_rows] == [0, 1, 2, 3] and [r[0] for r in fresh.layer_rows] == [0, 0, 2, 2]
@@ -134,6 +163,46 @@ def test_tensorboard_scalars_read_back(tmp_path):
     assert scalars("ratio/predicted") == [(0, pytest.approx(0.4)), (2, pytest.approx(0.4))]  # mean over a, z
     assert scalars("eval/top1") == [(4, 0.5)] and scalars("eval/top5") == [(4, 0.75)]
     assert scalars("eval/loss") == [(4, 1.25)]
+
+
+def test_a_resumed_tensorboard_log_replaces_the_steps_it_recomputes(tmp_path):
+    """The writer opens with purge_step = its first step: a resumed run's events from that step
+    on replace the first attempt's instead of doubling them; its writer thread is registered."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def rows(steps, loss):
+        return [[s, 0, 0.1, loss, 1.0, 1.0, 1.0, 1.0, 1.0] + [math.nan] * 4 for s in steps]
+
+    assert len(rows([0], 1.0)[0]) == len(tel_module.STEP_COLUMNS)
+    first = TensorBoardLog(tmp_path / "tb")
+    first.steps(rows(range(4), 1.0), [])
+    assert any(t.is_alive() for t in tel_module._TB_WORKERS)  # its thread: no traceback of its own on a full disk
+    first.close()
+    resumed = TensorBoardLog(tmp_path / "tb")
+    resumed.steps(rows(range(2, 4), 2.0), [])
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(0, 1.0), (1, 1.0), (2, 2.0), (3, 2.0)]
+
+
+def test_only_a_tensorboard_thread_s_os_error_is_kept_quiet(monkeypatch):
+    seen = []
+    monkeypatch.setattr(tel_module, "_previous_excepthook", seen.append)
+    worker, other = threading.Thread(target=lambda: None), threading.Thread(target=lambda: None)
+    monkeypatch.setattr(tel_module, "_TB_WORKERS", weakref.WeakSet([worker]))
+
+    def args(thread, exc):
+        return SimpleNamespace(thread=thread, exc_type=type(exc), exc_value=exc, exc_traceback=None)
+
+    quiet, loud, other_error = args(worker, OSError(28, "full")), args(other, OSError(28, "full")), args(worker, KeyError(1))
+    for a in (quiet, loud, other_error):
+        tel_module._quiet_tb_workers(a)
+    assert seen == [loud, other_error]  # the other thread and the other error reach the previous hook
+    monkeypatch.setattr(threading, "excepthook", seen.append)
+    tel_module._install_excepthook()
+    tel_module._install_excepthook()  # a second install keeps the first one's previous hook: no loop
+    assert threading.excepthook is tel_module._quiet_tb_workers and tel_module._previous_excepthook == seen.append
 
 
 def test_a_tensorboard_folder_that_cannot_be_made_is_a_storage_error_naming_it(tmp_path):

@@ -84,7 +84,7 @@ class DecayHook:
         param_group.setdefault("normalized", False)
         if param_group["normalized"] and "lr_max" not in param_group:
             raise ValueError("a normalized param group needs lr_max (the schedule's peak LR γ_max; "
-                             "optim.param_groups.param_groups sets it)")
+                             "imagenet_repro.optim.param_groups.param_groups() sets it)")
         if "lr_max" in param_group and not param_group["lr_max"] > 0:
             raise ValueError(f"invalid lr_max (the schedule's peak LR): {param_group['lr_max']}")
         super().add_param_group(param_group)

@@ -171,10 +171,9 @@ class Telemetry:
                 self.layer_rows.extend(rows)
                 summary = [_mean([r[LAYER_COLUMNS.index(c)] for r in rows]) for c in _SUMMARIZED]
             self.step_rows.append([p.step, p.epoch, p.lr, *values[i], rate, *summary])
-            if finite and not all(math.isfinite(v) for v in values[i]):
+            if not all(math.isfinite(v) for v in values[i]):  # rows end at the first non-finite step
                 finite = False
                 self.diverged_at = p.step
-                del self.pending[i + 1:]  # keep everything up to the first non-finite step
                 break
         self.pending.clear()
         self.diverged = self.diverged or not finite
