@@ -73,7 +73,8 @@ def without_mutmut_tables(text: str) -> str:
 
 
 def stage(module: str, text: str, cfg: dict, fresh: bool) -> Path:
-    """The staging folder of ``module``: the package, tests/ (always refreshed) and its own [tool.mutmut]."""
+    """The staging folder of ``module``: the package, tests/ and [tool.mutmut] also_copy (always
+    refreshed) and its own [tool.mutmut]."""
     folder = STAGING / dotted(module)
     if fresh:
         shutil.rmtree(folder, ignore_errors=True)
@@ -82,7 +83,9 @@ def stage(module: str, text: str, cfg: dict, fresh: bool) -> Path:
     for source in cfg["source_paths"]:
         if not (folder / source).exists():
             shutil.copytree(ROOT / source, folder / source, ignore=ignore)
-    shutil.copytree(ROOT / "tests", folder / "tests", ignore=ignore, dirs_exist_ok=True)
+    for part in ("tests", *cfg.get("also_copy", [])):  # always refreshed: the tests as they are now
+        if (ROOT / part).is_dir():
+            shutil.copytree(ROOT / part, folder / part, ignore=ignore, dirs_exist_ok=True)
     own = {key: value for key, value in cfg.items() if key != "tests_by_module"}
     own["only_mutate"] = [module]
     own["pytest_add_cli_args_test_selection"] = list(cfg["tests_by_module"][module])

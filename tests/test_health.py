@@ -119,6 +119,38 @@ def test_health_changes_nothing_in_training():
             assert torch.equal(a, b)
 
 
+def test_steps_hold_the_mean_over_normalized_layers_and_a_flush_before_the_step_drops_its_health():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(),
+                          nn.Linear(16, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    names = ["0.weight", "3.weight"]
+    rest = [(n, p) for n, p in model.named_parameters() if n not in names]
+    opt = SGD([{"params": [model[0].weight, model[3].weight], "names": names, "normalized": True,
+                "weight_decay": 0.01, "lr_max": 0.05},
+               {"params": [p for _, p in rest], "names": [n for n, _ in rest], "normalized": False,
+                "weight_decay": 0.0}], lr=0.05, momentum=0.9)
+    tel = Telemetry(list(model.named_parameters()), set(names), predicted=lambda n: math.nan, layer_every=1,
+                    flush_every=10, device=torch.device("cpu"), optimizer=opt, predicted_rotation=lambda n: math.nan)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 8, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+    for t in range(3):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        tel.record(t, 0, 0.05, loss, 32)
+        if t == 2:
+            tel.flush()  # between the norms and the step (as an eval or a checkpoint may): no health this step
+            assert tel.health.armed is False
+        opt.step()
+        tel.after_step()
+    tel.flush()
+    steps, layers = tel.frames()
+    per_step = layers.groupby("step").angular_update.mean()  # the mean of the two layers, not their sum
+    assert (layers[layers.step < 2].angular_update > 0).all() and layers.step.tolist() == [0, 0, 1, 1, 2, 2]
+    assert steps.angular_update_normalized.iloc[:2].tolist() == pytest.approx(per_step.iloc[:2].tolist())
+    assert layers[layers.step == 2].angular_update.isna().all() and math.isnan(steps.angular_update_normalized.iloc[2])
+
+
 def test_run_tables_follow_the_run_folder_schema():
     steps, layers, _, _ = _train(lambda g: AdamW(g, lr=0.05))
     for frame, schema in ((steps, rundir.STEPS_SCHEMA), (layers, rundir.LAYERS_SCHEMA)):
