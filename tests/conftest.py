@@ -54,6 +54,9 @@ def pytest_collection_modifyitems(config, items):
     from imagenet_repro.sweep.launcher import slurm_available  # the launcher's own rule: one rule for both
 
     slurm = [item for item in items if item.get_closest_marker("slurm")]
+    stray = sorted({item.path.name for item in slurm} - set(CLUSTER_MODULES))
+    if stray:  # they would run beside the cluster unit, on the other worker
+        raise pytest.UsageError(f"tests marked slurm outside CLUSTER_MODULES (tests/conftest.py): {', '.join(stray)}")
     if not slurm or slurm_available():
         return
     if os.geteuid() != 0:
