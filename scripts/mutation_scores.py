@@ -100,13 +100,18 @@ def verdicts(folder: Path, module: str) -> dict[str, str]:
     return {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
 
 
+def score_pct(counts: dict) -> float | None:
+    """(killed + timeout) / total in %, one decimal; None for no mutants."""
+    return round(100.0 * (counts["killed"] + counts["timeout"]) / counts["total"], 1) if counts["total"] else None
+
+
 def score(statuses: dict[str, str]) -> dict:
     counts = Counter(statuses.values())
     total = len(statuses)
     row = {"killed": counts["killed"], "survived": counts["survived"], "timeout": counts["timeout"],
            "no_tests": counts["no tests"], "other": sum(v for k, v in counts.items() if k not in COUNTED),
            "total": total}
-    row["score_pct"] = round(100.0 * (row["killed"] + row["timeout"]) / total, 1) if total else None
+    row["score_pct"] = score_pct(row)
     row["not_killed"] = sorted(name for name, status in statuses.items() if status not in KILLED)
     return row
 
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutation: {module}: {row['killed']} killed, {row['survived']} survived, {row['timeout']} timeout, "
               f"{row['no_tests']} no tests of {row['total']}: {row['score_pct']} %"
               + ("" if seconds is None else f" ({seconds} s)"), flush=True)
-        write_report(report, args.out)  # after each module: an interrupted run keeps what it measured
+        write_report(report, args.out, configured)  # after each module: an interrupted run keeps what it measured
     print(markdown(report))
     return 0
 
@@ -202,13 +207,12 @@ def earlier_rows(out: Path, configured: list[str], modules: list[str]) -> dict:
     return {m: earlier[m] for m in configured if m in earlier and m not in modules}
 
 
-def write_report(report: dict, out: Path) -> None:
-    order = {m: i for i, m in enumerate(pyproject()[1]["only_mutate"])}
+def write_report(report: dict, out: Path, configured: list[str]) -> None:
+    order = {m: i for i, m in enumerate(configured)}
     report["modules"] = dict(sorted(report["modules"].items(), key=lambda kv: order.get(kv[0], len(order))))
     rows = report["modules"].values()
     total = {k: sum(r[k] for r in rows) for k in ("killed", "survived", "timeout", "no_tests", "other", "total")}
-    total["score_pct"] = (round(100.0 * (total["killed"] + total["timeout"]) / total["total"], 1)
-                          if total["total"] else None)
+    total["score_pct"] = score_pct(total)
     report["all"] = total
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").write_text(json.dumps(report, indent=2) + "\n")
