@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from imagenet_repro.train.norms import norm_pair
+
 HEALTH_COLUMNS = ("angular_update", "relative_update", "update_grad_cos", "eps_fraction")
 EPS_MULTIPLE = 10.0  # eps_fraction counts coordinates with sqrt(v̂) < EPS_MULTIPLE·ε
 
@@ -88,8 +90,7 @@ class UpdateHealth:
         new = [p.detach() for p in self.params]
         diff = self._snapshot
         torch._foreach_sub_(diff, new)  # D = x_t - x_{t+1}, in place of the snapshot
-        d_norm = torch.stack(torch._foreach_norm(diff)).float()
-        y_norm = torch.stack(torch._foreach_norm(new)).float()
+        d_norm, y_norm = norm_pair(diff, new)
         dot = torch.stack([_dot(y, d) for y, d in zip(new, diff)]).float()
         y_sq, d_sq = y_norm.square(), d_norm.square()
         perp = (d_sq - dot.square() / y_sq.clamp_min(1e-30)).clamp_min(0.0).sqrt()

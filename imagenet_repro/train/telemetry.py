@@ -3,7 +3,8 @@
 After ``backward()`` (and so after DDP's all-reduce: the norms are those of the reduced
 gradient) and before ``optimizer.step()`` (so before weight decay or clipping touch
 anything), :meth:`Telemetry.record` takes one ``torch._foreach_norm`` over all gradients
-and one over all weights, and writes into a device buffer:
+and one over all weights (:func:`.norms.norm_pair`: on CPU the two at once), and writes into a
+device buffer:
 
     loss, ||g||, ||x||, ||g_N||, ||x_N||        (N: the normalized-layer weights)
 
@@ -37,6 +38,7 @@ import torch
 from imagenet_repro.errors import StorageError
 from imagenet_repro.rundir import EVAL_SCHEMA, LAYERS_SCHEMA, STEPS_SCHEMA, typed
 from imagenet_repro.train.health import HEALTH_COLUMNS, UpdateHealth
+from imagenet_repro.train.norms import norm_pair
 
 STEP_COLUMNS = list(STEPS_SCHEMA)
 LAYER_COLUMNS = list(LAYERS_SCHEMA)
@@ -113,8 +115,7 @@ class Telemetry:
             self.flush()
         k = len(self.pending)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        g = torch.stack(torch._foreach_norm(grads)).float()
-        x = torch.stack(torch._foreach_norm([p.detach() for p in self.params])).float()
+        g, x = norm_pair(grads, [p.detach() for p in self.params])
         g_n, x_n = g.index_select(0, self.norm_idx), x.index_select(0, self.norm_idx)
         row = torch.stack([loss.detach().float().reshape(()), g.square().sum().sqrt(), x.square().sum().sqrt(),
                            g_n.square().sum().sqrt(), x_n.square().sum().sqrt()])
