@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 import imagenet_repro  # noqa: F401  (torchvision shim)
 from imagenet_repro.config import build_config, read_yaml
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.files import atomic_write_text
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio, predicted_rotation
@@ -70,7 +71,10 @@ def main() -> None:
     rounds, steps_per_round = a.rounds, a.steps_per_round
     torch.manual_seed(0)
     if a.config:
-        cfg = build_config(read_yaml(a.config), check_paths=False)
+        try:
+            cfg = build_config(read_yaml(a.config), check_paths=False)
+        except ConfigError as exc:  # one line, exit 2, nothing written
+            ap.exit(2, f"telemetry.py: {exc}\n")
         model_cfg, optim_cfg, num_classes = cfg.model, cfg.optim, cfg.data.num_classes
         batch, res = cfg.data.batch_size, cfg.data.max_res
         layer_every = a.layer_every or cfg.telemetry.layer_every

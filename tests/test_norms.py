@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +111,17 @@ def test_a_forked_child_makes_its_own_helper(two_threads):
     assert child.exitcode == 0
     assert a == _sequential(first).tolist() and b == _sequential(second).tolist()
     assert norms._helper() is parent_helper  # the parent keeps its own
+
+
+def test_the_telemetry_benchmark_refuses_a_bad_config_in_one_line(tmp_path):
+    out = tmp_path / "telemetry.json"
+    root = Path(__file__).resolve().parents[1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: small_resnet\n  widths: oops\n")
+    for config in (str(tmp_path / "missing.yaml"), str(bad)):
+        done = subprocess.run([sys.executable, str(root / "benchmarks" / "telemetry.py"), "--config", config],
+                              capture_output=True, text=True, cwd=root,
+                              env={**os.environ, "TELEMETRY_BENCH_OUT": str(out)}, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("telemetry.py: ")
+        assert not out.exists()
