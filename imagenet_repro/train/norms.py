@@ -4,8 +4,9 @@ On CUDA :func:`norm_pair` issues the two foreach kernels one after the other (th
 asynchronous: nothing waits).  On CPU ``torch._foreach_norm`` runs each tensor's reduction on
 one core and is memory-bound (about 9 ms over ResNet-50's 25.6M weights on this machine), so
 with more than one intra-op thread the second list's norms run in a helper thread while the
-caller computes the first's (``torch`` releases the GIL inside the kernel): 21 -> 14 ms for
-gradients + weights.  Each tensor's norm is the same kernel on the same data either way, so
+caller computes the first's (``torch`` releases the GIL inside the kernel): for ResNet-50's
+gradients + weights 21 -> 14 ms alone, 25 -> 20 ms right after a backward pass (whose OpenMP
+worker still spins on one core for a few ms; ``benchmarks/telemetry.py``).  Each tensor's norm is the same kernel on the same data either way, so
 the values are bit-identical to the sequential ones (``tests/test_norms.py``), whatever the
 thread count; a BLAS dot per tensor would be faster still, but MKL's ``sdot`` changes its last
 bits with the thread count and the data's alignment.
