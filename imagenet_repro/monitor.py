@@ -88,7 +88,7 @@ class NormMonitor:
     def after_backward(self, loss: torch.Tensor | None = None, images: int = 0) -> None:
         """After ``loss.backward()``, before ``optimizer.step()``; ``images``: the batch size (for images/s)."""
         lr = float(self.optimizer.param_groups[0].get("lr", math.nan))
-        loss = loss if loss is not None else torch.zeros((), device=self.telemetry.buf.device)
+        loss = loss if loss is not None else torch.zeros((), device=self.telemetry.device)
         self.telemetry.record(self.step, 0, lr, loss, images)
 
     def after_step(self) -> None:

@@ -211,3 +211,48 @@ def test_a_tensorboard_folder_that_cannot_be_made_is_a_storage_error_naming_it(t
     with pytest.raises(StorageError) as err:
         log.eval(EvalRow(epoch=1, step=4, top1=0.5, top5=0.75, loss=1.25, images=100))
     assert err.value.path == str(tmp_path / "file" / "tb")
+
+
+def _per_step_rows(params, grads, normalized_idx):
+    """What each step's row was before the buffer was reduced at flush: its own vectors' sums."""
+    g = torch.stack(torch._foreach_norm(grads))
+    x = torch.stack(torch._foreach_norm([p.detach() for p in params]))
+    g_n, x_n = g.index_select(0, normalized_idx), x.index_select(0, normalized_idx)
+    return torch.stack([g.square().sum().sqrt(), x.square().sum().sqrt(),
+                        g_n.square().sum().sqrt(), x_n.square().sum().sqrt()]).tolist()
+
+
+@pytest.mark.parametrize("n_tensors, threads", [(3, 1), (161, 1), (161, 2),
+                                                (pytest.param(40_000, 2, marks=pytest.mark.long))])  # > ONE_CHUNK
+def test_rows_reduced_at_flush_are_the_per_step_sums_bit_for_bit(n_tensors, threads):
+    assert 161 < tel_module.ONE_CHUNK < 40_000
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(n_tensors)
+        sizes = torch.randint(1, 5, (n_tensors,), generator=gen).tolist()
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 10.0 ** float(i % 7 - 3))
+                  for i, s in enumerate(sizes)]
+        names = [f"p{i}" for i in range(n_tensors)]
+        normalized = {n for i, n in enumerate(names) if i % 3 != 1}
+        layer_every = 2 if n_tensors < 1000 else 10  # fewer layer rows to build for 40,000 tensors
+        tel = Telemetry(list(zip(names, params)), normalized, predicted=lambda n: 0.0, layer_every=layer_every,
+                        flush_every=25, device=torch.device("cpu"))
+        idx = torch.tensor([i for i, n in enumerate(names) if n in normalized])
+        want = []
+        for step in range(20):  # norms over six decades: a sum split differently shows in the last bit
+            flat = torch.rand(sum(sizes), generator=gen) * 10.0 ** torch.randint(-4, 3, (sum(sizes),), generator=gen)
+            for p, grad in zip(params, flat.split(sizes)):
+                p.grad = grad
+            want.append(_per_step_rows(params, [p.grad for p in params], idx))
+            tel.record(step, 0, 0.1, torch.tensor(float(step)), 8)
+            tel.after_step()
+        tel.flush()
+        steps, layers = tel.frames()
+        got = steps[["grad_norm", "weight_norm", "grad_norm_normalized", "weight_norm_normalized"]].values.tolist()
+        assert got == want  # exact: the committed results were made with the per-step sums
+        assert steps.loss.tolist() == [float(step) for step in range(20)]
+        logged = list(range(0, 20, layer_every))
+        assert sorted(layers.step.unique()) == logged and len(layers) == len(logged) * len(normalized)
+    finally:
+        torch.set_num_threads(before)

@@ -3,8 +3,10 @@
 After ``backward()`` (and so after DDP's all-reduce: the norms are those of the reduced
 gradient) and before ``optimizer.step()`` (so before weight decay or clipping touch
 anything), :meth:`Telemetry.record` takes one ``torch._foreach_norm`` over all gradients
-and one over all weights (:func:`.norms.norm_pair`: on CPU the two at once), and writes into a
-device buffer:
+and one over all weights (:func:`.norms.norm_pair`: on CPU the two at once), and keeps the loss
+and each tensor's two norms in a device buffer.  At :meth:`flush` the buffer is reduced, for all
+pending steps in a few ops (the per-step cost on a small model is the number of ops, not the
+data), to the rows
 
     loss, ||g||, ||x||, ||g_N||, ||x_N||        (N: the normalized-layer weights)
 
@@ -42,6 +44,7 @@ from imagenet_repro.train.norms import norm_pair
 
 STEP_COLUMNS = list(STEPS_SCHEMA)
 LAYER_COLUMNS = list(LAYERS_SCHEMA)
+ONE_CHUNK = 32768  # from this many elements on, torch's CPU sum may split a 1-D reduction over threads
 _SUMMARIZED = ("angular_update", "predicted_rotation", "update_grad_cos", "eps_fraction")  # -> <name>_normalized
 
 
@@ -50,7 +53,7 @@ class _Pending(NamedTuple):
     step: int
     epoch: int
     lr: float
-    with_layers: bool  # its per-layer norms are in ``layer_buf`` too
+    with_layers: bool  # a per-layer step: its layers get rows (and update health in ``health_buf``)
     predicted: dict[str, float] | None  # the theory's ratio per layer, on those steps
     rotation: dict[str, float] | None  # the theory's rotation per layer, on those steps
 
@@ -91,10 +94,14 @@ class Telemetry:
         self.predicted_rotation = predicted_rotation or (lambda name: math.nan)
         self.layer_every = layer_every
         self.flush_every = flush_every
-        self.buf = torch.zeros(flush_every, 5, device=device, dtype=torch.float32)
-        # per layer: ||g||, ||x||, then HEALTH_COLUMNS (NaN until after_step fills them)
-        self.layer_buf = torch.zeros(flush_every, 2 + len(HEALTH_COLUMNS), len(norm_idx), device=device,
-                                     dtype=torch.float32)
+        self.device = device
+        # per step: the loss, and the norm of every tensor (row 0: gradients, row 1: weights); the
+        # global and normalized-layer norms are reduced from these at flush, for all pending steps at once
+        self.loss_buf = torch.zeros(flush_every, device=device, dtype=torch.float32)
+        self.norm_buf = torch.zeros(flush_every, 2, len(self.params), device=device, dtype=torch.float32)
+        # per layer step: HEALTH_COLUMNS (NaN until after_step fills them)
+        self.health_buf = torch.zeros(flush_every, len(HEALTH_COLUMNS), len(norm_idx), device=device,
+                                      dtype=torch.float32)
         # without the optimizer (no after_step calls) the health columns stay NaN
         self.health = (UpdateHealth([self.params[i] for i in norm_idx], optimizer) if optimizer is not None
                        else None)
@@ -115,23 +122,20 @@ class Telemetry:
             self.flush()
         k = len(self.pending)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        g, x = norm_pair(grads, [p.detach() for p in self.params])
-        g_n, x_n = g.index_select(0, self.norm_idx), x.index_select(0, self.norm_idx)
-        row = torch.stack([loss.detach().float().reshape(()), g.square().sum().sqrt(), x.square().sum().sqrt(),
-                           g_n.square().sum().sqrt(), x_n.square().sum().sqrt()])
-        self.buf[k].copy_(row)
+        g, x = norm_pair(grads, self.params)  # under no_grad: the parameters themselves, no detach() per step
+        self.loss_buf[k].copy_(loss.detach().reshape(()))
+        self.norm_buf[k, 0].copy_(g)
+        self.norm_buf[k, 1].copy_(x)
         with_layers = step % self.layer_every == 0
         predicted = rotation = None
         self._health_slot = None
         if with_layers:
-            self.layer_buf[k, 0].copy_(g_n)
-            self.layer_buf[k, 1].copy_(x_n)
-            self.layer_buf[k, 2:].fill_(math.nan)
+            self.health_buf[k].fill_(math.nan)
             predicted = {n: self.predicted(n) for n in self.layer_names}
             rotation = {n: self.predicted_rotation(n) for n in self.layer_names}
             if self.health is not None and self.health.params:  # a model with no normalized layer has none
                 self.health.before_step()
-                self._health_slot = (k, g_n)
+                self._health_slot = (k, g.index_select(0, self.norm_idx))
         self.pending.append(_Pending(step, epoch, lr, with_layers, predicted, rotation))
         self._window_images += batch_images
 
@@ -141,7 +145,7 @@ class Telemetry:
         if self._health_slot is not None:
             k, g_n = self._health_slot
             self._health_slot = None
-            self.layer_buf[k, 2:].copy_(self.health.after_step(g_n))
+            self.health_buf[k].copy_(self.health.after_step(g_n))
         if len(self.pending) == self.flush_every:
             self.flush()
 
@@ -155,8 +159,7 @@ class Telemetry:
                 self.health.armed = False
         n = len(self.pending)
         first_step_row, first_layer_row = len(self.step_rows), len(self.layer_rows)
-        values = self.buf[:n].cpu().tolist()
-        layers = self.layer_buf[:n].cpu().tolist() if any(p.with_layers for p in self.pending) else None
+        values, layers = self._reduce(n, any(p.with_layers for p in self.pending))
         now = time.perf_counter()
         rate = self._window_images / max(now - self._window_start, 1e-9)
         self._window_start, self._window_images = now, 0
@@ -181,6 +184,30 @@ class Telemetry:
         if self.sink is not None:
             self.sink.steps(self.step_rows[first_step_row:], self.layer_rows[first_layer_row:])
         return not self.diverged
+
+    def _reduce(self, n: int, with_layers: bool) -> tuple[list, list | None]:
+        """The first ``n`` pending steps on the host: rows (loss, ||g||, ||x||, ||g_N||, ||x_N||) and,
+        if ``with_layers``, per step the (2 + len(HEALTH_COLUMNS), n_layers) per-layer values.
+
+        Each global norm is the square root of the sum of the squared tensor norms.  With fewer
+        than :data:`ONE_CHUNK` tensors the sums run along the buffer's last (contiguous) dimension
+        for all pending steps in one op: on CPU each row is then one chunk, the same sum bit for bit
+        as the step's own vector would give (``tests/test_telemetry_rows.py``); above that a 1-D sum
+        may be split over threads, so each step is reduced on its own."""
+        norms = self.norm_buf[:n]
+        squared = norms.square()
+        if norms.shape[2] < ONE_CHUNK:
+            reduced = torch.cat([squared.sum(dim=2), squared.index_select(2, self.norm_idx).sum(dim=2)], dim=1)
+        else:
+            reduced = torch.stack([torch.stack([squared[i, 0].sum(), squared[i, 1].sum(),
+                                                squared[i, 0].index_select(0, self.norm_idx).sum(),
+                                                squared[i, 1].index_select(0, self.norm_idx).sum()])
+                                   for i in range(n)])
+        summary = torch.cat([self.loss_buf[:n, None], reduced.sqrt()], dim=1)
+        layers = None
+        if with_layers:
+            layers = torch.cat([norms.index_select(2, self.norm_idx), self.health_buf[:n]], dim=1).cpu().tolist()
+        return summary.cpu().tolist(), layers
 
     @property
     def last(self) -> dict[str, float]:
