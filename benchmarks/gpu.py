@@ -393,7 +393,7 @@ def part_optim(s: Sizes, device: torch.device) -> dict:
     bench = _bench_module("optim")
     torch.manual_seed(0)
     model = build_model(OmegaConf.structured(ModelConfig(name=s.optim_model)), 1000).to(device)
-    groups = param_groups(model, weight_decay=5e-5, lr_max=0.1)
+    groups = param_groups(model, weight_decay=5e-5, peak_lr=0.1)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opts = {n: o for n, (_, o) in bench.contenders(groups).items()}

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50().to(device)
-    groups = param_groups(model, weight_decay=5e-5, lr_max=0.1)
+    groups = param_groups(model, weight_decay=5e-5, peak_lr=0.1)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opts = {n: v for n, v in contenders(groups).items() if args.only.lower() in n.lower()}

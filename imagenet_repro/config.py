@@ -25,7 +25,13 @@ from omegaconf.errors import OmegaConfBaseException
 from imagenet_repro.bounds import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_RES, MAX_WORKERS, NO_LIMIT, Bound, check_bounds
 from imagenet_repro.data.datasets import get_dataset
 from imagenet_repro.errors import ConfigError, first_line
-from imagenet_repro.optim.registry import check_optim_config, optimizer_config_class
+from imagenet_repro.optim.capabilities import placement_problem
+from imagenet_repro.optim.registry import (
+    check_optim_config,
+    library_keys,
+    optimizer_capabilities,
+    optimizer_config_class,
+)
 from imagenet_repro.paths import in_path_problem
 
 
@@ -342,12 +348,14 @@ def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
     from imagenet_repro.models import (
         known_model,  # here: torch and torchvision load when a config is checked, not on import
     )
+    from imagenet_repro.optim.probe import check_by_probe  # (torch, as models)
 
     if isinstance(cfg, dict) and not isinstance(cfg, ContainerView):
         cfg = ContainerView(cfg)
     leaves = dict(_leaves(cfg))
+    libraries = {f"optim.{k}" for k in library_keys(cfg.optim.name)}  # a library's own keys: its say (the probe)
     for key, value in leaves.items():
-        if isinstance(value, float):
+        if isinstance(value, float) and key.split("[")[0] not in libraries:
             _require(math.isfinite(value), f"{key} must be a finite number (got {value})")
     for key, choices in CHOICES.items():  # OmegaConf checks these on merge; plain containers get it here
         section, name = key.split(".")
@@ -374,6 +382,7 @@ def validate(cfg: DictConfig | dict, check_paths: bool = True) -> None:
              f"data.num_classes must be {dataset.num_classes} for data.dataset={dataset.name} (got {d.num_classes})")
 
     check_optim_config(cfg.optim)  # the optimizer's own keys (its config's check), normalized_rule, corrected_decay
+    check_by_probe(cfg.optim)  # built and stepped once on a tiny network: the optimizer's own say
 
     if d.end_ramp > 0:
         _require(d.start_ramp <= d.end_ramp,
@@ -426,6 +435,10 @@ def placement_problems(cfg: Any, world_size: int, has_gpu: bool) -> list[str]:
                         f"(the per-rank batch would be {batch / world_size:g})")
     if train["device"] == "cuda" and not has_gpu:
         problems.append("train.device=cuda but the run has no GPU (give the job GPUs, or train.device=cpu)")
+    optim = cfg["optim"]
+    why = placement_problem(optimizer_capabilities(optim["name"], optim.get("imports", [])), world_size)
+    if why:
+        problems.append(f"optim.name={optim['name']} {why} ({world_size} ranks here)")
     return problems
 
 

@@ -24,6 +24,8 @@ DEFERRED = {
     ("imagenet_repro.cli", "*"): "each verb loads only what it uses: `repro status` and `--help` stay free of torch",
     ("imagenet_repro.config", "imagenet_repro.models"):
         "torch and torchvision load when a config is validated, not when a spec or status is read",
+    ("imagenet_repro.config", "imagenet_repro.optim.probe"):
+        "the optimizer's probe (torch) runs when a config is validated, not when a spec or status is read",
     ("imagenet_repro.data", "imagenet_repro.data.loaders"):
         "the loaders (torch) load on first use: `config` reads the package's dataset registry torch-free",
     ("imagenet_repro.data.loaders", "imagenet_repro.data.ffcv_backend"):

@@ -41,7 +41,7 @@ def _groups(model: nn.Module, wd: float = 0.01, lr_max: float = 0.05) -> list[di
     (the tests' optimizers run at a flat lr 0.05)."""
     rest = [(n, p) for n, p in model.named_parameters() if n != "0.weight"]
     return [{"params": [model[0].weight], "names": ["0.weight"], "normalized": True, "weight_decay": wd,
-             "lr_max": lr_max},
+             "peak_lr": lr_max},
             {"params": [p for _, p in rest], "names": [n for n, _ in rest], "normalized": False, "weight_decay": 0.0}]
 
 
@@ -126,7 +126,7 @@ def test_steps_hold_the_mean_over_normalized_layers_and_a_flush_before_the_step_
     names = ["0.weight", "3.weight"]
     rest = [(n, p) for n, p in model.named_parameters() if n not in names]
     opt = SGD([{"params": [model[0].weight, model[3].weight], "names": names, "normalized": True,
-                "weight_decay": 0.01, "lr_max": 0.05},
+                "weight_decay": 0.01, "peak_lr": 0.05},
                {"params": [p for _, p in rest], "names": [n for n, _ in rest], "normalized": False,
                 "weight_decay": 0.0}], lr=0.05, momentum=0.9)
     tel = Telemetry(list(model.named_parameters()), set(names), predicted=lambda n: math.nan, layer_every=1,
@@ -218,7 +218,7 @@ def test_corrected_rotation_follows_the_schedule_linearly():
     p = nn.Parameter(torch.ones(4, 4))
     for plain, corrected, extra in ((SGD, SGDC, {}), (AdamW, AdamC, {})):
         for cls, power in ((plain, 0.5), (corrected, 1.0)):
-            opt = cls([{"params": [p], "normalized": True, "weight_decay": 0.01, "lr_max": 0.1}], lr=0.1, **extra)
+            opt = cls([{"params": [p], "normalized": True, "weight_decay": 0.01, "peak_lr": 0.1}], lr=0.1, **extra)
             group = opt.param_groups[0]
             values = []
             for lr in (0.1, 0.025):

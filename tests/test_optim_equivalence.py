@@ -35,9 +35,9 @@ def make_params(dtype: torch.dtype = torch.float32, mixed: bool = False) -> list
 def groups_for(ps: list[torch.Tensor]) -> list[dict]:
     """Two groups like param_groups makes: normalized weights and the rest, with extra keys."""
     return [
-        {"params": ps[:2], "names": ["conv.weight", "lin.weight"], "weight_decay": 5e-2, "lr_max": LR_MAX,
+        {"params": ps[:2], "names": ["conv.weight", "lin.weight"], "weight_decay": 5e-2, "peak_lr": LR_MAX,
          "normalized": True, "group": "normalized"},
-        {"params": ps[2:], "names": ["bn.weight", "fc.bias"], "weight_decay": 1e-2, "lr_max": LR_MAX,
+        {"params": ps[2:], "names": ["bn.weight", "fc.bias"], "weight_decay": 1e-2, "peak_lr": LR_MAX,
          "normalized": False, "group": "other"},
     ]
 
@@ -180,7 +180,7 @@ def test_corrected_equals_uncorrected_bit_for_bit_at_peak_lr(foreach, pair):
     b = corrected(groups_for(qs), lr=lr, foreach=foreach, **kw)
     for opt in (a, b):
         for group in opt.param_groups:
-            group["lr"] = group["lr_max"] = lr
+            group["lr"] = group["peak_lr"] = lr
     for t in range(STEPS):
         set_grads(ps, t)
         set_grads(qs, t)
@@ -191,7 +191,7 @@ def test_corrected_equals_uncorrected_bit_for_bit_at_peak_lr(foreach, pair):
 
 def test_predicted_ratio():
     p = torch.zeros(3, requires_grad=True)
-    group = dict(params=[p], weight_decay=5e-4, lr_max=0.4, normalized=True)
+    group = dict(params=[p], weight_decay=5e-4, peak_lr=0.4, normalized=True)
     sgd, sgdc = SGD([dict(group)], lr=0.4, momentum=0.9), SGDC([dict(group)], lr=0.4, momentum=0.9)
     for opt in (sgd, sgdc):
         opt.param_groups[0]["lr"] = 0.1
@@ -209,8 +209,8 @@ def test_bad_hyper_parameters_raise():
     with pytest.raises(ValueError):
         SGD(p, lr=0.1, momentum=0.0, nesterov=True)
     with pytest.raises(ValueError):
-        SGDC([dict(params=p, lr_max=0.0)], lr=0.1)
-    with pytest.raises(ValueError, match="a normalized param group needs lr_max"):  # γ_max is never guessed
+        SGDC([dict(params=p, peak_lr=0.0)], lr=0.1)
+    with pytest.raises(ValueError, match="a normalized param group needs peak_lr"):  # γ_max is never guessed
         SGDC([dict(params=p, normalized=True)], lr=0.1)
     with pytest.raises(ValueError):
         AdamW(p, betas=(0.9, 1.0))
@@ -271,7 +271,7 @@ def test_a_step_that_raises_does_not_compound_the_correction():
 
 def test_switch_predicted_ratio_follows_the_corrected_decay():
     p = torch.zeros(3, requires_grad=True)
-    group = dict(params=[p], weight_decay=5e-4, lr_max=0.4, normalized=True)
+    group = dict(params=[p], weight_decay=5e-4, peak_lr=0.4, normalized=True)
     sgd, sgdc = correct(SGD([dict(group)], lr=0.4, momentum=0.9)), SGDC([dict(group)], lr=0.4, momentum=0.9)
     for opt in (sgd, sgdc):
         opt.param_groups[0]["lr"] = 0.1

@@ -24,7 +24,7 @@ def conv_weights(model: nn.Module) -> set[str]:
 
 
 def test_resnet50_all_53_conv_weights_are_normalized_and_fc_is_not(resnet50):
-    groups = {g["group"]: g for g in param_groups(resnet50, weight_decay=5e-5, lr_max=1.0)}
+    groups = {g["group"]: g for g in param_groups(resnet50, weight_decay=5e-5, peak_lr=1.0)}
     normalized = set(groups["normalized"]["names"])
     assert len(normalized) == 53 and normalized == conv_weights(resnet50)
     assert groups["other"]["names"] == ["fc.weight"] and groups["bias"]["names"] == ["fc.bias"]
@@ -33,7 +33,7 @@ def test_resnet50_all_53_conv_weights_are_normalized_and_fc_is_not(resnet50):
     for g in groups.values():  # names line up with params, keys the optimizers need are there
         assert len(g["names"]) == len(g["params"])
         assert all(params[n] is p for n, p in zip(g["names"], g["params"]))
-        assert g["lr_max"] == 1.0 and g["normalized"] == (g["group"] == "normalized")
+        assert g["peak_lr"] == 1.0 and g["normalized"] == (g["group"] == "normalized")
 
 
 def test_resnet50_hook_fallback_agrees_with_fx(resnet50, monkeypatch):

@@ -31,7 +31,7 @@ class SignSGD(torch.optim.Optimizer):
     """x <- x - lr * scale * sign(g) - lr * λ_t x   (a throw-away optimizer for this test)."""
 
     def __init__(self, params, lr: float = 0.1, weight_decay: float = 0.0, scale: float = 1.0) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, scale=scale, lr_max=lr, normalized=False))
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, scale=scale, peak_lr=lr, normalized=False))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -109,7 +109,10 @@ def test_each_optimizer_config_checks_its_own_keys(data_paths):
     with pytest.raises(ConfigError, match=r"^optim.momentum must be in \[0, 1\) \(got 1.5\)$"):  # sgd's own rule
         small_config(data_paths, {"name": "sgd", "momentum": 1.5})
     with pytest.raises(ConfigError, match=r"^optim.betas must be two numbers in \[0, 1\) \(got \[0.9, 1.5\]\)$"):
-        small_config(data_paths, {"name": "torch.optim:Adam", "betas": [0.9, 1.5]})  # a library's: the shared keys
+        small_config(data_paths, {"name": "adamw", "betas": [0.9, 1.5]})  # adamw's own rule
+    with pytest.raises(ConfigError, match=r"^optim: torch.optim:Adam refuses these settings: ValueError: Invalid beta "
+                                          r"parameter at index 1: 1.5$"):
+        small_config(data_paths, {"name": "torch.optim:Adam", "betas": [0.9, 1.5]})  # a library's: its own say
 
 
 def test_registering_a_taken_name_is_refused():
@@ -128,7 +131,7 @@ def test_builtin_optimizers_build_from_config(data_paths, name):
     assert type(opt).__name__.lower() == name
     kinds = {g["group"]: g for g in opt.param_groups}
     assert kinds["normalized"]["normalized"] and not kinds["other"]["normalized"]
-    assert all(g["lr_max"] == 0.2 and g["lr"] == 0.2 for g in opt.param_groups)
+    assert all(g["peak_lr"] == 0.2 and g["lr"] == 0.2 for g in opt.param_groups)
     assert kinds["normalized"]["weight_decay"] == 1e-3 and kinds["other"]["weight_decay"] == 1e-3
     assert kinds["bias"]["weight_decay"] == 0.0 and kinds["norm-affine"]["weight_decay"] == 0.0
     if name.startswith("sgd"):

@@ -36,7 +36,7 @@ def train(cls: type, steps: int, lr_at, norm: str = "batch", seed: int = 0) -> t
     gen = torch.Generator().manual_seed(seed + 1)
     layer = nn.Linear(16, 32, bias=False)
     normalize = nn.BatchNorm1d(32, affine=False) if norm == "batch" else nn.LayerNorm(32, elementwise_affine=False)
-    opt = cls([{"params": [layer.weight], "names": ["layer.weight"], "weight_decay": LAM, "lr_max": LR_MAX,
+    opt = cls([{"params": [layer.weight], "names": ["layer.weight"], "weight_decay": LAM, "peak_lr": LR_MAX,
                 "normalized": True}], lr=LR_MAX, momentum=BETA)
     g2, x2 = [], []
     for t in range(steps):

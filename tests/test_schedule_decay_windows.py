@@ -69,16 +69,16 @@ def test_one_step_run_and_apply_write_gamma_t_into_every_group_and_leave_gamma_m
     s = LRSchedule(opt, cfg, peak_lr=0.2, total_steps=4, steps_per_epoch=2)
     assert s.apply(2) == pytest.approx(0.2 * (0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi / 2))))
     assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.15)] * 2
-    assert all("lr_max" not in g for g in opt.param_groups)  # γ_max is set where the groups are made, only
+    assert all("peak_lr" not in g for g in opt.param_groups)  # γ_max is set where the groups are made, only
 
 
 # ---- the corrected decay --------------------------------------------------------------------------
 
 def test_the_corrected_decay_is_lambda_times_gamma_t_over_gamma_max_on_normalized_groups_only():
-    assert corrected_weight_decay({"normalized": True, "weight_decay": 0.04, "lr": 0.1, "lr_max": 0.4}) == \
+    assert corrected_weight_decay({"normalized": True, "weight_decay": 0.04, "lr": 0.1, "peak_lr": 0.4}) == \
         pytest.approx(0.01)
-    assert corrected_weight_decay({"normalized": False, "weight_decay": 0.04, "lr": 0.1, "lr_max": 0.4}) == 0.04
-    assert corrected_weight_decay({"normalized": True, "weight_decay": 0.04, "lr": 0.4, "lr_max": 0.4}) == 0.04
+    assert corrected_weight_decay({"normalized": False, "weight_decay": 0.04, "lr": 0.1, "peak_lr": 0.4}) == 0.04
+    assert corrected_weight_decay({"normalized": True, "weight_decay": 0.04, "lr": 0.4, "peak_lr": 0.4}) == 0.04
 
 
 def test_one_step_decays_a_normalized_weight_by_lr_squared_lambda_over_lr_max():
@@ -88,8 +88,8 @@ def test_one_step_decays_a_normalized_weight_by_lr_squared_lambda_over_lr_max():
 
     def one_step(cls):
         x, y = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
-        opt = cls([{"params": [x], "normalized": True, "weight_decay": lam, "lr_max": lr_max},
-                   {"params": [y], "normalized": False, "weight_decay": lam, "lr_max": lr_max}], lr=lr, momentum=0.0)
+        opt = cls([{"params": [x], "normalized": True, "weight_decay": lam, "peak_lr": lr_max},
+                   {"params": [y], "normalized": False, "weight_decay": lam, "peak_lr": lr_max}], lr=lr, momentum=0.0)
         x.grad, y.grad = torch.zeros_like(x), torch.zeros_like(y)
         opt.step()
         assert [g["weight_decay"] for g in opt.param_groups] == [lam, lam]  # the nominal λ is kept
@@ -102,22 +102,22 @@ def test_one_step_decays_a_normalized_weight_by_lr_squared_lambda_over_lr_max():
 def test_decay_hook_groups_get_the_normalized_default_and_a_missing_or_zero_peak_is_refused():
     opt = SGD([torch.zeros(2, requires_grad=True)], lr=0.3, momentum=0.0)
     assert isinstance(opt, DecayHook)
-    assert "lr_max" not in opt.param_groups[0] and opt.param_groups[0]["normalized"] is False
+    assert "peak_lr" not in opt.param_groups[0] and opt.param_groups[0]["normalized"] is False
     # the whole message: what is missing, what it is, where a suite run gets it
-    with pytest.raises(ValueError, match=r"^a normalized param group needs lr_max \(the schedule's peak LR γ_max; "
+    with pytest.raises(ValueError, match=r"^a normalized param group needs peak_lr \(the schedule's peak LR γ_max; "
                                          r"imagenet_repro\.optim\.param_groups\.param_groups\(\) sets it\)$"):
         opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "normalized": True})
-    opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr_max": 0.7, "normalized": True})
-    assert opt.param_groups[1]["lr_max"] == 0.7 and opt.param_groups[1]["normalized"] is True
+    opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "peak_lr": 0.7, "normalized": True})
+    assert opt.param_groups[1]["peak_lr"] == 0.7 and opt.param_groups[1]["normalized"] is True
     for bad in (0.0, -0.1):
-        with pytest.raises(ValueError, match=r"invalid lr_max \(the schedule's peak LR\)"):
-            opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr_max": bad})
+        with pytest.raises(ValueError, match=r"invalid peak_lr \(the schedule's peak LR\)"):
+            opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "peak_lr": bad})
     corrected = correct(opt)
     assert corrected is opt and opt.corrects_decay is True and opt.decay is corrected_weight_decay
 
 
 def test_correct_leaves_an_optimizer_that_already_corrects_alone():
-    opt = SGDC([{"params": [torch.zeros(2, requires_grad=True)], "normalized": True, "lr_max": 0.4}], lr=0.4)
+    opt = SGDC([{"params": [torch.zeros(2, requires_grad=True)], "normalized": True, "peak_lr": 0.4}], lr=0.4)
     hooks = len(opt._optimizer_step_pre_hooks)
     decay = opt.decay
     assert correct(opt) is opt and opt.decay == decay and len(opt._optimizer_step_pre_hooks) == hooks

@@ -16,7 +16,7 @@ from imagenet_repro.train.telemetry import Telemetry
 
 
 def schedule(**kw) -> LRSchedule:
-    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_max": 0.4}], lr=1.0)
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "peak_lr": 0.4}], lr=1.0)
     cfg = OmegaConf.merge(OmegaConf.structured(ScheduleConfig), kw)
     return LRSchedule(opt, cfg, peak_lr=0.4, total_steps=100, steps_per_epoch=10)
 
@@ -29,7 +29,7 @@ def test_cosine_with_warmup_sets_gamma_t_and_leaves_the_groups_gamma_max():
     assert 0 < s.lr(99) < 1e-3
     assert s.apply(55) == pytest.approx(0.2)
     group = s.optimizer.param_groups[0]
-    assert group["lr"] == pytest.approx(0.2) and group["lr_max"] == 0.4  # set where the groups were made
+    assert group["lr"] == pytest.approx(0.2) and group["peak_lr"] == 0.4  # set where the groups were made
 
 
 def test_flat_and_step_schedules():

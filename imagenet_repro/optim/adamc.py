@@ -8,7 +8,7 @@ except that on groups marked ``normalized``
 
 so the decoupled decay applied per step is :math:`\gamma_t^2 \lambda / \gamma_{\max}`,
 Algorithm 1's line 12, with :math:`\gamma_t` the group's current ``lr`` and
-:math:`\gamma_{\max}` its ``lr_max`` (the schedule's peak LR).  Other groups keep
+:math:`\gamma_{\max}` its ``peak_lr`` (the schedule's peak LR).  Other groups keep
 :math:`\lambda`.  With :math:`\gamma_t = \gamma_{\max}` AdamC computes bit for bit what
 AdamW computes.  ``adamw`` with ``optim.corrected_decay: true`` is the same optimizer.
 """

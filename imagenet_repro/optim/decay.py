@@ -4,7 +4,7 @@ The correction (Defazio, 2025, Sec. 5) replaces the decay λ of a *normalized* l
 
 .. math::  \lambda_t = \lambda\,\gamma_t/\gamma_{\max}
 
-(γ_t the group's current ``lr``, γ_max its ``lr_max``, the schedule's peak LR); other
+(γ_t the group's current ``lr``, γ_max its ``peak_lr``, the schedule's peak LR); other
 groups keep λ.  An optimizer whose decay is decoupled (x ← x - γ_t λ_t x, as AdamW, Lion)
 then decays by γ_t²λ/γ_max per step, Algorithm 1's AdamC line.
 
@@ -30,7 +30,7 @@ def corrected_weight_decay(group: dict) -> float:
     optimizer then equals its plain version bit for bit."""
     if not group["normalized"]:
         return group["weight_decay"]
-    return group["weight_decay"] * (group["lr"] / group["lr_max"])
+    return group["weight_decay"] * (group["lr"] / group["peak_lr"])
 
 
 class _PerStepDecay:
@@ -67,7 +67,7 @@ class DecayHook:
 
     Subclasses change the decay by overriding ``decay(group)``; :func:`correct` swaps
     it for :func:`corrected_weight_decay` on an instance.  A group without ``normalized``
-    is not normalized; a normalized group must bring its ``lr_max`` (γ_max: the groups of
+    is not normalized; a normalized group must bring its ``peak_lr`` (γ_max: the groups of
     :func:`~imagenet_repro.optim.param_groups.param_groups` do), and a given one must be > 0."""
 
     corrects_decay = False
@@ -82,11 +82,11 @@ class DecayHook:
 
     def add_param_group(self, param_group: dict) -> None:
         param_group.setdefault("normalized", False)
-        if param_group["normalized"] and "lr_max" not in param_group:
-            raise ValueError("a normalized param group needs lr_max (the schedule's peak LR γ_max; "
+        if param_group["normalized"] and "peak_lr" not in param_group:
+            raise ValueError("a normalized param group needs peak_lr (the schedule's peak LR γ_max; "
                              "imagenet_repro.optim.param_groups.param_groups() sets it)")
-        if "lr_max" in param_group and not param_group["lr_max"] > 0:
-            raise ValueError(f"invalid lr_max (the schedule's peak LR): {param_group['lr_max']}")
+        if "peak_lr" in param_group and not param_group["peak_lr"] > 0:
+            raise ValueError(f"invalid peak_lr (the schedule's peak LR): {param_group['peak_lr']}")
         super().add_param_group(param_group)
 
 

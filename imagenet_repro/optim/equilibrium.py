@@ -119,7 +119,7 @@ def predicted_rotation_of(optimizer, group: dict) -> float:
 
 def _decay(optimizer, group: dict) -> float:
     """λ_t: the corrected λ·γ_t/γ_max for an optimizer switched by ``optim.decay.correct``."""
-    if getattr(optimizer, "corrects_decay", False) and "lr_max" in group:
+    if getattr(optimizer, "corrects_decay", False) and "peak_lr" in group:
         return float(corrected_weight_decay(group))
     return float(group.get("weight_decay", 0.0))
 

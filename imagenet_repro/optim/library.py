@@ -4,7 +4,7 @@
 (``timm.optim.get_optimizer_class``); ``optim.name=pytorch_optimizer:Lion`` (or any
 ``<importable module>:<torch.optim.Optimizer subclass>``, e.g. ``torch.optim:RAdam``)
 takes the class by attribute.  The class is called with this suite's parameter groups,
-exactly as a registered optimizer is, so groups, ``lr_max``, telemetry, the correction
+exactly as a registered optimizer is, so groups, ``peak_lr``, telemetry, the correction
 switch and sweeps work unchanged.
 
 The accepted ``optim.*`` keys are read off the constructor's signature: each named
@@ -21,7 +21,7 @@ import importlib
 import inspect
 from typing import Any, Optional
 
-from imagenet_repro.errors import ConfigError
+from imagenet_repro.errors import ConfigError, describe
 
 MISSING = "???"  # OmegaConf's mark for a value the user must give
 
@@ -39,10 +39,12 @@ def library_optimizer(name: str) -> type:
     if module == "timm":
         import timm.optim
 
+        if attr not in timm.optim.list_optimizers():
+            raise ConfigError(f"unknown optimizer name: {name!r} (timm knows: {', '.join(timm.optim.list_optimizers())})")
         try:
             return timm.optim.get_optimizer_class(attr)
-        except ValueError:
-            raise ConfigError(f"unknown optimizer name: {name!r} (timm knows: {', '.join(timm.optim.list_optimizers())})") from None
+        except Exception as exc:  # e.g. bitsandbytes' `assert torch.cuda.is_available()`
+            raise ConfigError(f"optimizer {name!r} cannot be used here: {describe(exc)}") from None
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:

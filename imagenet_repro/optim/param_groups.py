@@ -21,11 +21,19 @@ every linear layer except the network's output layer.
 Groups (each a dict for ``torch.optim``): ``normalized`` (decay λ, corrected to
 λ·γ_t/γ_max by SGDC/AdamC or ``optim.corrected_decay``), ``other`` (λ), ``norm-affine`` and ``bias`` (λ if
 ``decay_norm_and_bias`` else 0).  Every group has ``params``, ``names`` (same order),
-``weight_decay``, ``lr_max``, ``normalized`` and ``group`` (its kind).
+``weight_decay``, ``peak_lr``, ``normalized`` and ``group`` (its kind).
+
+A partition-based optimizer (the Muon family, :class:`Sides`) gets each kind split in two:
+the *matrix* side, the weights of the hidden conv/linear layers (every one but the stem,
+the first layer the forward pass calls, and the output layer: the same graph analysis),
+and the *other* side (stem, output layer, biases, norms), with its own peak LR and decay;
+each group carries the library's flag (``use_muon``) and ``side``.  The paper's correction
+still applies by kind: a normalized weight is normalized on either side.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import fx, nn
@@ -192,28 +200,93 @@ def classify_by(model: nn.Module, normalized: set[str]) -> list[tuple[str, nn.Pa
     return out
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr_max: float, decay_norm_and_bias: bool = True,
-                 example_input: Optional[torch.Tensor] = None, rule: str = "graph") -> list[dict]:
-    """Optimizer parameter groups (non-empty ones, in the order of :data:`KINDS`)."""
-    buckets: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in KINDS}
+@dataclass(frozen=True)
+class Sides:
+    """The groups of a partition-based optimizer (the Muon family: :class:`.capabilities.Partition`):
+    each group also carries ``flag``, ``matrix`` on hidden conv/linear weights and ``other``
+    on the rest, whose peak LR and (decaying kinds') weight decay are ``other_peak_lr`` and
+    ``other_weight_decay``."""
+
+    flag: str
+    matrix: Any
+    other: Any
+    other_peak_lr: float
+    other_weight_decay: float
+
+
+def layer_order(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> list[str]:
+    """The conv/linear modules in the order the forward pass calls them (fx, else hooks)."""
+    modules = dict(model.named_modules())
+    try:
+        graph = _LeafTracer().trace(model)
+        order = [str(n.target) for n in graph.nodes
+                 if n.op == "call_module" and isinstance(modules.get(str(n.target)), LAYERS)]
+    except Exception:  # as normalized_layers: run it when fx cannot trace it
+        names = {m: n for n, m in modules.items()}
+        order = []
+        hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[mod]))
+                 for m in model.modules() if isinstance(m, LAYERS)]
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(_example_input(model) if example_input is None else example_input)
+        finally:
+            model.train(was_training)
+            for h in hooks:
+                h.remove()
+    return list(dict.fromkeys(order))
+
+
+def matrix_layers(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> set[str]:
+    """The hidden conv/linear layers: every one but the stem (the first the forward pass calls)
+    and the output layer (:func:`output_layer`), whose weights the Muon family orthogonalises."""
+    order = layer_order(model, example_input)
+    edges = {order[0]} if order else set()
+    edges.add(output_layer(model))
+    return {name for name in order if name not in edges}
+
+
+def param_groups(model: nn.Module, weight_decay: float, peak_lr: float, decay_norm_and_bias: bool = True,
+                 example_input: Optional[torch.Tensor] = None, rule: str = "graph",
+                 sides: Optional[Sides] = None) -> list[dict]:
+    """Optimizer parameter groups (non-empty ones, in the order of :data:`KINDS`); with ``sides``,
+    each kind split into its matrix side then its other side (:class:`Sides`)."""
+    buckets: dict[tuple[str, bool], list[tuple[str, nn.Parameter]]] = {}
+    matrix = matrix_layers(model, example_input) if sides is not None else set()
+    owner = {id(p): (m, n) for m, mod in model.named_modules() for n, p in mod.named_parameters(recurse=False)}
     for name, p, kind in classify(model, example_input, rule):
-        buckets[kind].append((name, p))
+        mname, pname = owner[id(p)]
+        on_matrix = sides is not None and mname in matrix and pname == "weight" and p.ndim >= 2
+        buckets.setdefault((kind, on_matrix), []).append((name, p))
     groups = []
     for kind in KINDS:
-        if not buckets[kind]:
-            continue
-        decays = kind in ("normalized", "other") or decay_norm_and_bias
-        groups.append({"params": [p for _, p in buckets[kind]], "names": [n for n, _ in buckets[kind]],
-                       "weight_decay": float(weight_decay) if decays else 0.0, "lr_max": float(lr_max),
-                       "normalized": kind == "normalized", "group": kind})
+        for on_matrix in (True, False):
+            members = buckets.get((kind, on_matrix))
+            if not members:
+                continue
+            decays = kind in ("normalized", "other") or decay_norm_and_bias
+            group = {"params": [p for _, p in members], "names": [n for n, _ in members],
+                     "weight_decay": float(weight_decay) if decays else 0.0, "peak_lr": float(peak_lr),
+                     "normalized": kind == "normalized", "group": kind}
+            if sides is not None:
+                group[sides.flag] = sides.matrix if on_matrix else sides.other
+                group["side"] = "matrix" if on_matrix else "other"
+                if not on_matrix:
+                    group.update(peak_lr=float(sides.other_peak_lr),
+                                 weight_decay=float(sides.other_weight_decay) if decays else 0.0)
+            groups.append(group)
     return groups
 
 
 def group_summary(optimizer: torch.optim.Optimizer) -> dict:
-    """Tensors and values per group kind, and the normalized tensors' names (for the run's manifest)."""
+    """Tensors and values per group kind (and side, for a partition: ``normalized (matrix)``), and
+    the normalized tensors' names (for the run's manifest)."""
     out: dict = {}
     for g in optimizer.param_groups:
         kind = g.get("group", "normalized" if g.get("normalized") else "other")
+        if "side" in g:
+            kind = f"{kind} ({g['side']})"
         entry = out.setdefault(kind, {"tensors": 0, "values": 0})
         entry["tensors"] += len(g["params"])
         entry["values"] += sum(p.numel() for p in g["params"])

@@ -16,11 +16,13 @@ extends its parent's: ``super().check(o)``; :func:`require` and the key checks b
 make the one-line messages), and a ``torch.optim.Optimizer`` subclass that accepts
 ``(param_groups, lr=..., weight_decay=..., **other_config_fields)``; it may define
 ``predicted_ratio(group) -> float``, the theory's steady-state ||g||/||x|| for a
-normalized layer of that group (NaN where the paper gives none).
+normalized layer of that group (NaN where the paper gives none), and a ``capabilities``
+class attribute when it needs more than ``step()`` (:mod:`.capabilities`).
 
 Every parameter group handed to an optimizer carries two extra keys: ``normalized``
-and ``lr_max`` (the schedule's peak LR γ_max), both set where the groups are made
-(:func:`~imagenet_repro.optim.param_groups.param_groups`, the one place γ_max enters them).
+and ``peak_lr`` (the schedule's peak LR γ_max; a partition's fallback side has its own),
+both set where the groups are made (:func:`~imagenet_repro.optim.param_groups.param_groups`,
+the one place γ_max enters them).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ import importlib.util
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Optional
 
-from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.errors import ConfigError
+from imagenet_repro.optim.capabilities import Capabilities, capabilities_of
 from imagenet_repro.optim.library import config_class, library_optimizer
 from imagenet_repro.plugins import import_user_module, load_entry_points
 
@@ -84,24 +87,15 @@ class OptimConfig:
         require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
 
 
-# The checks of keys that library optimizers share with torch's own (a ``<module>:<Class>``
-# config is made from the constructor's signature, so it cannot bring checks of its own;
-# its constructor's checks run too, when the config is built: see check_optim_config).
-SHARED_KEY_CHECKS = {"momentum": lambda o: check_fraction(o, "momentum"),
-                     "dampening": lambda o: check_fraction(o, "dampening"),
-                     "nesterov": check_nesterov, "betas": check_betas, "eps": check_eps}
-
-
 @dataclass
 class LibraryOptimConfig(OptimConfig):
-    """The base of a library optimizer's config (:func:`.library.config_class` adds its fields)."""
+    """The base of a library optimizer's config (:func:`.library.config_class` adds its fields).
 
-    @classmethod
-    def check(cls, o) -> None:
-        super().check(o)
-        for key, check in SHARED_KEY_CHECKS.items():
-            if key in o:
-                check(o)
+    A library's optimizer is judged by its library: the suite's rules of its own optimizers
+    (SGD's dampening and nesterov, Adam's two betas, finite numbers) do not apply to the
+    library's keys, whose meaning is the library's.  Its constructor decides, on the probe
+    build of :func:`check_optim_config`; only the suite's own keys (``lr``, ``weight_decay``,
+    ...) are checked here."""
 
 
 SUITE_KEYS = frozenset(f.name for f in fields(OptimConfig)) - {"lr", "weight_decay"}  # not constructor arguments
@@ -200,22 +194,39 @@ def constructor_kwargs(entry: _Entry, cfg) -> dict:
     return kwargs
 
 
-def _probe_groups(cfg) -> list[dict]:
-    import torch  # here, not at the top: reading configs (repro status) does not load torch
+def library_keys(name: str) -> frozenset[str]:
+    """The ``optim`` keys of ``name`` that its library judges (its constructor's own: none for a
+    registered optimizer, whose config's ``check`` judges every key)."""
+    entry = registered(name)
+    if entry.accepts is None:
+        return frozenset()
+    return frozenset(f.name for f in fields(entry.config)) - {f.name for f in fields(OptimConfig)}
 
-    p = torch.zeros(2, 2, requires_grad=True)
-    return [{"params": [p], "names": ["probe"], "weight_decay": float(cfg.weight_decay), "lr_max": float(cfg.lr),
-             "normalized": True, "group": "normalized"}]
+
+def optimizer_class(name: str, imports: Iterable[str] = ()) -> Callable[..., Any]:
+    """The class (or timm's partial of one) of optimizer ``name``, after importing ``imports``."""
+    import_modules(imports)
+    return registered(name).cls
+
+
+def optimizer_capabilities(name: str, imports: Iterable[str] = ()) -> Capabilities:
+    """The declared :class:`~.capabilities.Capabilities` of optimizer ``name``."""
+    return capabilities_of(optimizer_class(name, imports))
 
 
 def check_optim_config(cfg) -> None:
-    """What the config schema cannot check: the optimizer's own rules (its config's ``check``),
-    the rule's name, the switch's preconditions, and that the optimizer accepts these
-    hyper-parameters (built once on a one-value tensor)."""
+    """What the config schema cannot check, torch-free: the optimizer's own rules (its config's
+    ``check``; a library's: none, :class:`LibraryOptimConfig`), the rule's name, a class that
+    cannot run here at all (its :mod:`.capabilities`' ``refused``), the switch's
+    preconditions.  Whether the optimizer accepts these hyper-parameters is its constructor's
+    (and first step's) say: :func:`imagenet_repro.optim.probe.check_by_probe`."""
     entry = registered(cfg.name)
     entry.config.check(cfg)
     if cfg.normalized_rule not in RULES:
         raise ConfigError(f"optim.normalized_rule must be {' or '.join(RULES)} (got {cfg.normalized_rule!r})")
+    caps = capabilities_of(entry.cls)
+    if caps.refused:
+        raise ConfigError(f"optim: {cfg.name} {caps.refused}")
     if entry.accepts is not None and "weight_decay" not in entry.accepts:
         if cfg.weight_decay != 0 or cfg.corrected_decay:
             raise ConfigError(f"optimizer {cfg.name!r} takes no weight_decay: set optim.weight_decay=0 "
@@ -223,7 +234,3 @@ def check_optim_config(cfg) -> None:
     if cfg.corrected_decay and getattr(cfg, "corrected_weight_decay", False):
         raise ConfigError("optim.corrected_decay and the library's own optim.corrected_weight_decay are both on; "
                           "keep one (corrected_decay corrects normalized groups only, as the paper does)")
-    try:
-        entry.cls(_probe_groups(cfg), **constructor_kwargs(entry, cfg))
-    except Exception as exc:  # ValueError / TypeError of the optimizer's own checks
-        raise ConfigError(f"optim: {cfg.name} refuses these settings: {describe(exc)}") from None

@@ -5,7 +5,7 @@ marked ``normalized`` is
 
 .. math::  \lambda_t = \lambda \, \gamma_t / \gamma_{\max},
 
-with :math:`\gamma_t` the group's current ``lr`` and :math:`\gamma_{\max}` its ``lr_max``
+with :math:`\gamma_t` the group's current ``lr`` and :math:`\gamma_{\max}` its ``peak_lr``
 (the schedule's peak LR, passed explicitly).  Other groups keep :math:`\lambda`.
 Putting :math:`\lambda_t` into the steady-state balance of SGD gives
 :math:`\|g\|/\|x\| = \sqrt{2\lambda_t(1-\beta)/\gamma_t} = \sqrt{2\lambda(1-\beta)/\gamma_{\max}}`,
@@ -41,4 +41,4 @@ class SGDC(SGD):
         """sqrt(2 λ_t (1-β) / γ_t) = sqrt(2 λ (1-β) / γ_max), also at γ_t = 0."""
         if not group["normalized"]:
             return math.nan
-        return math.sqrt(2.0 * group["weight_decay"] * (1.0 - group["momentum"]) / group["lr_max"])
+        return math.sqrt(2.0 * group["weight_decay"] * (1.0 - group["momentum"]) / group["peak_lr"])

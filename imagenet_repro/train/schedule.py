@@ -1,9 +1,12 @@
 """Learning-rate schedules, stepped per iteration.
 
 The schedule writes, before every step, ``group["lr"] = γ_t`` into each optimizer param
-group.  γ_max (``optim.lr``) is its peak; the groups carry it as ``lr_max`` from where they
-are made (:func:`imagenet_repro.optim.param_groups.param_groups`, the one place), and
-corrected optimizers (SGDC, AdamC) read it there: handed over explicitly, never guessed.
+group.  γ_max (``optim.lr``) is its peak; the groups carry their peak as ``peak_lr`` from
+where they are made (:func:`imagenet_repro.optim.param_groups.param_groups`, the one place),
+and corrected optimizers (SGDC, AdamC) read it there: handed over explicitly, never guessed.
+Each group follows γ_t/γ_max from its own peak, ``group["lr"] = peak_lr · γ_t/γ_max``: a
+partition-based optimizer's fallback side (Muon's AdamW groups, ``adamw_lr``) has a peak of
+its own; every other group's peak is γ_max, so its ``lr`` is γ_t.
 
     cosine: γ_t = γ_max · (f + (1 - f) · ½(1 + cos(π p)))      p = (t - w) / (T - w)
     flat:   γ_t = γ_max
@@ -46,8 +49,8 @@ class LRSchedule:
         return self.peak_lr * self.factor(step)
 
     def apply(self, step: int) -> float:
-        """Set the LR of ``step`` on every param group; return γ_t."""
-        lr = self.lr(step)
+        """Set the LR of ``step`` on every param group (its own peak times the factor); return γ_t."""
+        factor = self.factor(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+            group["lr"] = group.get("peak_lr", self.peak_lr) * factor
+        return self.peak_lr * factor
