@@ -180,6 +180,39 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]) for r in [header, *rows])
 
 
+def _optimizers(args: argparse.Namespace) -> int:
+    """Every library optimizer (or --only) tried on a config's model: one line each, counts, the table."""
+    import json
+
+    from imagenet_repro.config import load_config
+    from imagenet_repro.files import atomic_write_text
+    from imagenet_repro.paths import check_out_file
+    from imagenet_repro.train.catalogue import counts, library_names, markdown, run_catalogue
+
+    if args.steps <= 0 or args.eval_images <= 0:
+        raise ConfigError(f"--steps and --eval-images must be > 0 (got {args.steps}, {args.eval_images})")
+    outputs = [check_out_file(path, flag) for path, flag in ((args.table, "--table"), (args.json, "--json")) if path]
+    cfg = load_config(args.config, args.overrides)
+    names = args.only or library_names(args.libraries)
+
+    def report(trial) -> None:
+        why = f": {trial.reason}" if trial.reason else ""
+        print(f"{trial.name}: {trial.outcome}{why} ({trial.seconds:.1f} s)", flush=True)
+
+    trials = run_catalogue(cfg, names, steps=args.steps, eval_images=args.eval_images, report=report)
+    c = counts(trials)
+    print(f"{len(trials)} optimizers: " + ", ".join(f"{c[o]} {o}" for o in ("works", "refused", "diverged", "failed"))
+          + "; refused: " + ", ".join(f"{n} {g}" for g, n in c["refused_by_reason"].items()))
+    if args.table:
+        atomic_write_text(outputs[0], markdown(trials, " ".join([args.config, *args.overrides]), args.steps,
+                                               args.libraries))
+    if args.json:
+        from imagenet_repro.train.catalogue import as_records
+
+        atomic_write_text(outputs[-1], json.dumps(as_records(trials), indent=1, default=str) + "\n")
+    return 1 if c["failed"] or c["diverged"] else 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from imagenet_repro.demo import run_demo
 
@@ -274,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--rule", choices=["graph", "transformer"], default="graph",
                    help="which weights count as normalized (optim.normalized_rule; default: graph)")
     i.set_defaults(fn=_inspect_model)
+
+    o = sub.add_parser("optimizers", help="try every optimizer pytorch-optimizer and timm list by name (or --only) "
+                                          "on a config's model: works, refused (why), diverged, failed")
+    o.add_argument("config", help="experiment YAML whose model and data are used, e.g. experiments/demo.yaml")
+    o.add_argument("overrides", nargs="*", help="key=value overrides")
+    o.add_argument("--only", nargs="+", metavar="NAME", help="these optimizer names only, e.g. pytorch_optimizer:Muon")
+    o.add_argument("--libraries", nargs="+", choices=["pytorch_optimizer", "timm"], default=["pytorch_optimizer", "timm"])
+    o.add_argument("--steps", type=int, default=8, help="training steps per optimizer (default 8)")
+    o.add_argument("--eval-images", type=int, default=500, help="val images of the evaluation (default 500)")
+    o.add_argument("--table", metavar="FILE.md", help="write the catalogue's table (docs/optimizer-catalogue.md)")
+    o.add_argument("--json", metavar="FILE.json", help="write every trial as JSON")
+    o.set_defaults(fn=_optimizers)
 
     dm = sub.add_parser("demo", help="Fashion-MNIST -> .beton -> sweep -> aggregate -> figures -> report, on CPU")
     dm.add_argument("--spec", default="sweeps/demo.yaml")

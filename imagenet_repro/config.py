@@ -229,7 +229,10 @@ def build_config(*layers: DictConfig | dict, check_paths: bool = True) -> DictCo
     optim_cls = optimizer_config_class(optim_name, optim_imports)  # raises ConfigError for an unknown name
 
     schema = OmegaConf.structured(RunConfig)
-    schema.optim = OmegaConf.structured(optim_cls)
+    try:
+        schema.optim = OmegaConf.structured(optim_cls)
+    except OmegaConfBaseException as exc:  # a library's constructor default no config type holds
+        raise ConfigError(f"optim: {optim_name}: its keys cannot be read as a config: {first_line(exc)}") from None
     try:
         cfg = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as exc:

@@ -104,3 +104,57 @@ def test_switch_gives_identical_updates_to_the_builtin_corrected_optimizer(data_
                 group["lr"] = 0.05 * (1 - t / 6)
             one_step(model, opt)
     assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
+
+
+# ------------------------------------------------------------------ judged by its library
+@pytest.mark.parametrize("name,keys", [
+    ("pytorch_optimizer:Muon", {"nesterov": True}),  # has nesterov, no dampening: SGD's rule is not its
+    ("pytorch_optimizer:NorMuon", {}),
+    ("pytorch_optimizer:ASGD", {}),  # its default dampening is 1.0
+    ("pytorch_optimizer:AdEMAMix", {}),  # three betas
+    ("pytorch_optimizer:Prodigy", {}),  # growth_rate = inf
+    ("pytorch_optimizer:SCION", {}),  # an IntEnum default (norm_type)
+    ("timm:adafactor", {}),  # betas=None, eps=None: Adam's rules would read them
+    ("timm:adamp", {}),  # no momentum although it has nesterov
+])
+def test_a_library_default_is_judged_by_its_library(data_paths, name, keys):
+    cfg = config(data_paths, name=name, lr=1e-3, weight_decay=0.0, **keys)
+    model = build_model(cfg.model, num_classes=10)
+    before = [p.detach().clone() for p in model.parameters()]
+    one_step(model, build_optimizer(model, cfg.optim))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_prodigy_keeps_its_infinite_growth_rate_and_a_suite_key_must_still_be_finite(data_paths):
+    assert config(data_paths, name="pytorch_optimizer:Prodigy").optim.growth_rate == float("inf")
+    with pytest.raises(ConfigError, match=r"^optim.weight_decay must be a finite number \(got inf\)$"):
+        config(data_paths, name="pytorch_optimizer:Prodigy", weight_decay=float("inf"))
+
+
+@pytest.mark.parametrize("name,message", [
+    ("timm:bnbadam", r"^optimizer 'timm:bnbadam' cannot be used here: AssertionError: CUDA required"),
+    ("pytorch_optimizer:LOMO", r"^optim: pytorch_optimizer:LOMO takes the model, not parameter groups"),
+    ("pytorch_optimizer:Lookahead", r"^optim: pytorch_optimizer:Lookahead wraps another optimizer"),
+    ("pytorch_optimizer:DistributedMuon", r"^optim: pytorch_optimizer:DistributedMuon shards its work over"),
+    ("pytorch_optimizer:BSAM", r"^bad value for optim.num_data: Missing mandatory value"),
+    ("torch.optim:LBFGS", r"^optim: torch.optim:LBFGS refuses these settings: ValueError: LBFGS doesn't support "
+                          r"per-parameter options"),
+])
+def test_what_cannot_run_here_is_one_line_at_config_time(data_paths, name, message):
+    extra = {"weight_decay": 0.0} if name == "torch.optim:LBFGS" else {}
+    with pytest.raises(ConfigError, match=message):
+        config(data_paths, name=name, **extra)
+
+
+def test_a_first_step_that_fails_is_refused_at_config_time_and_the_probe_keeps_the_rng(data_paths):
+    """An optimizer whose constructor accepts a setting but whose step cannot run with it is
+    refused when the config is built (one line), not mid-run; the probe draws no random number."""
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    config(data_paths, name="pytorch_optimizer:AdaHessian", lr=0.1)  # builds and steps the probe network
+    assert torch.equal(torch.rand(3), expected)
+    with pytest.raises(ConfigError, match=r"^optim: pytorch_optimizer:LoRARite fails its first step on a probe "
+                                          r"network: RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
+        config(data_paths, name="pytorch_optimizer:LoRARite")  # built for LoRA factor pairs, not a convnet's weights

@@ -17,6 +17,7 @@ apply.  ``**kwargs`` catch-alls are not keys.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import inspect
 from typing import Any, Optional
@@ -61,6 +62,8 @@ def _field(param: inspect.Parameter) -> Optional[tuple[str, Any, dataclasses.Fie
     """(name, type, field) of a YAML-settable constructor parameter; None for the others."""
     default = param.default
     text = str(param.annotation)
+    if isinstance(default, enum.Enum):  # an IntEnum / str Enum: its value (libraries take the matching value)
+        default = default.value
     if default is inspect.Parameter.empty:
         return param.name, Any, dataclasses.field(default=MISSING)
     if isinstance(default, bool):

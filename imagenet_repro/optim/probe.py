@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -53,7 +54,8 @@ def _probe(section: str, class_id: int) -> str | None:
     cfg = OmegaConf.create(json.loads(section))
     name = cfg.name
     caps = capabilities_of(optimizer_class(name, cfg.get("imports", [])))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the run itself warns, once; not every validation of its config
         torch.manual_seed(0)
         model = probe_model()
         images, labels = torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 2, 0])
@@ -64,6 +66,7 @@ def _probe(section: str, class_id: int) -> str | None:
         except Exception as exc:  # the constructor's own checks (ValueError, TypeError, ...)
             return f"optim: {name} refuses these settings: {describe(exc)}"
 
+        @torch.enable_grad()  # called inside the optimizer's no_grad step
         def loss_with_grad() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(images), labels)

@@ -11,11 +11,11 @@ or with the error, which :func:`run_training` records as ``failed``.
 
 The loop, in the order it happens each step::
 
-    schedule.apply(t)            γ_t into every param group (γ_max: each group's lr_max, from build_optimizer)
+    schedule.apply(t)            γ_t into every param group (each group's peak_lr · γ_t/γ_max, from build_optimizer)
     loss = model(x) vs y         bf16 autocast + channels_last on CUDA
-    loss.backward()              DDP all-reduces the gradient here
+    loss.backward()              DDP all-reduces the gradient here (create_graph if the optimizer declares it)
     telemetry.record(t)          ||g||, ||x|| (global, normalized layers, per layer)
-    [clip], optimizer.step()
+    [clip], optimizer.step()     (with train.closure's closure if the optimizer declares one)
     telemetry.after_step()       per-layer steps: rotation, relative update, Adam's health
 
 every ``flush_every`` steps the telemetry is synced to the host (non-finite → the run ends
@@ -25,7 +25,9 @@ epoch ends with an evaluation on the whole val set.  With ``train.eval_every_ste
 the model is also evaluated after every global step that is a multiple of N (not the last
 of an epoch: the epoch-end eval covers it) on the first ``train.eval_subset`` val images;
 the steps depend only on N, so a resumed run evaluates at the same steps, and evaluation
-saves and restores every RNG state, so it changes nothing in training.
+saves and restores every RNG state, so it changes nothing in training.  Every evaluation runs
+inside ``evaluation_point`` (:mod:`.modes`): for an optimizer with modes (schedule-free) the
+model is evaluated at x with BatchNorm re-estimated, and y is put back exactly afterwards.
 SIGTERM/SIGUSR1/SIGUSR2 are deferred to the next step boundary: checkpoint, status
 ``failed`` with the reason, then the previously installed handler (submitit's, which
 requeues the job), then SystemExit(128 + signum).  A run directory with a checkpoint
@@ -56,14 +58,17 @@ from imagenet_repro.data.loaders import build_loaders
 from imagenet_repro.errors import ConfigError, StorageError, describe
 from imagenet_repro.identity import check_run_folder
 from imagenet_repro.models import build_model
+from imagenet_repro.optim.capabilities import capabilities_of
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio, predicted_rotation
 from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
 from imagenet_repro.train.callbacks import Callback
 from imagenet_repro.train.checkpoint import CheckpointError, kept_checkpoint, load_latest, save_checkpoint
+from imagenet_repro.train.closure import optimizer_step
 from imagenet_repro.train.distributed import all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
+from imagenet_repro.train.modes import EvaluationPoint, ReestimationBatches
 from imagenet_repro.train.schedule import LRSchedule
 from imagenet_repro.train.telemetry import (
     EVAL_COLUMNS,
@@ -121,6 +126,10 @@ class Trainer:
         res = self.train_loader.resolution(0)
         example = torch.zeros(2, 3, res, res, device=self.device)
         self.optimizer = build_optimizer(model, cfg.optim, example_input=example)
+        self.capabilities = capabilities_of(type(self.optimizer))  # a closure, create_graph (optim.capabilities)
+        self.evaluation_point = EvaluationPoint(  # schedule-free: evaluate at x (train.modes); else nothing
+            model, self.optimizer, ReestimationBatches(cfg, self.device, self.dist.world_size), self.device,
+            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.train.amp))
         self.schedule = LRSchedule(self.optimizer, cfg.schedule, cfg.optim.lr, self.total_steps, self.steps_per_epoch)
         self.ddp_model = model
         if self.dist.enabled:
@@ -253,14 +262,18 @@ class Trainer:
         """One optimizer step on a batch, telemetry recorded (and flushed only when its buffer
         is full); none of the step-boundary work nor the callbacks."""
         lr = self.schedule.apply(self.step)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.train.amp):
-            loss = F.cross_entropy(self.ddp_model(images), labels, label_smoothing=self.cfg.train.label_smoothing)
+
+        def forward_loss() -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.train.amp):
+                return F.cross_entropy(self.ddp_model(images), labels, label_smoothing=self.cfg.train.label_smoothing)
+
+        loss = forward_loss()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(create_graph=self.capabilities.create_graph)
         self.telemetry.record(self.step, self.epoch, lr, loss, images.shape[0] * self.dist.world_size)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        optimizer_step(self.optimizer, self.capabilities, self.model, forward_loss, self.dist.world_size)
         self.telemetry.after_step()
         self.step += 1
         self.batch_in_epoch += 1
@@ -366,7 +379,9 @@ class Trainer:
         if self.telemetry.diverged:
             raise _Diverged
         if self._intermediate_eval_due():  # before any checkpoint of this step: saved with it
-            self._record_eval(self.evaluate(limit=self.cfg.train.eval_subset))
+            with self.evaluation_point(self.epoch):
+                row = self.evaluate(limit=self.cfg.train.eval_subset)
+            self._record_eval(row)
         if self._pending_signal is not None:
             self._handle_pending_signal()  # checkpoint, status failed, SystemExit
         if self._checkpoint_due():
@@ -380,7 +395,8 @@ class Trainer:
             raise _Diverged
         self.epoch += 1
         self.batch_in_epoch = 0
-        row = self.evaluate()
+        with self.evaluation_point(self.epoch):
+            row = self.evaluate()
         self._record_eval(row)
         if self.show_bar:
             tqdm.write(f"epoch {self.epoch}: top1 {row.top1:.4f} top5 {row.top5:.4f} loss {row.loss:.4f}")
