@@ -39,10 +39,10 @@ def step_closure(model: torch.nn.Module, optimizer: torch.optim.Optimizer, forwa
         optimizer.zero_grad(set_to_none=True)
         kept = [b.detach().clone() for b in buffers]
         loss = forward_loss()
-        with torch.no_grad():
+        loss.backward(create_graph=create_graph)
+        with torch.no_grad():  # after backward: batch_norm's backward holds the running buffers it was given
             for b, k in zip(buffers, kept):
                 b.copy_(k)
-        loss.backward(create_graph=create_graph)
         value = loss.detach().clone()
         if world_size > 1:
             torch.distributed.all_reduce(value)

@@ -395,7 +395,7 @@ class Trainer:
             raise _Diverged
         self.epoch += 1
         self.batch_in_epoch = 0
-        with self.evaluation_point(self.epoch):
+        with self.evaluation_point(self.epoch - 1):  # (BatchNorm re-estimated on the epoch just trained)
             row = self.evaluate()
         self._record_eval(row)
         if self.show_bar:

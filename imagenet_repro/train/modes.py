@@ -21,7 +21,7 @@ one with modes it
 2. ``optimizer.eval()``: the parameters become x;
 3. with BatchNorm layers, re-estimates their running statistics at x: a forward pass in
    train mode, without gradients, over the first :data:`BN_BATCHES` training batches of
-   the current epoch, read by a loader of their own (:class:`ReestimationBatches`: the
+   the epoch in training (at an epoch's end: the epoch just trained), read by a loader of their own (:class:`ReestimationBatches`: the
    training iterator is not touched, and every rank reads the same batches in the same
    order, so every rank ends with the same statistics), averaged with equal weights
    (``torch.optim.swa_utils.update_bn``: momentum None);
