@@ -116,6 +116,7 @@ def test_switch_gives_identical_updates_to_the_builtin_corrected_optimizer(data_
     ("pytorch_optimizer:SCION", {}),  # an IntEnum default (norm_type)
     ("timm:adafactor", {}),  # betas=None, eps=None: Adam's rules would read them
     ("timm:adamp", {}),  # no momentum although it has nesterov
+    ("timm:sgdp", {"momentum": 0.9}),  # momentum=0 unannotated: a float is the library's to judge
 ])
 def test_a_library_default_is_judged_by_its_library(data_paths, name, keys):
     cfg = config(data_paths, name=name, lr=1e-3, weight_decay=0.0, **keys)

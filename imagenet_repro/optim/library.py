@@ -8,9 +8,12 @@ exactly as a registered optimizer is, so groups, ``peak_lr``, telemetry, the cor
 switch and sweeps work unchanged.
 
 The accepted ``optim.*`` keys are read off the constructor's signature: each named
-parameter with a default a YAML value can hold (number, bool, string, list, None)
-becomes a field of a config dataclass made on the fly, so an unknown key is the same
-one-line ``ConfigError`` as for a built-in optimizer.  ``lr`` and ``weight_decay`` are
+parameter with a default a YAML value can hold (number, bool, string, list, None, an
+enum's value) becomes a field of a config dataclass made on the fly, typed by its
+annotation (an unannotated integer default such as timm's ``momentum=0`` takes a float
+too), so an unknown key is the same one-line ``ConfigError`` as for a built-in optimizer.
+The values are the library's to judge: its constructor and first step decide, on the
+probe (:mod:`.probe`).  ``lr`` and ``weight_decay`` are
 the suite's own keys (the peak LR γ_max and λ); the library's defaults for them do not
 apply.  ``**kwargs`` catch-alls are not keys.
 """
@@ -68,6 +71,8 @@ def _field(param: inspect.Parameter) -> Optional[tuple[str, Any, dataclasses.Fie
         return param.name, Any, dataclasses.field(default=MISSING)
     if isinstance(default, bool):
         return param.name, bool, dataclasses.field(default=default)
+    if isinstance(default, int) and param.annotation is inspect.Parameter.empty:
+        return param.name, Any, dataclasses.field(default=default)  # momentum=0: an int or a float, the library says
     if isinstance(default, int) and "float" not in text:
         return param.name, int, dataclasses.field(default=default)
     if isinstance(default, (int, float)):

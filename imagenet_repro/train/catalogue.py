@@ -245,14 +245,16 @@ def try_optimizer(base: DictConfig, name: str, batches: Batches) -> Trial:
     start = time.perf_counter()
     defaults = library_defaults(name)
     trial = Trial(name, "refused", lr=defaults["lr"], weight_decay=defaults["weight_decay"])
-    layer = {"optim": {"name": name, **defaults}}
+    base_container = OmegaConf.to_container(base, resolve=True)
+    suite = {k: base_container["optim"][k] for k in ("decay_norm_and_bias", "normalized_rule") if k in base_container["optim"]}
+    base_container["optim"] = {"name": name, **suite, **defaults}  # the base's own optimizer keys are not this one's
     try:
         cls = optimizer_class(name)
         trial.needs = capabilities_of(cls).needs() + (["modes"] if has_modes(cls) else [])
     except ConfigError:
         pass  # the library cannot give the class here (bitsandbytes without CUDA): refused below, in one line
     try:
-        cfg = build_config(OmegaConf.to_container(base, resolve=True), layer)
+        cfg = build_config(base_container)
     except ConfigError as exc:
         trial.reason = str(exc)
         trial.seconds = time.perf_counter() - start
