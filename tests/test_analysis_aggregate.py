@@ -173,3 +173,28 @@ def test_a_sweep_folder_without_sweep_json_gets_it_from_its_spec(tmp_path, capsy
     assert main(["aggregate", str(folder), "--results", str(results)]) == 0
     assert "old: 1 runs" in capsys.readouterr().out
     assert pd.read_parquet(results / "old" / "runs.parquet")["target_top1"].tolist() == [0.5]
+
+
+def test_the_correction_switch_is_its_own_optimizer_and_pairs_with_the_plain_one(tmp_path):
+    """`optim.corrected_decay: true` on a library optimizer (Lion, Muon) is another optimizer for the
+    analysis: `<name>+corrected`, paired per seed with `<name>` (paired.csv), never averaged with it."""
+    import yaml
+
+    from imagenet_repro.analysis.paired import paired_table
+
+    dirs = []
+    for corrected in (False, True):
+        for seed in (0, 1):
+            d = run(tmp_path, f"lion-{corrected}-{seed}", optimizer="pytorch_optimizer:Lion", lr=1e-4, wd=1.0, seed=seed)
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["optim"]["corrected_decay"] = corrected
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+            dirs.append(d)
+    result = aggregate_runs(dirs)
+    assert sorted(set(result.runs.optimizer)) == ["pytorch_optimizer:Lion", "pytorch_optimizer:Lion+corrected"]
+    assert set(result.summary.optimizer) == {"pytorch_optimizer:Lion", "pytorch_optimizer:Lion+corrected"}
+    from imagenet_repro.analysis.aggregate import select_best
+
+    paired = paired_table(result.runs, select_best(result.configs))
+    assert set(zip(paired.plain, paired.corrected)) == {("pytorch_optimizer:Lion", "pytorch_optimizer:Lion+corrected")}
+    assert set(paired.n_seeds) == {2}

@@ -100,7 +100,7 @@ def test_only_done_runs_with_a_config_enter_and_a_missing_partner_gives_no_rows(
     assert text.startswith("paired differences (corrected - plain, per seed; 95% CI: Student's t interval")
     assert "adamc - adamw" in text
     assert format_paired(paired_table(RUNS.iloc[:0], best_table([]))) == \
-        "(no plain/corrected optimizer pair with done runs: sgd/sgdc, adamw/adamc)"
+        "(no plain/corrected optimizer pair with done runs: sgd/sgdc, adamw/adamc, X/X+corrected)"
 
 
 def test_every_shared_config_an_interval_of_0_and_two_seeds_get_their_verdicts():

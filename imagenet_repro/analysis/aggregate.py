@@ -4,7 +4,8 @@
 by the ``sweep.json`` there: :mod:`imagenet_repro.sweepdir`; the analysis never reads a spec) and
 writes, each file atomically:
 
-    runs.parquet    one row per run: state, problem, config axes (optimizer, lr_max: the
+    runs.parquet    one row per run: state, problem, config axes (optimizer: optim.name, with
+                    "+corrected" when optim.corrected_decay is on (paired.optimizer_label); lr_max: the
                     schedule's peak γ_max = optim.lr, wd, seed and every config leaf as ``cfg.<dotted key>``), final/best top-1/top-5,
                     tail ratios (mean over the last 10% of steps / mean over 40-60%) of the
                     gradient norm, the normalized-layer ||g||/||x|| and the weight norm, and
@@ -50,7 +51,7 @@ import yaml
 from imagenet_repro import files, rundir
 from imagenet_repro.analysis.environment import compare_environments, environment_warnings
 from imagenet_repro.analysis.metrics import binned_means, tail_ratio
-from imagenet_repro.analysis.paired import default_target, format_paired, paired_table, time_to_target
+from imagenet_repro.analysis.paired import default_target, format_paired, optimizer_label, paired_table, time_to_target
 from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
 from imagenet_repro.errors import ConfigError, first_line
 from imagenet_repro.sweepdir import SweepDescription, as_description
@@ -155,7 +156,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         row["lr_max"], row["wd"], row["seed"] = float(row["lr_max"]), float(row["wd"]), int(row["seed"])
     except (TypeError, ValueError) as exc:
         raise CorruptRun(f"{rundir.CONFIG}: {first_line(exc)}") from None
-    row["optimizer"] = str(row["optimizer"])
+    row["optimizer"] = optimizer_label(str(row["optimizer"]), _select(tree, "optim.corrected_decay") is True)
     row["schedule"] = _select(tree, "schedule.name")
     flat: dict[str, Any] = {}
     _flatten(tree, "", flat)

@@ -39,7 +39,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from imagenet_repro import files, rundir  # noqa: E402
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best  # noqa: E402
-from imagenet_repro.analysis.paired import CORRECTED  # noqa: E402
+from imagenet_repro.analysis.paired import plain_of  # noqa: E402
 from imagenet_repro.analysis.theory import (  # noqa: E402
     LATE_WINDOW,
     format_summary,
@@ -217,8 +217,8 @@ def _has_rotation(run_dir: str | Path) -> bool:
 
 
 def _pair_key(optimizer: str) -> str:
-    """Sort key putting each corrected optimizer right after its plain one (sgd, sgdc; adamw, adamc)."""
-    plain = {c: p for p, c in CORRECTED.items()}.get(optimizer)
+    """Sort key putting each corrected optimizer right after its plain one (sgd, sgdc; adamw, adamc; X, X+corrected)."""
+    plain = plain_of(optimizer)
     return f"{plain}\x01" if plain else f"{optimizer}\x00"
 
 

@@ -31,6 +31,26 @@ from imagenet_repro.errors import ConfigError
 
 # plain optimizer -> its corrected version (λ_t = λ γ_t / γ_max); add a line per new pair
 CORRECTED: dict[str, str] = {"sgd": "sgdc", "adamw": "adamc"}
+# a run with optim.corrected_decay: true is labelled <optim.name><SWITCHED> (aggregate's optimizer
+# column), and pairs with <optim.name>: the switch's corrected version of any optimizer
+SWITCHED = "+corrected"
+
+
+def optimizer_label(name: str, corrected_decay: bool) -> str:
+    """The analysis' name of a run's optimizer: ``optim.name``, marked when the switch is on."""
+    return f"{name}{SWITCHED}" if corrected_decay else name
+
+
+def corrected_pairs(present) -> dict[str, str]:
+    """plain -> corrected of :data:`CORRECTED`, and each ``X`` -> ``X+corrected`` of the optimizers ``present``."""
+    return {**CORRECTED, **{n[: -len(SWITCHED)]: n for n in present if n.endswith(SWITCHED)}}
+
+
+def plain_of(optimizer: str) -> str | None:
+    """The plain optimizer ``optimizer`` is the corrected version of (None: it is no corrected one)."""
+    if optimizer.endswith(SWITCHED):
+        return optimizer[: -len(SWITCHED)]
+    return {c: p for p, c in CORRECTED.items()}.get(optimizer)
 
 # metric column of runs.parquet -> label in the printed table and the report
 PAIRED_METRICS: dict[str, str] = {
@@ -103,14 +123,14 @@ def _pair(done: pd.DataFrame, plain: str, corrected: str, p_cfg: tuple[float, fl
 
 
 def paired_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
-    """Per pair of :data:`CORRECTED`, per comparison and metric: the per-seed difference statistics.
+    """Per pair of :func:`corrected_pairs`, per comparison and metric: the per-seed difference statistics.
 
     Only ``done`` runs enter; a seed counts when it is done in both configs (and the metric is finite).
     """
     done = runs[runs["state"] == "done"].dropna(subset=["optimizer", "lr_max", "wd", "seed"])
     rows: list[dict[str, Any]] = []
     present = set(done["optimizer"])
-    for plain, corrected in CORRECTED.items():
+    for plain, corrected in corrected_pairs(present).items():
         if plain not in present or corrected not in present:
             continue
         cfg_p = set(map(tuple, done[done["optimizer"] == plain][["lr_max", "wd"]].drop_duplicates().to_numpy()))
@@ -154,6 +174,6 @@ def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
 def format_paired(paired: pd.DataFrame) -> str:
     if paired.empty:
         return "(no plain/corrected optimizer pair with done runs: " + \
-            ", ".join(f"{p}/{c}" for p, c in CORRECTED.items()) + ")"
+            ", ".join(f"{p}/{c}" for p, c in CORRECTED.items()) + f", X/X{SWITCHED})"
     return (f"paired differences (corrected - plain, per seed; {CI_DESCRIPTION}):\n"
             + paired_display(paired).to_string(index=False))

@@ -27,7 +27,7 @@ from imagenet_repro import files, rundir
 from imagenet_repro.analysis.aggregate import aggregate_sweep, config_table, select_best, summarize
 from imagenet_repro.analysis.aggregate import summary_table as aggregate_summary_table
 from imagenet_repro.analysis.figures import make_figures
-from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, paired_display, paired_table
+from imagenet_repro.analysis.paired import CI_DESCRIPTION, CORRECTED, SWITCHED, paired_display, paired_table
 from imagenet_repro.rundir import RunState
 from imagenet_repro.sweepdir import SweepDescription, as_description
 
@@ -126,7 +126,8 @@ def _figure(path: Path, caption: str) -> str:
 def _paired_section(paired: pd.DataFrame) -> str:
     if paired.empty:
         return ('<p class="note">No plain/corrected optimizer pair with done runs in this sweep (pairs: '
-                + html.escape(", ".join(f"{p} / {c}" for p, c in CORRECTED.items())) + ").</p>")
+                + html.escape(", ".join(f"{p} / {c}" for p, c in CORRECTED.items()) + f", X / X{SWITCHED}")
+                + ").</p>")
     shown = paired_display(paired)
     sentences = []
     for (_, r), (_, d) in zip(paired.iterrows(), shown.iterrows()):
