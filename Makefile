@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 MUTATION_ARGS ?=
 
-.PHONY: help install lock demo test test-rehearsals lint rehearse sweep status aggregate figures report bench mutation slurm-up slurm-down
+.PHONY: help install lock demo test test-rehearsals lint rehearse sweep status aggregate figures report catalogue bench mutation slurm-up slurm-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ figures: install  ## draw SPEC's figures into results/<sweep>/figures/
 
 report: install  ## write results/<sweep>/report.html (status, best configs, paired stats, figures, theory)
 	$(REPRO) report $(SPEC)
+
+catalogue: install  ## try every optimizer of pytorch-optimizer and timm on the demo model (its data: make demo) -> docs/optimizer-catalogue.md
+	$(REPRO) optimizers experiments/demo.yaml --table docs/optimizer-catalogue.md
 
 bench: install  ## run benchmarks/ (JSON to results/bench/)
 	$(REPRO) bench

@@ -61,7 +61,7 @@ def test_the_python_example_is_the_shipped_file():
 
 def test_every_yaml_example_builds_and_trains(fresh_signsgd, data_paths):
     examples = blocks("yaml")
-    assert len(examples) == 4
+    assert len(examples) == 7
     for text in examples:
         optim = build_config({"data": data_paths}, _yaml(text), check_paths=False).optim
         model = TINY_VIT if optim.normalized_rule == "transformer" else {"name": "small_resnet", "widths": [4, 8]}

@@ -4,6 +4,8 @@ where DDP cannot serve them; a user's optimizer declares its own (examples/sam_s
 from __future__ import annotations
 
 import math
+import re
+import sys
 
 import pandas as pd
 import pytest
@@ -34,8 +36,10 @@ def test_an_optimizer_that_needs_more_than_step_trains(tmp_path, fmnist_tiny, na
         tiny = [o for o in fmnist_tiny if not o.startswith("optim.momentum=")]  # (an SGD key)
         cfg = load_config(DEMO, tiny + SHORT + [f"optim.name={name}", *extra])
         assert run_training(cfg, tmp_path / "run") == "done"
-    finally:
+    finally:  # as if examples/sam_sgd.py had never been imported
         unregister_optimizer("sam_sgd")
+        for module in [m for m in sys.modules if m.startswith("_repro_user_sam_sgd")]:
+            del sys.modules[module]
     steps = pd.read_parquet(tmp_path / "run" / rundir.STEPS)
     assert len(steps) == 6 and steps[["loss", "grad_norm"]].map(math.isfinite).all().all()
     assert math.isfinite(pd.read_parquet(tmp_path / "run" / rundir.EVAL).loss.iloc[-1])
@@ -122,3 +126,17 @@ slurm: {{nodes: 1, tasks_per_node: 2}}
     assert cli.main(["sweep", str(spec), "--dry-run", "--cluster", "local"]) == 2
     err = capsys.readouterr().err
     assert "create_graph" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_a_step_that_raises_on_the_numbers_of_a_diverged_run_ends_it_diverged(tmp_path, fmnist_tiny):
+    """pytorch-optimizer's Shampoo at its defaults turns the demo's stem weights to NaN within a few
+    steps (its preconditioner's inverse root), and its next step's SVD raises on the NaN gradient:
+    the run ends `diverged` at that step, not in a traceback."""
+    drop = ("optim.momentum=", "optim.lr=", "optim.weight_decay=", "data.batch_size=", "model.head_norm=")
+    tiny = [o for o in fmnist_tiny if not o.startswith(drop)]  # the demo's batch of 32 and its head
+    cfg = load_config(DEMO, tiny + SHORT + ["optim.name=pytorch_optimizer:Shampoo", "optim.lr=0.001",
+                                            "optim.weight_decay=0"])
+    assert run_training(cfg, tmp_path / "run") == "diverged"
+    status = rundir.read_status(tmp_path / "run")
+    assert re.fullmatch(r"non-finite loss or gradient at step \d", status["reason"]), status
+    assert status["step"] < 6

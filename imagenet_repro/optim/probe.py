@@ -5,10 +5,12 @@ the suite's parameter groups from the graph analysis, a partition's split, the c
 switch) on a tiny convolutional network, and takes one step the way the trainer takes it
 (its :mod:`.capabilities`: a closure, gradients with their graph; a schedule-free optimizer
 switched to ``eval()`` and back).  An exception of the constructor (the library's own checks
-of its keys) or of that first step becomes the one-line ConfigError, so a library's
-optimizer is judged by its library and a setting it cannot run ends before anything is
-written, never in a traceback mid-run.  A library default that its library accepts is
-never refused.
+of its keys) or of that first step, or non-finite weights after it, becomes the one-line
+ConfigError, so a library's optimizer is judged by its library and a setting it cannot
+run ends before anything is written, never in a traceback mid-run.  A library default
+that its library accepts is never refused.  (A tiny network is not every network: a
+step that fails on the real model's non-finite numbers later ends that run ``diverged``,
+:meth:`imagenet_repro.train.loop.Trainer.train_step`.)
 
 The probe leaves the caller's RNG states alone (``fork_rng``) and runs once per distinct
 ``optim`` section in a process (a sweep validates many points that share it).
@@ -83,4 +85,7 @@ def _probe(section: str, class_id: int) -> str | None:
                 optimizer.train()
         except Exception as exc:
             return f"optim: {name} fails its first step on a probe network: {describe(exc)}"
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            return (f"optim: {name} diverges at its first step on a probe network (non-finite weights): "
+                    f"these settings do not suit a convolutional network")
     return None

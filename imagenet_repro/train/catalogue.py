@@ -14,8 +14,10 @@ library's own default LR and weight decay (a default of None, or none at all: 1e
    step of :func:`~imagenet_repro.train.closure.optimizer_step` (its capabilities: a
    closure, ``create_graph``), then one evaluation inside the trainer's
    :class:`~imagenet_repro.train.modes.EvaluationPoint` (x for a schedule-free optimizer);
-   it *works* when the telemetry and the evaluation loss are finite, else it *diverged*;
-   any exception there is a *failure* (what the suite must never show a user);
+   it *works* when the telemetry and the evaluation loss are finite, else it *diverged*
+   (as the trainer ends a run: also when a step raises on the non-finite numbers of an
+   earlier one); any other exception there is a *failure* (what the suite must never show
+   a user);
 3. for one that works, whether ``optim.corrected_decay`` changes its step (a corrected
    variant): one step on the probe network at γ_t = γ_max/2 with λ = 0.1, with and without
    the switch, must move the normalized weights differently (an optimizer that reads its
@@ -209,7 +211,12 @@ def _train(cfg: DictConfig, batches: Batches) -> tuple[float, float, float, bool
         optimizer.zero_grad(set_to_none=True)
         loss.backward(create_graph=caps.create_graph)
         telemetry.record(step, 0, lr, loss, images.shape[0])
-        optimizer_step(optimizer, caps, model, forward_loss, world_size=1)
+        try:
+            optimizer_step(optimizer, caps, model, forward_loss, world_size=1)
+        except Exception:  # as the trainer: a step that meets the numbers of a diverged run ends it diverged
+            if not telemetry.flush():
+                return math.nan, math.nan, math.nan, False
+            raise
         telemetry.after_step()
     finite = telemetry.flush()
     with point(0):

@@ -273,7 +273,12 @@ class Trainer:
         self.telemetry.record(self.step, self.epoch, lr, loss, images.shape[0] * self.dist.world_size)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        optimizer_step(self.optimizer, self.capabilities, self.model, forward_loss, self.dist.world_size)
+        try:
+            optimizer_step(self.optimizer, self.capabilities, self.model, forward_loss, self.dist.world_size)
+        except Exception:  # e.g. a preconditioner's SVD of a NaN gradient: the run had diverged before it
+            if not self.telemetry.flush():
+                raise _Diverged from None
+            raise
         self.telemetry.after_step()
         self.step += 1
         self.batch_in_epoch += 1
