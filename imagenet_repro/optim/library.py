@@ -1,7 +1,8 @@
 """Optimizers of maintained libraries, selected by name: ``timm:<name>`` and ``<module>:<Class>``.
 
 ``optim.name=timm:lion`` takes the class timm's optimizer registry gives for ``lion``
-(``timm.optim.get_optimizer_class``); ``optim.name=pytorch_optimizer:Lion`` (or any
+(``timm.optim.get_optimizer_class``, its defaults bound, and ``momentum=0.9`` where the
+optimizer has one: timm's factory's default, so ``timm:sgd``'s Nesterov has its momentum); ``optim.name=pytorch_optimizer:Lion`` (or any
 ``<importable module>:<torch.optim.Optimizer subclass>``, e.g. ``torch.optim:RAdam``)
 takes the class by attribute.  The class is called with this suite's parameter groups,
 exactly as a registered optimizer is, so groups, ``peak_lr``, telemetry, the correction
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import importlib
 import inspect
 from typing import Any, Optional
@@ -28,6 +30,7 @@ from typing import Any, Optional
 from imagenet_repro.errors import ConfigError, describe
 
 MISSING = "???"  # OmegaConf's mark for a value the user must give
+TIMM_MOMENTUM = 0.9  # timm's create_optimizer gives every optimizer that has a momentum 0.9 ("backward compat")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -46,9 +49,12 @@ def library_optimizer(name: str) -> type:
         if attr not in timm.optim.list_optimizers():
             raise ConfigError(f"unknown optimizer name: {name!r} (timm knows: {', '.join(timm.optim.list_optimizers())})")
         try:
-            return timm.optim.get_optimizer_class(attr)
+            cls = timm.optim.get_optimizer_class(attr)
         except Exception as exc:  # e.g. bitsandbytes' `assert torch.cuda.is_available()`
             raise ConfigError(f"optimizer {name!r} cannot be used here: {describe(exc)}") from None
+        if timm.optim.get_optimizer_info(attr).has_momentum:
+            cls = functools.partial(cls, momentum=TIMM_MOMENTUM)  # timm's own default, as its factory gives it
+        return cls
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
