@@ -3,8 +3,11 @@
 where DDP cannot serve them; a user's optimizer declares its own (examples/sam_sgd.py)."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import subprocess
 import sys
 
 import pandas as pd
@@ -140,3 +143,29 @@ def test_a_step_that_raises_on_the_numbers_of_a_diverged_run_ends_it_diverged(tm
     status = rundir.read_status(tmp_path / "run")
     assert re.fullmatch(r"non-finite loss or gradient at step \d", status["reason"]), status
     assert status["step"] < 6
+
+
+@pytest.mark.long
+def test_a_closure_and_schedule_free_under_two_rank_ddp(tmp_path, fmnist_tiny):
+    """Two gloo ranks (tests/ddp_probe.py): SAM's closure (its loss averaged over the ranks) and
+    schedule-free's evaluations at x (BatchNorm re-estimated on the same batches on every rank) keep
+    the ranks' weights bit-identical after every step, and both runs finish."""
+    plan = [{"out": str(tmp_path / "sam"), "sync": True,
+             "overrides": fmnist_tiny + SHORT + ["optim.imports=[examples/sam_sgd.py]", "optim.name=sam_sgd"]},
+            {"out": str(tmp_path / "sf"), "sync": True,
+             "overrides": fmnist_tiny + SHORT + ["optim.name=pytorch_optimizer:ScheduleFreeSGD", "optim.lr=0.5",
+                                                 "schedule.name=flat", "train.eval_every_steps=2",
+                                                 "train.eval_subset=256"]}]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "tests" / "ddp_probe.py"), str(tmp_path / "plan.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("sam", "sf"):
+        probe = json.loads((tmp_path / name / "probe.json").read_text())
+        assert probe["state"] == "done" and len(probe["steps"]) == 6
+        assert all(r["weights_equal"] for r in probe["steps"]), name
+    evals = pd.read_parquet(tmp_path / "sf" / rundir.EVAL)
+    assert list(evals.step) == [2, 4, 6] and evals.loss.map(math.isfinite).all()
