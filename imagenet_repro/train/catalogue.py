@@ -286,6 +286,8 @@ def run_catalogue(base: DictConfig, names: Iterable[str], steps: int = 8, eval_i
     """Try each of ``names`` on ``base``'s model (a built RunConfig) in this process; ``report(trial)``
     is called after each."""
     batches = read_batches(base, steps, eval_images)
+    if base.train.threads > 0:
+        torch.set_num_threads(base.train.threads)  # as the trainer (after the loader, which sets its own)
     trials = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 230 libraries' deprecation notes would bury the table
