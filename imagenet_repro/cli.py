@@ -202,7 +202,7 @@ def _optimizers(args: argparse.Namespace) -> int:
     trials = run_catalogue(cfg, names, steps=args.steps, eval_images=args.eval_images, report=report)
     c = counts(trials)
     print(f"{len(trials)} optimizers: " + ", ".join(f"{c[o]} {o}" for o in ("works", "refused", "diverged", "failed"))
-          + "; refused: " + ", ".join(f"{n} {g}" for g, n in c["refused_by_reason"].items()))
+          + "; refused: " + (", ".join(f"{n} {g}" for g, n in c["refused_by_reason"].items()) or "none"))
     if args.table:
         atomic_write_text(outputs[0], markdown(trials, " ".join([args.config, *args.overrides]), args.steps,
                                                args.libraries))

@@ -102,12 +102,13 @@ def library_defaults(name: str) -> dict:
 def reason_group(message: str) -> str:
     """The kind of a refusal line, for the table's counts."""
     groups = (("CUDA required", "needs CUDA (bitsandbytes, APEX)"),
+              ("ImportError", "needs a package that is not installed"),
               ("takes the model", "takes the model, not parameter groups"),
               ("wraps another optimizer", "wraps another optimizer"),
               ("torch.distributed process group", "needs its own process group"),
               ("Missing mandatory value", "a required key with no default"),
               ("fails its first step", "its first step fails on the probe network"),
-              ("refuses these settings", "its constructor refuses its own defaults"),
+              ("refuses these settings", "its constructor refuses (the suite's groups or its own defaults)"),
               ("ranks here", "one rank only"))
     return next((group for pattern, group in groups if pattern in message), "other")
 
@@ -189,9 +190,9 @@ def _evaluate(model: torch.nn.Module, val: list[tuple[torch.Tensor, torch.Tensor
     return hits / count, loss / count
 
 
-def _train(cfg: DictConfig, batches: Batches) -> tuple[float, float, float, bool]:
+def _train(cfg: DictConfig, batches: Batches) -> tuple[float, float, float, Optional[int]]:
     """A few steps of ``cfg``'s model and optimizer, as the trainer takes them: (final loss,
-    eval top-1, eval loss, finite)."""
+    eval top-1, eval loss, the first step with a non-finite loss or norm: None if none)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.data.num_classes)
     optimizer = build_optimizer(model, cfg.optim, example_input=batches.train[0][0][:2])
@@ -215,17 +216,20 @@ def _train(cfg: DictConfig, batches: Batches) -> tuple[float, float, float, bool
             optimizer_step(optimizer, caps, model, forward_loss, world_size=1)
         except Exception:  # as the trainer: a step that meets the numbers of a diverged run ends it diverged
             if not telemetry.flush():
-                return math.nan, math.nan, math.nan, False
+                return math.nan, math.nan, math.nan, telemetry.diverged_at
             raise
         telemetry.after_step()
-    finite = telemetry.flush()
+    if not telemetry.flush():
+        return telemetry.last["loss"], math.nan, math.nan, telemetry.diverged_at
     with point(0):
         top1, eval_loss = _evaluate(model, batches.val)
-    return telemetry.last["loss"], top1, eval_loss, finite and math.isfinite(eval_loss)
+    return telemetry.last["loss"], top1, eval_loss, None if math.isfinite(eval_loss) else steps
 
 
-def corrected_variant(cfg: DictConfig) -> bool:
-    """Whether ``optim.corrected_decay`` changes ``cfg``'s optimizer's step (see the module docstring)."""
+def corrected_variant(cfg: DictConfig, steps: int = 8) -> bool:
+    """Whether ``optim.corrected_decay`` changes ``cfg``'s optimizer's steps (see the module docstring):
+    ``steps`` steps on the probe network, as some optimizers take no step at first (RAdam's
+    rectification, ADOPT's and SOAP's first step only initialise their statistics)."""
     out = []
     for switch in (False, True):
         section = OmegaConf.to_container(cfg.optim, resolve=True) | {"weight_decay": 0.1, "corrected_decay": switch}
@@ -235,14 +239,16 @@ def corrected_variant(cfg: DictConfig) -> bool:
             images, labels = torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 2, 0])
             optimizer = build_optimizer(model, OmegaConf.create(section), example_input=images)
             caps = capabilities_of(type(optimizer))
-            for group in optimizer.param_groups:
-                group["lr"] = group["peak_lr"] / 2
 
             def forward_loss() -> torch.Tensor:
                 return F.cross_entropy(model(images), labels)
 
-            forward_loss().backward(create_graph=caps.create_graph)
-            optimizer_step(optimizer, caps, model, forward_loss, world_size=1)
+            for _ in range(steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = group["peak_lr"] / 2
+                optimizer.zero_grad(set_to_none=True)
+                forward_loss().backward(create_graph=caps.create_graph)
+                optimizer_step(optimizer, caps, model, forward_loss, world_size=1)
             out.append([p.detach().clone() for g in optimizer.param_groups if g["normalized"] for p in g["params"]])
     return any(not torch.equal(a, b) for a, b in zip(*out))
 
@@ -271,9 +277,12 @@ def try_optimizer(base: DictConfig, name: str, batches: Batches) -> Trial:
         trial.seconds = time.perf_counter() - start
         return trial
     try:
-        trial.final_loss, trial.eval_top1, _, finite = _train(cfg, batches)
-        trial.outcome = "works" if finite else "diverged"
-        if finite and "weight_decay" in inspect.signature(library_optimizer(name)).parameters:
+        trial.final_loss, trial.eval_top1, _, diverged_at = _train(cfg, batches)
+        trial.outcome = "works" if diverged_at is None else "diverged"
+        if diverged_at is not None:
+            trial.reason = (f"non-finite loss or gradient at step {diverged_at}" if diverged_at < len(batches.train)
+                            else "non-finite evaluation loss")
+        elif "weight_decay" in inspect.signature(library_optimizer(name)).parameters:
             trial.corrected = corrected_variant(cfg)
     except Exception as exc:  # the suite's bug or the optimizer's: shown, never hidden
         trial.outcome, trial.reason = "failed", describe(exc)
@@ -327,16 +336,16 @@ def markdown(trials: list[Trial], config: str, steps: int, libraries: Iterable[s
         f"{platform.machine()} CPU without CUDA ({versions}). `imagenet_repro/train/catalogue.py` says how each is tried.",
         "",
         f"**{len(trials)} optimizers: {c['works']} work, {c['refused']} are refused at config time in one line, "
-        f"{c['diverged']} diverge, {c['failed']} fail.** Refusals by reason: {reasons or 'none'}. "
+        f"{c['diverged']} diverged, {c['failed']} failed.** Refusals by reason: {reasons or 'none'}. "
         f"{c['corrected_variant']} have a corrected variant (`optim.corrected_decay: true` changes their step).",
         "",
-        "| optimizer | outcome | needs | corrected variant | default LR, λ | why refused |",
+        "| optimizer | outcome | needs | corrected variant | default LR, λ | why refused, or diverged |",
         "|---|---|---|---|---|---|",
     ]
     for t in trials:
         corrected = {True: "yes", False: "no (its decay ignores the group's weight_decay)", None: "-"}[t.corrected]
         needs = ", ".join(t.needs) or "-"
-        why = _cell(t.reason) if t.outcome != "works" else ""
+        why = _cell(t.reason)
         lines.append(f"| `{t.name}` | {t.outcome} | {needs} | {corrected} | {t.lr:g}, {t.weight_decay:g} | {why} |")
     return "\n".join(lines) + "\n"
 
