@@ -210,7 +210,7 @@ def _optimizers(args: argparse.Namespace) -> int:
         from imagenet_repro.train.catalogue import as_records
 
         atomic_write_text(outputs[-1], json.dumps(as_records(trials), indent=1, default=str) + "\n")
-    return 1 if c["failed"] or c["diverged"] else 0
+    return 1 if c["failed"] else 0  # a traceback is the suite's bug; a divergence is reported
 
 
 def _demo(args: argparse.Namespace) -> int:

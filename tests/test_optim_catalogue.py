@@ -45,7 +45,7 @@ def rows(table: str) -> dict[str, list[str]]:
 
 def test_one_optimizer_per_capability(tmp_path, fmnist_betons, capsys):
     code, trials, table = catalogue(tmp_path, fmnist_betons, list(ONE_PER_CAPABILITY))
-    assert code == 1  # one diverged
+    assert code == 0  # (a divergence is reported, not an error: only a failure exits 1)
     by_name = {t["name"]: t for t in trials}
     table_rows = rows(table)
     for name, (outcome, needs) in ONE_PER_CAPABILITY.items():
