@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -189,6 +190,101 @@ def test_timeout_signal_checkpoints_at_a_step_boundary_requeues_and_finishes_exa
     status = rundir.read_status(target.run_dir)
     assert status["state"] == "done" and status["job_id"] == job_id and restarts(job_id) == 1
     assert status["resumed_from_step"] == step  # from the checkpoint written at the signal's step boundary
+    assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
+
+
+# ---------------------------------------------------------------------------- several ranks
+TWO_TASKS = "slurm: {cpus_per_task: 1, tasks_per_node: 2, timeout_min: 10, signal_delay_s: 10}\n"
+
+
+def two_task_specs(tmp_path: Path, names: tuple[str, ...], epochs: int = 5) -> list[Path]:
+    """Tiny specs whose one run is a 2-task SLURM job (2 DDP ranks over gloo), the signal 10 s
+    before the time limit as the rehearsal sets it."""
+    specs = [tiny_spec(tmp_path, f"{n}{os.getpid()}", "  optimizer: [sgd]\n  seed: [6]\n", epochs=epochs)
+             for n in names]
+    for spec in specs:
+        text = spec.read_text()
+        assert "slurm: {cpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}" in text
+        spec.write_text(text.replace("slurm: {cpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}\n", TWO_TASKS))
+    return specs
+
+
+def wait_until(what: str, done, seconds: float = 300.0, poll_s: float = 0.1):
+    deadline = time.monotonic() + seconds
+    while not (value := done()):
+        assert time.monotonic() < deadline, what
+        time.sleep(poll_s)
+    return value
+
+
+def job_gone(job_id: str) -> bool:
+    return not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
+def test_two_task_job_signalled_stops_every_rank_at_one_step_requeues_and_resumes_exactly(slurm_cluster, tmp_path,
+                                                                                           capsys):
+    """`scancel --signal=USR2` of a running 2-task job: SLURM delivers the signal to both tasks,
+    each meets it at its own step boundary; the ranks agree on one step, rank 0 writes one
+    checkpoint and requeues the job, the requeued job resumes there and ends with the tables
+    of an uninterrupted 2-task run."""
+    ref, sig = two_task_specs(tmp_path, ("mref", "msig"))
+    assert launch(sig, cluster="slurm", wait=False) == 0
+    target = run_refs(load_spec(sig))[0]
+    wait_until("run never reached epoch 1", lambda: (rundir.read_status(target.run_dir).get("epoch") or 0) >= 1)
+    job_id = claims.read_claim(target.run_dir)["job_id"]
+    assert rundir.read_status(target.run_dir)["world_size"] == 2 and restarts(job_id) == 0
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    interrupted = wait_until("the ranks never took the signal", lambda: (
+        st := rundir.read_status(target.run_dir)).get("reason", "").startswith("interrupted by") and st)
+    step = interrupted["step"]
+    assert interrupted["reason"] == (f"interrupted by SIGUSR2 at step {step} (seen by rank 0, 1 of 2); "
+                                     f"resumes from its checkpoint")
+    assert 4 <= step < 20  # after epoch 1 (4 steps), before the end
+    wait_until("the job was not requeued", lambda: restarts(job_id) == 1, poll_s=0.2)
+    assert launch(sig, cluster="slurm", poll_s=1.0) == 0  # nothing new submitted: the requeued job is live
+    assert "submitted 0 runs" in capsys.readouterr().out
+    assert launch(ref, cluster="slurm", poll_s=1.0) == 0
+
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "done" and status["job_id"] == job_id and restarts(job_id) == 1
+    assert status["resumed_from_step"] == step and status["resumed_after"] == interrupted["reason"]
+    assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_killed_rank_ends_its_job_promptly_with_a_status_naming_it_and_a_resweep_resumes_exactly(
+        slurm_cluster, tmp_path, capsys):
+    """kill -9 of rank 1 of a running 2-task job (what the OOM killer does): srun's
+    --kill-on-bad-exit ends the step at once, rank 0 finds rank 1's process gone and says so in
+    status.json before it is killed; a re-sweep resubmits the failed run, which resumes from its
+    last checkpoint and ends with the tables of an uninterrupted run."""
+    ref, sweep = two_task_specs(tmp_path, ("kref", "kill"), epochs=4)
+    assert launch(sweep, cluster="slurm", wait=False) == 0
+    target = run_refs(load_spec(sweep))[0]
+    st = wait_until("run never reached epoch 1", lambda: (
+        st := rundir.read_status(target.run_dir)).get("epoch", 0) >= 1 and st.get("ranks") and st)
+    job_id = claims.read_claim(target.run_dir)["job_id"]
+    rank1 = next(r for r in st["ranks"] if r["rank"] == 1)
+    killed_at = time.monotonic()
+    os.kill(rank1["pid"], signal.SIGKILL)
+    wait_until("the job outlived its killed rank", lambda: job_gone(job_id), seconds=120, poll_s=0.2)
+    print(f"job {job_id} gone {time.monotonic() - killed_at:.1f} s after kill -9 of rank 1")
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "failed" and status["failed_rank"] == 1, status
+    assert status["reason"].startswith(f"rank 1 (pid {rank1['pid']} on {rank1['host']}) of 2 died at step "), status
+    assert " without a word (killed: kill -9, the OOM killer or a native crash)" in status["reason"]
+    assert classify_all(run_refs(load_spec(sweep)))[0].state == "failed"
+
+    assert launch(sweep, cluster="slurm", poll_s=1.0) == 0  # the re-sweep: the failed run resubmitted
+    assert "submitted 1 runs" in capsys.readouterr().out
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "done" and status["resumed_from_step"] >= 4  # from a checkpoint past epoch 1
+    assert status["resumed_after"].startswith("rank 1 (pid ")
+    assert launch(ref, cluster="slurm", poll_s=1.0) == 0
     assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
 
 

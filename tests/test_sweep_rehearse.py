@@ -4,6 +4,7 @@ gloo, real SLURM when the cluster is up, else submitit's local executor)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,9 @@ def test_flagship_rehearses_clean_under_two_rank_ddp(rehearsal_root):
     assert len(rows) == 2
     for row in rows:
         assert "  2  " in row and " yes " in row and row.rstrip().endswith("none"), row
+    # the time-limit signal reaching rank 1 at step 4 and rank 0 at step 5: one stop at step 4, exact resume
+    assert re.search(r"^multi-rank signal \(.*2 ranks, SIGUSR2 at steps 5, 4 of ranks 0\.\.1\): every rank stopped "
+                     r"at step 4, one checkpoint, resumed exactly$", out, re.M), out[-3000:]
     assert "not rehearsed here (no GPU): CUDA" in out
     assert (root / "results" / "paper_fig5" / "figures" / "fig5_training_curves.png").is_file()
     assert real_sweep.exists() == existed  # the real sweep's folder is not the rehearsal's
