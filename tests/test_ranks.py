@@ -50,7 +50,8 @@ def torchrun(tmp_path: Path, ranks: int, plan: dict, name: str = "plan") -> subp
 
 def seen_steps(out: Path, rank: int) -> list[int]:
     """The steps rank ``rank`` saw end, in order (tests/rank_signals.py's log)."""
-    return [int(x) for x in out.with_name(f"{out.name}.rank{rank}").read_text().split() if x.isdigit()]
+    lines = out.with_name(f"{out.name}.rank{rank}").read_text().splitlines()
+    return [int(line) for line in lines if not line.startswith("exit ")]
 
 
 def exit_codes(out: Path, ranks: int) -> dict[int, int]:

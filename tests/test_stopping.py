@@ -178,3 +178,13 @@ def test_the_first_signal_names_the_stop_and_a_foreign_handler_is_handed_over():
         assert calls == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, old)
+
+
+def test_a_collective_failure_is_told_from_a_rank_own_error():
+    from imagenet_repro.train.distributed import is_collective_failure
+
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:40599. This is typically caused by a remote worker crashing.")
+    assert is_collective_failure(gloo)
+    assert not is_collective_failure(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_collective_failure(ValueError("Connection closed by peer"))  # not a collective's error type

@@ -176,6 +176,16 @@ def dead_peers(peers: list[dict], settle_s: float = 2.0) -> list[dict]:
         time.sleep(0.05)
 
 
+def is_collective_failure(exc: BaseException) -> bool:
+    """``exc`` is a collective that failed because a peer is gone (gloo: connection closed or
+    reset; NCCL: a communicator error or a timeout), not an error of this rank's own."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(mark in text for mark in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "ProcessGroup", "timed out"))
+
+
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

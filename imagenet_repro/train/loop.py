@@ -79,6 +79,7 @@ from imagenet_repro.train.distributed import (
     broadcast_buffers,
     dead_peers,
     init_from_env,
+    is_collective_failure,
     peer_processes,
     settle_buckets,
     shutdown,
@@ -496,16 +497,6 @@ class Trainer:
             extra["reason"] = f"non-finite loss or gradient at step {at}" if at is not None else "non-finite eval loss"
         self._status(state, **extra)
         return state
-
-
-def is_collective_failure(exc: BaseException) -> bool:
-    """``exc`` is a collective that failed because a peer is gone (gloo: connection closed or
-    reset; NCCL: a communicator error or a timeout), not an error of this rank's own."""
-    if isinstance(exc, torch.distributed.DistError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(mark in text for mark in (
-        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "ProcessGroup", "timed out"))
 
 
 def run_training(cfg: DictConfig, out_dir: str | Path, callbacks: Iterable[Callback] = (),
