@@ -3,6 +3,7 @@ the device choice per rank, NCCL's device binding, cuDNN flags, the ffcv GPU pip
 and the torch normalisation that replaces ffcv's cupy one."""
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -107,12 +108,17 @@ def test_nccl_is_bound_to_the_rank_gpu(fake_cuda, monkeypatch):
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(dist, "new_group", lambda **kw: calls.append(("new_group", kw)) or "control")
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "6")
     monkeypatch.setenv("LOCAL_RANK", "2")
-    d, device = distributed.init_from_env("cuda")
+    d, device = distributed.init_from_env("cuda", timeout_min=3)
     assert (d.rank, d.world_size, d.local_rank) == (6, 8, 2) and device == torch.device("cuda", 2)
-    assert calls == [("nccl", {"rank": 6, "world_size": 8, "device_id": torch.device("cuda", 2)})]
+    timeout = datetime.timedelta(minutes=3)  # the config's, not torch's 10-minute NCCL default
+    assert calls == [("nccl", {"rank": 6, "world_size": 8, "device_id": torch.device("cuda", 2), "timeout": timeout}),
+                     ("new_group", {"backend": "gloo", "timeout": timeout})]  # the host-side control group
+    assert d.control == "control"
 
 
 def test_cudnn_autotunes_unless_deterministic():
