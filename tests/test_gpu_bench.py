@@ -165,3 +165,44 @@ def test_torch_normalize_writes_channels_last_float_into_ffcvs_buffer():
     expected = (images.float() - op.mean) / op.std
     torch.testing.assert_close(out, expected)
     assert out.data_ptr() == dst.data_ptr()  # written in place, no allocation per batch
+
+
+# ---- train.deterministic: cuBLAS's workspace before CUDA starts ---------------------------------
+class _DeviceChosen(Exception):
+    pass
+
+
+def _cublas_at_device_choice(monkeypatch, deterministic: bool) -> list:
+    """CUBLAS_WORKSPACE_CONFIG as the Trainer finds it when it picks its device (where CUDA starts)."""
+    from imagenet_repro.config import build_config, read_yaml
+    from imagenet_repro.train import loop
+
+    seen = []
+
+    def init_from_env(device):
+        seen.append(__import__("os").environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        raise _DeviceChosen
+
+    monkeypatch.setattr(loop, "init_from_env", init_from_env)
+    cfg = build_config(read_yaml(ROOT / "experiments" / "imagenet_resnet50_faithful.yaml"),
+                       {"train": {"deterministic": deterministic}}, check_paths=False)
+    with pytest.raises(_DeviceChosen):
+        loop.Trainer(cfg, Path("unused"))
+    return seen
+
+
+def test_deterministic_run_sets_cublas_workspace_before_cuda_starts(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert _cublas_at_device_choice(monkeypatch, True) == [":4096:8"]
+
+
+def test_deterministic_run_keeps_a_deterministic_value_and_replaces_another(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    assert _cublas_at_device_choice(monkeypatch, True) == [":16:8"]
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    assert _cublas_at_device_choice(monkeypatch, True) == [":4096:8"]
+
+
+def test_a_run_that_need_not_be_deterministic_leaves_cublas_alone(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert _cublas_at_device_choice(monkeypatch, False) == [None]

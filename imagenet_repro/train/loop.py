@@ -62,6 +62,7 @@ from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
 from imagenet_repro.train.callbacks import Callback
 from imagenet_repro.train.checkpoint import CheckpointError, kept_checkpoint, load_latest, save_checkpoint
+from imagenet_repro.train.determinism import fix_cublas_workspace
 from imagenet_repro.train.distributed import all_reduce_sum, init_from_env, shutdown
 from imagenet_repro.train.manifest import build_manifest
 from imagenet_repro.train.schedule import LRSchedule
@@ -98,6 +99,7 @@ class Trainer:
         self.cfg = cfg
         self.callbacks: list[Callback] = list(callbacks)  # told of each step end, epoch end, checkpoint
         self.out = Path(out_dir)
+        fix_cublas_workspace(cfg.train.deterministic)  # before CUDA starts (init_from_env binds the device)
         self.dist, self.device = init_from_env(cfg.train.device)
         check_placement(cfg, self.dist.world_size, self.device.type == "cuda")
         if cfg.train.threads > 0:
