@@ -1018,6 +1018,20 @@ def headline(name: str, r: dict) -> str:
     return f"{r.get('phase_s', '?')} s; " + "; ".join(b for b in bits if b)
 
 
+def earlier_phases(path: Path, result: dict) -> dict:
+    """The phases an earlier run wrote to ``path`` on the same card, torch and scale: a rerun of
+    some phases (or one whose phase is skipped by the deadline) keeps them, marked ``kept_from_run``."""
+    from imagenet_repro import files
+
+    old = files.read_json(path) if path.is_file() else None
+    env, old_env = result["environment"], (old or {}).get("environment") or {}
+    if not old or old.get("scale") != result["scale"] or any(
+            old_env.get(k) != env.get(k) for k in ("torch", "nvidia_smi", "machine")):
+        return {}
+    return {"_started": old.get("started"), **{p: old[p] for p in PHASE_NAMES if isinstance(old.get(p), dict)
+                                                and not {"skipped", "error", "timed_out"} & set(old[p])}}
+
+
 def parse_caps(text: str) -> dict[str, float]:
     caps = {}
     for item in filter(None, text.split(",")):
@@ -1079,18 +1093,28 @@ def main(argv: list[str] | None = None) -> int:
                     "targets": TARGETS, "environment": environment(device, sc)}
     out_copy = Path(os.environ["OUT"]) / result_path.name if os.environ.get("OUT") else None
 
-    def write() -> None:
+    earlier = earlier_phases(result_path, result)
+
+    def write() -> dict:
         result["wall_s"] = round(time.perf_counter() - t_start, 1)
-        result["target_checks"] = evaluate_targets(result)
-        _write_json(result_path, result)
+        kept = {p: r for p, r in earlier.items() if p not in result or "skipped" in result[p]}
+        whole = {**result, **{p: {**r, "kept_from_run": r.get("kept_from_run") or earlier["_started"]}
+                              for p, r in kept.items() if p != "_started"}}
+        for p in PHASE_NAMES:  # a phase that failed this time keeps the earlier run's finished one beside it
+            if p in result and p in earlier and ("error" in result[p] or result[p].get("timed_out")):
+                whole[p] = {**result[p], "earlier_run": {k: v for k, v in earlier[p].items() if k != "earlier_run"}}
+        whole = {k: whole[k] for k in [*result, *(p for p in PHASE_NAMES if p in whole and p not in result)]}
+        whole["target_checks"] = evaluate_targets(whole)
+        _write_json(result_path, whole)
         if out_copy is not None:
-            _write_json(out_copy, result)
+            _write_json(out_copy, whole)
+        return whole
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cap_of = {p.name: caps.get(p.name, TINY_CAP_S if tiny else p.cap_s) for p in PHASES}
     try:
-        write()
+        shown = write()
         for phase in phases:
             left = math.inf if deadline_s is None else deadline_s - (time.perf_counter() - t_start)
             cap = min(cap_of[phase], left)
@@ -1102,14 +1126,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"gpu.py: {phase} (cap {cap:.0f} s) ...", flush=True)
                 result[phase] = run_phase(phase, cap, tiny, device, work)
             print(f"gpu.py: {phase}: {headline(phase, result[phase])}", flush=True)
-            write()
+            shown = write()
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\ngpu.py: {sc.name} scale, {result['wall_s']} s; wrote {result_path}" + (f" and {out_copy}" if out_copy else ""))
     for phase in phases:
-        print(f"  {phase:15s} {headline(phase, result[phase])}")
-    for name, check in result["target_checks"].items():
+        kept = shown[phase].get("kept_from_run")
+        print(f"  {phase:15s} {headline(phase, result[phase])}" + (f" (the run of {kept} kept)" if kept else ""))
+    for phase in (p for p in PHASE_NAMES if p in shown and p not in phases):
+        print(f"  {phase:15s} kept from the run of {shown[phase]['kept_from_run']}")
+    for name, check in shown["target_checks"].items():
         print(f"  target {name}: {check['pass']} {check['values']}")
     return 0
 

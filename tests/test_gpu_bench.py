@@ -144,6 +144,23 @@ def test_the_deadline_skips_what_does_not_fit(tmp_path):
     assert r["target_checks"]["optimizer_over_fastest_torch <= 1.10"]["pass"] is None
 
 
+def test_a_rerun_of_some_phases_keeps_the_earlier_runs_finished_ones(tmp_path):
+    out = tmp_path / "gpu.json"
+    gpu = [sys.executable, "benchmarks/gpu.py", "--tiny", "--out", str(out)]
+    run = lambda *args: subprocess.run(gpu + list(args), cwd=ROOT, capture_output=True, text=True,  # noqa: E731
+                                       timeout=300, env=_env())
+    assert run("--phases", "compile", "--deadline-s", "0.001").returncode == 0
+    first = json.loads(out.read_text())  # stands for a first call's finished phases, on this machine
+    first["optim"] = {"exit": 0, "ratio_vs_fastest_torch": {"sgd[foreach]": 1.01}}
+    first["compile"] = {"exit": 0, "compiled_over_eager": 0.8}
+    out.write_text(json.dumps(first))
+    assert run("--phases", "optim", "--caps", "optim=1").returncode == 0  # the rerun: killed at its cap
+    r = json.loads(out.read_text())
+    assert r["compile"]["compiled_over_eager"] == 0.8 and r["compile"]["kept_from_run"] == first["started"]
+    assert r["optim"]["timed_out"] and r["optim"]["earlier_run"]["ratio_vs_fastest_torch"] == {"sgd[foreach]": 1.01}
+    assert r["target_checks"]["optimizer_over_fastest_torch <= 1.10"]["values"] == []  # the rerun's own numbers
+
+
 # ---- the method ----------------------------------------------------------------------------------
 class _Clock:
     """Device time as a cost model: the benchmark's clock, advanced by what the fake step does."""
@@ -246,6 +263,29 @@ def test_gpu_hours_per_epoch_is_one_gpus_share_of_train_and_eval(monkeypatch):
     assert r["spec_estimate"] == 0.25 and r["measured_over_estimate"] == pytest.approx(0.3587 / 0.25, abs=1e-3)
     assert r["spec_line"].startswith("gpu_hours_per_epoch: 0.25  # estimate; measured 0.3587 on one NVIDIA H100")
     assert "224 px, 32/GPU, 10 loader workers on 10 CPUs" in r["spec_line"]
+
+
+def test_at_gpu_scale_each_config_runs_at_its_sweeps_own_settings(monkeypatch):
+    """224 px (faithful) and 160 -> 192 px (budget), 256 / the spec's 8 GPUs = 32 per GPU with the
+    lr scaled to it, the config's 10 loader workers = the spec's cpus_per_task, telemetry 50/50."""
+    from imagenet_repro import config
+
+    gpu = _gpu_bench()
+    monkeypatch.setattr(gpu, "load_config", lambda path, overrides: config.build_config(  # no data files here
+        config.read_yaml(path), config._parse_overrides(list(overrides)), check_paths=False))
+    sc = gpu.Scale(tiny=False)
+    ctx = SimpleNamespace(sc=sc, device=torch.device("cuda", 0))
+    data = {"train_beton": "/x/train.beton", "val_beton": "/x/val.beton", "val_images": 512}
+    f, b = gpu.flagship_cfg(ctx, "faithful", data, []), gpu.flagship_cfg(ctx, "budget", data, [])
+    for cfg, res, lr in ((f, (224, 224, 224), 0.1 * 32 / 256), (b, (160, 192, 256), 0.125 * 32 / 256)):
+        assert (cfg.data.batch_size, cfg.data.num_workers, cfg.optim.lr) == (32, 10, lr)
+        assert sc.resolutions("faithful" if cfg is f else "budget", cfg) == res
+        assert cfg.model.name == "resnet50" and cfg.model.channels_last and cfg.train.amp and cfg.data.backend == "ffcv"
+        assert cfg.telemetry.flush_every == cfg.telemetry.layer_every == 50 and not cfg.train.deterministic
+    assert sc.speed_configs("faithful", 32, f) == [(32, 224)] and sc.speed_configs("budget", 32, b) == [(32, 160), (512, 160)]
+    for name in ("faithful", "budget"):
+        s = gpu.flagship_settings(name)
+        assert s["per_gpu_batch"] == 32 and s["num_workers"] == s["cpus_per_task"] == 10
 
 
 def test_a_rerun_reuses_the_data_only_when_it_is_whole_and_of_the_same_sizes(tmp_path):
