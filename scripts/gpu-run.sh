@@ -9,8 +9,9 @@
 # its timeout, leaving the session's 15 minutes room for one rerun).  Everything comes back under
 # $OUT: gpu.json (written after every phase), gpu.log (this whole output) and the training
 # checks' tables (faithful_train_*.parquet, budget_train_*.parquet): six files.  Arguments go to
-# gpu.py (a rerun of what did not fit: `bash scripts/gpu-run.sh --phases compile --caps compile=240`);
-# the data a first call wrote under $GPU_BENCH_WORKDIR is reused by a rerun on the same machine.
+# gpu.py (a second call for what the first did not reach: `bash scripts/gpu-run.sh --phases
+# variants,optim,loader,compile`); on the same (warm) machine it reuses the first call's data and
+# keeps its finished phases in gpu.json (both from $GPU_BENCH_WORKDIR).
 #
 # On a machine without CUDA the same command runs every phase tiny (the CPU check of this
 # command: `PYTHON=.venv/bin/python OUT=/tmp/x bash scripts/gpu-run.sh`; GPU_BENCH_TINY=1 forces

@@ -144,18 +144,24 @@ def test_the_deadline_skips_what_does_not_fit(tmp_path):
     assert r["target_checks"]["optimizer_over_fastest_torch <= 1.10"]["pass"] is None
 
 
-def test_a_rerun_of_some_phases_keeps_the_earlier_runs_finished_ones(tmp_path):
-    out = tmp_path / "gpu.json"
-    gpu = [sys.executable, "benchmarks/gpu.py", "--tiny", "--out", str(out)]
-    run = lambda *args: subprocess.run(gpu + list(args), cwd=ROOT, capture_output=True, text=True,  # noqa: E731
-                                       timeout=300, env=_env())
-    assert run("--phases", "compile", "--deadline-s", "0.001").returncode == 0
-    first = json.loads(out.read_text())  # stands for a first call's finished phases, on this machine
+@pytest.mark.parametrize("where", ["same --out", "a warm GPU machine's workdir"])
+def test_a_rerun_of_some_phases_keeps_the_earlier_runs_finished_ones(tmp_path, where):
+    """Locally the earlier run's JSON is at --out; on a warm device machine the repo's copy is
+    re-sent each call (results/bench/gpu.json gone), the workdir's copy stays."""
+    first_out, work = tmp_path / "a" / "gpu.json", tmp_path / "work"
+    rerun_out = first_out if where == "same --out" else tmp_path / "b" / "gpu.json"
+    gpu = [sys.executable, "benchmarks/gpu.py", "--tiny", "--workdir", str(work)]
+    run = lambda out, *args: subprocess.run(gpu + ["--out", str(out), *args], cwd=ROOT, capture_output=True,  # noqa: E731
+                                            text=True, timeout=300, env=_env())
+    assert run(first_out, "--phases", "compile", "--deadline-s", "0.001").returncode == 0
+    first = json.loads(first_out.read_text())  # stands for a first call's finished phases, on this machine
     first["optim"] = {"exit": 0, "ratio_vs_fastest_torch": {"sgd[foreach]": 1.01}}
     first["compile"] = {"exit": 0, "compiled_over_eager": 0.8}
-    out.write_text(json.dumps(first))
-    assert run("--phases", "optim", "--caps", "optim=1").returncode == 0  # the rerun: killed at its cap
-    r = json.loads(out.read_text())
+    assert json.loads((work / "gpu.json").read_text())["started"] == first["started"]
+    for path in (first_out, work / "gpu.json"):
+        path.write_text(json.dumps(first))
+    assert run(rerun_out, "--phases", "optim", "--caps", "optim=1").returncode == 0  # the rerun: killed at its cap
+    r = json.loads(rerun_out.read_text())
     assert r["compile"]["compiled_over_eager"] == 0.8 and r["compile"]["kept_from_run"] == first["started"]
     assert r["optim"]["timed_out"] and r["optim"]["earlier_run"]["ratio_vs_fastest_torch"] == {"sgd[foreach]": 1.01}
     assert r["target_checks"]["optimizer_over_fastest_torch <= 1.10"]["values"] == []  # the rerun's own numbers
