@@ -9,7 +9,9 @@ device call's timeout.  After every phase the driver writes the whole JSON
 (``results/bench/gpu.json``, and ``$OUT/gpu.json`` when ``OUT`` is set): a phase's numbers are
 kept as soon as it ends, also when a later one fails, is killed at its cap or never starts
 (``skipped: deadline``).  A phase writes its partial numbers as it goes, so one killed at its cap
-still reports what it measured.
+still reports what it measured.  A rerun of some phases (``--phases``) keeps the earlier run's
+finished phases of the same card, torch and scale (``kept_from_run``; from the result file, or
+on a warm GPU machine, whose copy of the repository is re-sent each call, from the workdir's copy).
 
     phase           cap (s)  what
     data               60    synthetic ImageNet-shaped JPEGs (:mod:`imagenet_repro.data.synthetic`,

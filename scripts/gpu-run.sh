@@ -34,4 +34,4 @@ workdir=${GPU_BENCH_WORKDIR:-${TMPDIR:-/tmp}/gpu-bench-work}
   echo "gpu-run: $(date -Is) on $(hostname); python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'); wheels: $(cd "$wheels" && echo *.whl)"
   nvidia-smi -L 2>&1 || echo "gpu-run: nvidia-smi: not here"
   "$PYTHON" benchmarks/gpu.py --workdir "$workdir" "$@"
-} 2>&1 | tee "$OUT/gpu.log"
+} 2>&1 | tee -a "$OUT/gpu.log"  # -a: a rerun into the same OUT keeps the first log
