@@ -114,54 +114,52 @@ def test_device_command_refuses_without_out_or_wheels(tmp_path):
     (["--caps", "warp=5"], "expected PHASE=SECONDS"),
     (["--deadline-s", "0"], "must be > 0"),
 ])
-def test_gpu_bench_rejects_bad_input_in_one_line_writing_nothing(tmp_path, args, message):
-    out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", *args, "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=_env(OUT=str(tmp_path)))
-    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_gpu_bench_rejects_bad_input_in_one_line_writing_nothing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert _gpu_bench().main([*args, "--out", str(tmp_path / "gpu.json")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_a_phase_past_its_cap_is_killed_and_recorded(tmp_path):
-    out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--tiny", "--phases", "optim", "--caps", "optim=1",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(out.read_text())  # (the child imports torch and times 11 optimizers: far past 1 s)
+def _main(*args) -> dict:
+    """gpu.py's driver in this process (its phases still run as child processes); the JSON it wrote."""
+    out = Path(args[args.index("--out") + 1])
+    assert _gpu_bench().main(["--tiny", *args]) == 0
+    return json.loads(out.read_text())
+
+
+def test_a_phase_past_its_cap_is_killed_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    # (the child imports torch and times 11 optimizers: far past 1 s)
+    r = _main("--phases", "optim", "--caps", "optim=1", "--out", str(tmp_path / "gpu.json"))
     assert r["optim"]["exit"] is None and "killed at its cap of 1 s" in r["optim"]["timed_out"]
     assert "data" not in r  # optim needs no data
 
 
-def test_the_deadline_skips_what_does_not_fit(tmp_path):
-    out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--tiny", "--phases", "optim,compile",
-                           "--deadline-s", "0.001", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=_env())
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(out.read_text())
+def test_the_deadline_skips_what_does_not_fit(tmp_path, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    r = _main("--phases", "optim,compile", "--deadline-s", "0.001", "--out", str(tmp_path / "gpu.json"))
     assert all(r[p]["skipped"].startswith("skipped: deadline") for p in ("optim", "compile"))
     assert r["target_checks"]["optimizer_over_fastest_torch <= 1.10"]["pass"] is None
 
 
 @pytest.mark.parametrize("where", ["same --out", "a warm GPU machine's workdir"])
-def test_a_rerun_of_some_phases_keeps_the_earlier_runs_finished_ones(tmp_path, where):
+def test_a_rerun_of_some_phases_keeps_the_earlier_runs_finished_ones(tmp_path, monkeypatch, where):
     """Locally the earlier run's JSON is at --out; on a warm device machine the repo's copy is
     re-sent each call (results/bench/gpu.json gone), the workdir's copy stays."""
+    monkeypatch.delenv("OUT", raising=False)
     first_out, work = tmp_path / "a" / "gpu.json", tmp_path / "work"
     rerun_out = first_out if where == "same --out" else tmp_path / "b" / "gpu.json"
-    gpu = [sys.executable, "benchmarks/gpu.py", "--tiny", "--workdir", str(work)]
-    run = lambda out, *args: subprocess.run(gpu + ["--out", str(out), *args], cwd=ROOT, capture_output=True,  # noqa: E731
-                                            text=True, timeout=300, env=_env())
-    assert run(first_out, "--phases", "compile", "--deadline-s", "0.001").returncode == 0
-    first = json.loads(first_out.read_text())  # stands for a first call's finished phases, on this machine
+    first = _main("--workdir", str(work), "--out", str(first_out), "--phases", "compile", "--deadline-s", "0.001")
+    # stands for a first call's finished phases, on this machine
     first["optim"] = {"exit": 0, "ratio_vs_fastest_torch": {"sgd[foreach]": 1.01}}
     first["compile"] = {"exit": 0, "compiled_over_eager": 0.8}
     assert json.loads((work / "gpu.json").read_text())["started"] == first["started"]
     for path in (first_out, work / "gpu.json"):
         path.write_text(json.dumps(first))
-    assert run(rerun_out, "--phases", "optim", "--caps", "optim=1").returncode == 0  # the rerun: killed at its cap
-    r = json.loads(rerun_out.read_text())
+    # the rerun, killed at its cap
+    r = _main("--workdir", str(work), "--out", str(rerun_out), "--phases", "optim", "--caps", "optim=1")
     assert r["compile"]["compiled_over_eager"] == 0.8 and r["compile"]["kept_from_run"] == first["started"]
     assert r["optim"]["timed_out"] and r["optim"]["earlier_run"]["ratio_vs_fastest_torch"] == {"sgd[foreach]": 1.01}
     assert r["target_checks"]["optimizer_over_fastest_torch <= 1.10"]["values"] == []  # the rerun's own numbers
