@@ -436,8 +436,8 @@ def _cublas_at_device_choice(monkeypatch, deterministic: bool) -> list:
 
     seen = []
 
-    def init_from_env(device):
-        seen.append(__import__("os").environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    def init_from_env(*args, **kwargs):
+        seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
         raise _DeviceChosen
 
     monkeypatch.setattr(loop, "init_from_env", init_from_env)
