@@ -108,7 +108,7 @@ class TrainConfig:
     steps_per_epoch: int = 0  # >0 caps the steps of each epoch (smoke tests)
     grad_clip: float = 0.0  # 0 disables; norms are logged before clipping
     progress: bool = True  # rank 0: a tqdm bar on a terminal, else a plain line every 30 s (imagenet_repro.progress)
-    deterministic: bool = False  # torch.use_deterministic_algorithms
+    deterministic: bool = False  # use_deterministic_algorithms + cuBLAS workspace (train/determinism.py)
     eval_every_steps: int = 0  # >0: also evaluate every N global steps (0: at epoch ends only)
     eval_subset: int = 0  # images of those intermediate evals (first N of val; 0: whole val set)
     tensorboard: bool = False  # TensorBoard scalars in <run>/tensorboard/, written at each telemetry flush

@@ -71,6 +71,7 @@ from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
 from imagenet_repro.train.callbacks import Callback
 from imagenet_repro.train.checkpoint import CheckpointError, kept_checkpoint, load_latest, save_checkpoint
+from imagenet_repro.train.determinism import fix_cublas_workspace
 from imagenet_repro.train.distributed import (
     all_gather_rows,
     all_reduce_mean,
@@ -123,6 +124,7 @@ class Trainer:
         self.callbacks: list[Callback] = list(callbacks)  # told of each step end, epoch end, checkpoint
         self.out = Path(out_dir)
         self.started_at = time.time()
+        fix_cublas_workspace(cfg.train.deterministic)  # before CUDA starts (init_from_env binds the device)
         self.dist, self.device = init_from_env(cfg.train.device, cfg.train.collective_timeout_min)
         self.peers = peer_processes(self.dist)  # where every rank runs, to name one that dies
         check_placement(cfg, self.dist.world_size, self.device.type == "cuda")
