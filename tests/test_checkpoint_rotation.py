@@ -16,6 +16,7 @@ from imagenet_repro.errors import StorageError
 from imagenet_repro.train import checkpoint as ckpt
 from imagenet_repro.train.checkpoint import (
     CheckpointError,
+    gather_rng_states,
     kept_checkpoint,
     load_checkpoint,
     load_latest,
@@ -36,7 +37,7 @@ def model_and_optimizer(seed: int = 0):
 def save(folder, step: int, seed: int = 0):
     model, opt = model_and_optimizer(seed)
     save_checkpoint(folder / "last.pt", model=model, optimizer=opt, step=step, epoch=step // 10,
-                    batch_in_epoch=step % 10)
+                    batch_in_epoch=step % 10, rng_states=gather_rng_states(torch.device("cpu"), 1))
     return model
 
 
