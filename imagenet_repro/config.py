@@ -124,6 +124,10 @@ class TelemetryConfig:
 class CheckpointConfig:
     every_minutes: float = 30.0
     every_epoch: bool = True
+    # the world size (DDP ranks) is part of a run's identity (imagenet_repro.identity): a run
+    # resumes on the number of ranks manifest.json records, unless this says the user accepts
+    # another (another per-rank batch for BatchNorm; manifest.json keeps each start's)
+    accept_world_size_change: bool = False
 
 
 @dataclass
@@ -441,7 +445,7 @@ def check_placement(cfg: Any, world_size: int, has_gpu: bool) -> None:
 # from it in these only.  The one list: tests/test_identity.py trains every key changed
 # mid-run and checks the tables equal the unchanged run's, and fails on a key it has no case for.
 NON_METRIC_KEYS = ("name", "train.progress", "train.tensorboard", "checkpoint.every_minutes",
-                   "checkpoint.every_epoch")
+                   "checkpoint.every_epoch", "checkpoint.accept_world_size_change")
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -457,5 +461,7 @@ def config_hash(cfg: DictConfig | dict, length: int = 10) -> str:
         container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # choices hash as plain strings
     container.pop("name", None)
     container.get("train", {}).pop("progress", None)
+    # set only to resume a run on another world size: it must find the same run (folder)
+    container.get("checkpoint", {}).pop("accept_world_size_change", None)
     blob = json.dumps(container, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
