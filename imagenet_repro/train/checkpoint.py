@@ -1,4 +1,5 @@
-"""Checkpoints: everything needed to continue a run bit-for-bit.
+"""Checkpoints: everything needed to continue a run where it stopped (bit for bit on CPU,
+tested with 1 and 2 ranks; on CUDA not measured: docs/run-folder.md, "What is exact where").
 
 A checkpoint holds the model, the optimizer, the schedule position (the step), the loader
 position (epoch and batches already taken in it) and the RNG states of every rank: torch's
