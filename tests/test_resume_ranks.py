@@ -5,14 +5,12 @@ line unless ``checkpoint.accept_world_size_change`` says the user accepts it).""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from ranks import run_ranks
 
 from imagenet_repro import rundir
 from imagenet_repro.cli import main
@@ -38,13 +36,7 @@ def two_ranks(tmp_path_factory, overrides) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ranks")
     plan = [{"out": str(root / "whole"), "overrides": overrides},
             {"out": str(root / "resumed"), "overrides": overrides, "stop_after": STOP, "copy_to": str(root / "stopped")}]
-    (root / "plan.json").write_text(json.dumps(plan))
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(ROOT / "tests" / "rank_rng_probe.py"), str(root / "plan.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ranks("rank_rng_probe.py", plan, root, ranks=2)
     return {name: root / name for name in ("whole", "resumed", "stopped")}
 
 
