@@ -125,6 +125,10 @@ class TelemetryConfig:
 class CheckpointConfig:
     every_minutes: float = 30.0
     every_epoch: bool = True
+    # the world size (DDP ranks) is part of a run's identity (imagenet_repro.identity): a run
+    # resumes on the number of ranks manifest.json records, unless this says the user accepts
+    # another (another per-rank batch for BatchNorm; manifest.json keeps each start's)
+    accept_world_size_change: bool = False
 
 
 @dataclass
@@ -443,13 +447,14 @@ def check_placement(cfg: Any, world_size: int, has_gpu: bool) -> None:
 # from it in these only.  The one list: tests/test_identity.py trains every key changed
 # mid-run and checks the tables equal the unchanged run's, and fails on a key it has no case for.
 NON_METRIC_KEYS = ("name", "train.progress", "train.tensorboard", "checkpoint.every_minutes",
-                   "checkpoint.every_epoch", "train.collective_timeout_min")
+                   "checkpoint.every_epoch", "train.collective_timeout_min", "checkpoint.accept_world_size_change")
 
 # The keys left out of a run's id (:func:`config_hash`): its name (a label), the progress bar,
 # and the non-metric keys added after run ids were first published, so that adding them kept
-# every earlier id (and so every sweep folder and committed table) what it was.  The older
-# non-metric keys stay in the id for the same reason.
-RUN_ID_EXCLUDED = ("name", "train.progress", "train.collective_timeout_min")
+# every earlier id (and so every sweep folder and committed table) what it was; a run resumed
+# on another world size with checkpoint.accept_world_size_change must find its own folder.  The
+# older non-metric keys stay in the id for the same reason.
+RUN_ID_EXCLUDED = ("name", "train.progress", "train.collective_timeout_min", "checkpoint.accept_world_size_change")
 
 
 def to_yaml(cfg: DictConfig) -> str:

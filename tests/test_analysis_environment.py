@@ -64,3 +64,40 @@ def test_aggregate_is_silent_when_the_runs_share_one_environment(tmp_path, capsy
     aggregate_sweep(describe(spec), results_root=tmp_path / "results", quiet=True)
     assert capsys.readouterr().err == ""
     assert json.loads((tmp_path / "results" / "e" / "environment.json").read_text())["differs"] == {}
+
+
+def on_ranks(run_dir: Path, *starts: int) -> None:
+    """The run's manifest as the trainer leaves it after starts on these world sizes."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest.update(world_size=starts[-1], starts=[{"time": "t", "host": "h", "world_size": w} for w in starts])
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_aggregate_warns_when_the_runs_differ_in_world_size_or_changed_it_on_resume(tmp_path, capsys):
+    spec = sweep_of(tmp_path, [{}, {}, {}])
+    runs = tmp_path / "runs" / "e"
+    for run_dir in sorted(runs.iterdir()):
+        on_ranks(run_dir, 8)
+    on_ranks(runs / "sgd-s2", 4)
+    on_ranks(runs / "sgdc-s2", 4)
+    on_ranks(runs / "sgd-s0", 4, 4, 8)  # resumed on 8 ranks (checkpoint.accept_world_size_change)
+    aggregate_sweep(describe(spec), results_root=tmp_path / "results", quiet=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["aggregate: warning: the runs of e differ in world size: 8 ranks (4 runs), 4 ranks (2 runs); "
+                   "per-rank batch 128 (4 runs), 256 (2 runs): BatchNorm sees another batch, their numbers may not "
+                   "compare",
+                   "aggregate: warning: run sgd-s0 of e was resumed on another world size (4 then 8 ranks)"]
+    ranks = json.loads((tmp_path / "results" / "e" / "environment.json").read_text())["ranks"]
+    assert ranks["world_size"] == {"8": ["sgd-s0", "sgd-s1", "sgdc-s0", "sgdc-s1"], "4": ["sgd-s2", "sgdc-s2"]}
+    assert ranks["changed_on_resume"] == {"sgd-s0": [4, 8]}
+
+
+def test_aggregate_is_silent_when_the_runs_share_one_world_size(tmp_path, capsys):
+    spec = sweep_of(tmp_path, [{}, {}])
+    for run_dir in (tmp_path / "runs" / "e").iterdir():
+        on_ranks(run_dir, 8, 8)
+    aggregate_sweep(describe(spec), results_root=tmp_path / "results", quiet=True)
+    assert capsys.readouterr().err == ""
+    ranks = json.loads((tmp_path / "results" / "e" / "environment.json").read_text())["ranks"]
+    assert ranks == {"runs": 4, "world_size": {"8": ["sgd-s0", "sgd-s1", "sgdc-s0", "sgdc-s1"]},
+                     "per_rank_batch": {"128": ["sgd-s0", "sgd-s1", "sgdc-s0", "sgdc-s1"]}, "changed_on_resume": {}}

@@ -29,7 +29,7 @@ from imagenet_repro.cli import main
 from imagenet_repro.config import load_config
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.status import RunRef, classify
-from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
+from imagenet_repro.train.checkpoint import CheckpointError, gather_rng_states, load_latest, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments/demo.yaml")
@@ -155,7 +155,8 @@ def _tiny():
 
 def _save(folder: Path, step: int) -> None:
     model, opt = _tiny()
-    save_checkpoint(folder / "last.pt", model=model, optimizer=opt, step=step, epoch=0, batch_in_epoch=step)
+    save_checkpoint(folder / "last.pt", model=model, optimizer=opt, step=step, epoch=0, batch_in_epoch=step,
+                    rng_states=gather_rng_states(torch.device("cpu"), 1))
 
 
 def test_rotation_keeps_prev_with_sidecars(tmp_path):

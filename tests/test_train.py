@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import assert_same_tables
+from ranks import run_ranks
 
 from imagenet_repro import rundir
 from imagenet_repro.config import load_config
@@ -176,15 +177,9 @@ def ddp_runs(tmp_path_factory, fmnist_tiny) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     plan = [{"out": str(root / name), "overrides": fmnist_tiny + extra, "sync": sync}
             for name, (extra, sync) in DDP_RUNS.items()]
-    (root / "plan.json").write_text(json.dumps(plan))
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(ROOT / "tests" / "ddp_probe.py"), str(root / "plan.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = run_ranks("ddp_probe.py", plan, root, ranks=2)
     runs = {name: root / name for name in DDP_RUNS}
-    return {**runs, "output": proc.stdout + proc.stderr,
+    return {**runs, "output": output,
             "probe": {name: json.loads((run / "probe.json").read_text()) for name, run in runs.items()}}
 
 

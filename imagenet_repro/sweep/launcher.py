@@ -35,6 +35,7 @@ from imagenet_repro.progress import progress as progress_bar
 from imagenet_repro.rundir import FINAL_STATES, RunState
 from imagenet_repro.sweep import arrays, claims
 from imagenet_repro.sweep.job import RunLane, TrainJob
+from imagenet_repro.sweep.placement import check_world_sizes, placement_warnings
 from imagenet_repro.sweep.spec import (
     SHORT_NAMES,
     PlannedRun,
@@ -130,6 +131,8 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[TrackedRun]
         print(f"  cost estimate: none in the spec (gpu_hours_per_run); upper bound from the time limit: {bound:,.1f} GPU-hours")
     for path in missing:
         print(f"  warning: data path missing here: {path} (must exist where the jobs run)")
+    for line in placement_warnings(spec, runs):  # CPUs per task
+        print(f"  warning: {line}")
     if show_runs:
         table = run_table(states).splitlines()
         print("  " + "action    " + table[0])
@@ -299,6 +302,7 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
                                                          ("slurm" if slurm_available() else "local"))
     if dry_run:
         check_run_folders(runs)
+        check_world_sizes(sweep, runs, chosen)
         print_plan(sweep, runs, classify_all([_ref(r) for r in runs]), chosen, missing, label=label)
         return 0
     states = execute(sweep, runs, chosen, whole_grid=not only, wait=wait, trainer=trainer, poll_s=poll_s,
@@ -323,6 +327,7 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
     The one submission path: ``repro sweep`` and the rehearsal (:mod:`.rehearse`) both come here."""
     refs = [_ref(r) for r in runs]
     check_run_folders(runs)  # before the lock: a refused plan leaves no file behind
+    check_world_sizes(sweep, runs, cluster)
     limits = None
     n_todo = sum(s.state in SUBMIT_STATES for s in classify_all(refs)) if cluster == "slurm" else 0
     if n_todo:  # the site's limits, before the lock too: a submission that cannot fit writes nothing

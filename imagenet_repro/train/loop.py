@@ -63,14 +63,20 @@ from imagenet_repro import files, rundir
 from imagenet_repro.config import check_placement, to_yaml
 from imagenet_repro.data.loaders import build_loaders
 from imagenet_repro.errors import ConfigError, StorageError, describe
-from imagenet_repro.identity import check_run_folder
+from imagenet_repro.identity import check_run_folder, check_world_size
 from imagenet_repro.models import build_model
 from imagenet_repro.optim.factory import build_optimizer, predicted_ratio, predicted_rotation
 from imagenet_repro.optim.param_groups import group_summary
 from imagenet_repro.progress import progress
 from imagenet_repro.rundir import process_start
 from imagenet_repro.train.callbacks import Callback
-from imagenet_repro.train.checkpoint import CheckpointError, kept_checkpoint, load_latest, save_checkpoint
+from imagenet_repro.train.checkpoint import (
+    CheckpointError,
+    gather_rng_states,
+    kept_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
 from imagenet_repro.train.determinism import fix_cublas_workspace
 from imagenet_repro.train.distributed import (
     all_gather_rows,
@@ -204,10 +210,11 @@ class Trainer:
         the callbacks' ``on_checkpoint``.  Call it on every rank (rank 0 writes)."""
         self.telemetry.flush()
         path = self.out / rundir.LAST_CHECKPOINT
+        rng_states = gather_rng_states(self.device, self.dist.world_size)  # a collective: every rank's, on rank 0
         if self.dist.is_main:
             self._write_tables()
-            save_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
+            save_checkpoint(path, model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+                            batch_in_epoch=self.batch_in_epoch, rng_states=rng_states)
         self.agreement.checkpointed()
         for callback in self.callbacks:
             callback.on_checkpoint(self, path)
@@ -224,7 +231,8 @@ class Trainer:
         """Start the run's files (config, manifest, status ``running``), resuming from the newest
         checkpoint that verifies (``last.pt``, else ``prev.pt``), the tables cut back to its position; a run with checkpoints none of which can be used
         raises CheckpointError (marked failed by :func:`run_training`)."""
-        pos = load_latest(self.out / rundir.CHECKPOINTS, model=self.model, optimizer=self.optimizer)
+        pos = load_latest(self.out / rundir.CHECKPOINTS, model=self.model, optimizer=self.optimizer,
+                          rank=self.dist.rank, device=self.device)
         if pos is not None:
             self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
             steps, layers = self._read_table(rundir.STEPS), self._read_table(rundir.LAYERS)
@@ -507,16 +515,17 @@ def run_training(cfg: DictConfig, out_dir: str | Path, callbacks: Iterable[Callb
     its step ends, epoch ends and checkpoints); return its final state.  ``stop_within_s``: the
     time between a stop signal and the kill (a sweep job passes its ``signal_delay_s``).
 
-    A folder holding a run of another config is refused first (ConfigError, nothing
-    written: :mod:`imagenet_repro.identity`).  A run already ``done`` or ``diverged`` is not
-    trained again.  An exception marks the run ``failed`` (:meth:`Trainer.record_failure`: the
-    rank that failed and why) and propagates; a failed write (:class:`StorageError`: full disk,
-    read-only, no permission) comes out as one line saying what could not be written where,
-    which checkpoint is kept at which step, and what status.json says
+    A folder holding a run of another config, or made on another number of ranks, is refused
+    first (ConfigError, nothing written: :mod:`imagenet_repro.identity`).  A run already ``done``
+    or ``diverged`` is not trained again.  An exception marks the run ``failed``
+    (:meth:`Trainer.record_failure`: the rank that failed and why) and propagates; a failed write
+    (:class:`StorageError`: full disk, read-only, no permission) comes out as one line saying what
+    could not be written where, which checkpoint is kept at which step, and what status.json says
     (:meth:`Trainer.storage_failure`).
     """
     out = Path(out_dir)
     check_run_folder(out, cfg)
+    check_world_size(out, cfg, int(os.environ.get("WORLD_SIZE", "1")))  # the ranks init_from_env will join
     state = rundir.read_status(out).get("state")
     if state in rundir.FINAL_STATES:
         return state

@@ -72,7 +72,7 @@ def environment(device: torch.device) -> dict:
 def build_manifest(world_size: int, device: torch.device, previous: dict) -> dict:
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     env = environment(device)
-    starts = list(previous.get("starts", [])) + [{"time": now, "host": socket.gethostname()}]
+    starts = list(previous.get("starts", [])) + [{"time": now, "host": socket.gethostname(), "world_size": world_size}]
     # a resume in another environment is kept in the record: its keys, at each such start
     changes = list(previous.get("environment_changes", []))
     if previous.get("environment") and previous["environment"] != env:
