@@ -11,15 +11,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_ranks(script: str, plan: list[dict], folder: Path, ranks: int = 2, timeout: int = 600) -> str:
-    """``python -m torch.distributed.run --standalone --nproc_per_node=RANKS tests/SCRIPT folder/plan.json``
-    (one thread per rank, the checkout importable); its stdout + stderr.  Fails the test, with
-    the end of its stderr, when it exits non-zero."""
-    (folder / "plan.json").write_text(json.dumps(plan))
+def launch_ranks(script: str, plan: list[dict] | dict, folder: Path, ranks: int = 2, timeout: int = 600,
+                 name: str = "plan") -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=RANKS tests/SCRIPT folder/NAME.json``
+    (one thread per rank, the checkout importable; ``ranks`` 0: the script as one plain process,
+    without torchrun), whatever it exits with."""
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(plan))
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-                           str(ROOT / "tests" / script), str(folder / "plan.json")],
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks else []
+    return subprocess.run([sys.executable, *launcher, str(ROOT / "tests" / script), str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_ranks(script: str, plan: list[dict], folder: Path, ranks: int = 2, timeout: int = 600) -> str:
+    """:func:`launch_ranks`, failing the test (with the end of its stderr) when it exits non-zero;
+    its stdout + stderr."""
+    proc = launch_ranks(script, plan, folder, ranks, timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr

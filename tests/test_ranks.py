@@ -8,22 +8,20 @@ tests/test_sweep_cluster.py."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import assert_same_tables, fmnist_folder
+from ranks import launch_ranks
 
 from imagenet_repro import rundir
 from imagenet_repro.train.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = ROOT / "tests" / "rank_signals.py"
 STOP_NOW = 1e-3  # stop_within_s so small that the ranks agree at every step: stops land on chosen steps
 
 
@@ -37,15 +35,9 @@ def tiny(extra: tuple[str, ...] = ()) -> list[str]:
             "telemetry.flush_every=4", *extra]
 
 
-def torchrun(tmp_path: Path, ranks: int, plan: dict, name: str = "plan") -> subprocess.CompletedProcess:
-    """The probe on ``ranks`` ranks under torch.distributed.run (0: one plain process, no torchrun)."""
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(plan))
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    launcher = [] if ranks == 0 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-    return subprocess.run([sys.executable, *launcher, str(PROBE), str(path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=env)
+def torchrun(folder: Path, ranks: int, plan: dict, name: str = "plan") -> subprocess.CompletedProcess:
+    """tests/rank_signals.py with ``plan`` on ``ranks`` ranks under torchrun (0: one plain process)."""
+    return launch_ranks("rank_signals.py", plan, folder, ranks, name=name)
 
 
 def seen_steps(out: Path, rank: int) -> list[int]:
