@@ -18,10 +18,11 @@ stop: SystemExit(128 + signal)).  Every rank appends the steps it saw end to ``D
 the rank leaves with (torchrun reports only those of ranks that end before the others, and none
 when it is itself interrupted).  Or an evaluation::
 
-    {"evaluate": RUN_DIR, "overrides": [...], "limit": N, "result": FILE.json}
+    {"evaluate": RUN_DIR, "overrides": [...], "limits": [N, ...], "result": FILE.json}
 
 the weights of RUN_DIR's last checkpoint evaluated by these ranks (each its own part of the
-val images); rank 0 writes ``{top1, top5, loss, images, seconds, per_rank_images}`` to FILE.json.
+first N val images, 0: all) once per limit; rank 0 writes a list of ``{limit, top1, top5, loss,
+images, seconds, per_rank_images}`` to FILE.json.
 """
 from __future__ import annotations
 
@@ -92,19 +93,20 @@ def evaluate(plan: dict) -> None:
     scratch = Path(plan["result"]).with_suffix(".trainer")  # the Trainer's folder: nothing is written there
     trainer = Trainer(load_config(DEMO, plan["overrides"]), scratch)
     load_checkpoint(run / "checkpoints" / "last.pt", model=trainer.model, optimizer=trainer.optimizer)
-    shard = sum(labels.shape[0] for _, labels in trainer.val_loader.batches(plan.get("limit", 0)))
-    t0 = time.perf_counter()
-    row = trainer.evaluate(limit=plan.get("limit", 0))
-    seconds = time.perf_counter() - t0
-    shards: list = [None] * trainer.dist.world_size
-    if trainer.dist.enabled:
-        dist.all_gather_object(shards, shard)
-    else:
-        shards = [shard]
+    results = []
+    for limit in plan.get("limits", [0]):
+        shard = sum(labels.shape[0] for _, labels in trainer.val_loader.batches(limit))
+        t0 = time.perf_counter()
+        row = trainer.evaluate(limit=limit)
+        seconds = time.perf_counter() - t0
+        shards: list = [shard]
+        if trainer.dist.enabled:
+            shards = [None] * trainer.dist.world_size
+            dist.all_gather_object(shards, shard)
+        results.append({"limit": limit, "top1": row.top1, "top5": row.top5, "loss": row.loss, "images": row.images,
+                        "seconds": seconds, "per_rank_images": shards})
     if trainer.dist.is_main:
-        Path(plan["result"]).write_text(json.dumps({"top1": row.top1, "top5": row.top5, "loss": row.loss,
-                                                    "images": row.images, "seconds": seconds,
-                                                    "per_rank_images": shards}))
+        Path(plan["result"]).write_text(json.dumps(results))
     shutdown(trainer.dist)
 
 
