@@ -1,10 +1,12 @@
 """Sweeps that really train: submitit's local executor, and a real single-node SLURM
 cluster with job arrays, idempotent re-sweeps and a requeued array task that resumes from
 its checkpoint, and a task sent submitit's time-limit signal that checkpoints, is requeued
-and finishes exactly. The SLURM tests use a cluster that already answers `sinfo`, else start one
-with scripts/slurm-up.sh (root, apt-get); without either they are skipped, in one line."""
+and finishes exactly. The SLURM tests use the tests' own cluster (scripts/slurm-up.sh's, started by
+conftest's `slurm_cluster` as root when it is not running) or an opted-in partition, never
+another (tests/conftest.py: slurm_target); elsewhere they are skipped, in one line."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -16,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_same_tables, fmnist_folder
+from conftest import assert_same_tables, fmnist_folder, slurm_spec_keys
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.sweep import arrays, claims
-from imagenet_repro.sweep.launcher import launch, slurm_available
+from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec
 from imagenet_repro.sweep.status import classify_all, run_refs
 from imagenet_repro.sweepdir import read_description
@@ -44,14 +46,14 @@ overrides:
   train.threads: 1
   telemetry.layer_every: 2
   telemetry.flush_every: 2
-slurm: {{cpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}}
+slurm: {{SLURM_KEYScpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}}
 """
 
 
 def tiny_spec(tmp_path: Path, name: str, axes: str, epochs: int = 2, extra: str = "") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\n" + TINY.replace("RUNS", str(tmp_path / "runs")).replace("EPOCHS", str(epochs))
-                    .replace("FMNIST", str(fmnist_folder()))
+                    .replace("FMNIST", str(fmnist_folder())).replace("SLURM_KEYS", slurm_spec_keys())
                     + f"axes:\n{axes}\n{extra}")
     return path
 
@@ -71,19 +73,6 @@ def test_local_executor_runs_the_grid_then_submits_nothing(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- SLURM
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    if slurm_available():  # a running cluster, whoever started it (the launcher's own rule)
-        return True
-    # else start one (root; tests/conftest.py skips the `slurm` tests where that cannot be done)
-    t0 = time.monotonic()
-    proc = subprocess.run([str(REPO / "scripts/slurm-up.sh")], capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/slurm-up.sh failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    print(f"slurm-up: {time.monotonic() - t0:.1f} s")
-    return True
-
-
 def sacct_jobs(name: str) -> set[str]:
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", f"repro-{name}", "-o", "JobID"],
                          capture_output=True, text=True, check=True).stdout
@@ -194,12 +183,13 @@ def test_timeout_signal_checkpoints_at_a_step_boundary_requeues_and_finishes_exa
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.slurm_own  # the 2 GPUs slurm-up.sh's node advertises
 def test_multi_gpu_submission_asks_one_task_per_gpu(slurm_cluster, tmp_path):
     """The sbatch script of a 2-GPU run: --gpus-per-node=2 and 2 tasks (DDP), accepted by SLURM."""
     from imagenet_repro.sweep.launcher import _slurm_executor
 
     spec = load_spec(tiny_spec(tmp_path, "gpu", "  seed: [0]\n"))
-    spec = spec.__class__(**{**spec.__dict__, "slurm": spec.slurm.__class__(gpus_per_node=2, timeout_min=5)})
+    spec = dataclasses.replace(spec, slurm=dataclasses.replace(spec.slurm, gpus_per_node=2, timeout_min=5))
     ex = _slurm_executor(spec)
     assert ex.parameters["gpus_per_node"] == 2 and ex.parameters["ntasks_per_node"] == 2
     job = ex.submit(shutil.which, "sh")  # a trivial callable: checks placement, not training
@@ -300,6 +290,8 @@ def _sacct_times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.slurm_own  # it rewrites slurm.conf and restarts slurmctld:
+@pytest.mark.root       # only the tests' own cluster, as root
 @pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
 def test_grid_over_max_array_size_is_split_and_keeps_the_parallelism(slurm_cluster, tmp_path, capsys):
     """4 runs, MaxArraySize lowered to 2, array_parallelism 1: two arrays of 2, the second
