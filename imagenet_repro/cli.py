@@ -187,9 +187,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _environment(args: argparse.Namespace) -> int:
-    from imagenet_repro.analysis.environment import environment_report
+    from imagenet_repro.analysis.environment import environment_report, spread_report
 
-    print("\n".join(environment_report(Path(args.results), device=args.device)))
+    if args.spread:
+        print("\n".join(spread_report(Path(args.results), [Path(p) for p in args.spread])))
+    else:
+        print("\n".join(environment_report(Path(args.results), device=args.device)))
     return 0
 
 
@@ -292,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("results", nargs="?", default="results/demo",
                    help="a sweep's results folder holding environment.json (default: results/demo)")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the device its runs train on")
+    e.add_argument("--spread", nargs="+", metavar="RESULTS",
+                   help="instead: how far the same sweep's runs in these results folders (another environment) "
+                        "moved from it, per metric, and whether its paired verdicts carry")
     e.set_defaults(fn=_environment)
 
     b = sub.add_parser("bench", help="run the benchmarks (JSON to results/bench/)")

@@ -294,6 +294,51 @@ def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
 
 
 # ---------------------------------------------------------------------------- runs
+KILLED_AFTER_CHECKPOINTS = """
+import sys, time
+from pathlib import Path
+from imagenet_repro.config import load_config
+from imagenet_repro.train.callbacks import Callback
+from imagenet_repro.train.loop import run_training
+
+out, ready, steps = Path(sys.argv[1]), Path(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")]
+
+
+class CheckpointThenWait(Callback):
+    def on_step_end(self, trainer, images, labels):
+        if trainer.step in steps:
+            trainer.save_checkpoint()
+        if trainer.step == steps[-1]:
+            ready.write_text(str(trainer.step))
+            while True:  # until the test kills us
+                time.sleep(1)
+
+
+run_training(load_config(sys.argv[4], sys.argv[5:]), out, callbacks=[CheckpointThenWait()])
+"""
+
+
+def train_killed_after_checkpoints(config: Path | str, overrides: list[str], out: Path, steps: tuple[int, ...]) -> None:
+    """Train ``config`` with ``overrides`` into ``out`` in a child process that checkpoints at each
+    of ``steps`` (the trainer's public save_checkpoint, from a callback: the same at any machine
+    speed, unlike a timer racing the run), waits at the last one and is SIGKILLed there."""
+    import signal
+    import sys
+    import time
+
+    ready = out.parent / f"{out.name}.ready"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_AFTER_CHECKPOINTS, str(out), str(ready),
+                             ",".join(map(str, steps)), str(config), *overrides],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600  # a guard against a hang only: the child waits for us
+    while proc.poll() is None and not ready.exists():
+        assert time.monotonic() < deadline, f"the run never reached step {steps[-1]}"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+
+
 def assert_same_tables(reference: Path, other: Path, tables: tuple[str, ...] | None = None) -> None:
     """The steps, layers and eval tables (or only ``tables``) of two runs are equal bit for bit,
     the wall-clock images/s aside: the package's own comparison (the rehearsal's resume check)."""

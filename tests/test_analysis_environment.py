@@ -222,3 +222,31 @@ def test_repro_environment_without_a_record_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no environment record of a sweep here" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- the measured spread
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def test_the_spread_table_pairs_the_runs_and_marks_the_verdicts_that_flip(capsys):
+    """The committed demo against the same grid under ATen's default kernels (results/
+    demo_cpu_default/): per metric the largest and mean |change| of a run, and the paired
+    verdicts, '*' where the interval's verdict on 0 differs (docs/reproducing.md's table)."""
+    import pandas as pd
+
+    assert main(["environment", str(RESULTS / "demo"), "--spread", str(RESULTS / "demo_cpu_default")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    point = ["optimizer", "lr_max", "wd", "seed"]
+    a, b = (pd.read_parquet(RESULTS / d / "runs.parquet").set_index(point) for d in ("demo", "demo_cpu_default"))
+    moved = (b.loc[a.index, "final_top1"] - a["final_top1"]).abs()
+    row = next(line for line in out if line.startswith("final_top1 "))
+    assert row.split()[1:] == ["max", f"{moved.max():.4f}", "mean", f"{moved.mean():.4f}"]
+    assert next(line for line in out if line.startswith("runs paired")).split()[-1] == "12"
+    flips = {" ".join(line.split()[:2]) for line in out if line.rstrip().endswith("*")}
+    assert flips == {"final_eval_loss, 0.04", "final_top1, 0.04"}  # the tail ratio's verdict carries
+
+
+def test_the_spread_of_a_folder_without_runs_is_one_line(tmp_path, capsys):
+    assert main(["environment", str(RESULTS / "demo"), "--spread", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "runs.parquet: no runs table" in err

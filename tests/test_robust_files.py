@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_same_tables
+from conftest import assert_same_tables, train_killed_after_checkpoints
 
 from imagenet_repro import rundir
 from imagenet_repro.cli import main
@@ -384,32 +384,6 @@ def test_native_abort_is_reconciled_as_failed(tmp_path, fmnist_betons):
 
 
 # ------------------------------------------------------------------------ exact resume from prev.pt
-# The run to kill: a checkpoint at step 8 (epoch 0) and one at step 20 (past epoch 1's evaluation
-# at step 16), then it waits to be killed -- driven by its steps, so it holds on any machine speed.
-KILL_AFTER_TWO_CHECKPOINTS = """
-import sys, time
-from pathlib import Path
-from imagenet_repro.config import load_config
-from imagenet_repro.train.callbacks import Callback
-from imagenet_repro.train.loop import run_training
-
-out, ready = Path(sys.argv[1]), Path(sys.argv[2])
-
-
-class CheckpointAtEightAndTwentyThenWait(Callback):
-    def on_step_end(self, trainer, images, labels):
-        if trainer.step in (8, 20):
-            trainer.save_checkpoint()
-        if trainer.step == 20:
-            ready.write_text("20")
-            while True:
-                time.sleep(1)
-
-
-run_training(load_config(sys.argv[3], sys.argv[4:]), out, callbacks=[CheckpointAtEightAndTwentyThenWait()])
-"""
-
-
 @pytest.mark.slow
 def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_tiny, reference_run):
     """SIGKILL mid-run after two checkpoints, truncate last.pt as a partial copy would: the run
@@ -418,19 +392,11 @@ def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_ti
 
     full = reference_run
 
-    killed, ready = tmp_path / "killed", tmp_path / "ready"
-    # no timed checkpoint, none at the epoch end: only the two the child asks for, so prev.pt
-    # sits before epoch 1's evaluation (step 16) while last.pt and the tables are past it
+    killed = tmp_path / "killed"
+    # no timed checkpoint, none at the epoch end: only the two asked for, at steps 8 and 20, so
+    # prev.pt sits before epoch 1's evaluation (step 16) while last.pt and the tables are past it
     overrides = fmnist_tiny + ["checkpoint.every_minutes=600", "checkpoint.every_epoch=false"]
-    proc = subprocess.Popen([sys.executable, "-c", KILL_AFTER_TWO_CHECKPOINTS, str(killed), str(ready), DEMO,
-                             *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600  # a guard against a hang only: the child waits for us
-    while proc.poll() is None and not ready.exists():
-        assert time.monotonic() < deadline, "the run never reached step 20"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    train_killed_after_checkpoints(DEMO, overrides, killed, steps=(8, 20))
     # the resume must drop the eval row of step 16 and the step/layer rows after step 8 from
     # the tables, which were written with last.pt
     last, prev = killed / "checkpoints/last.pt", killed / "checkpoints/prev.pt"

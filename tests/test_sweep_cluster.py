@@ -10,6 +10,8 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -73,6 +75,29 @@ def test_local_executor_runs_the_grid_then_submits_nothing(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- SLURM
+@contextmanager
+def held_past_epoch_one(run_dir: Path, timeout_s: float = 600):
+    """Hold the run's trainer (SIGSTOP) as soon as its status.json says epoch 1 is done, for the
+    block, then let it go on (SIGCONT): what the block does to its job (a requeue, a signal)
+    lands mid-training whatever the machine's speed, instead of racing the run's last steps.
+    (On a node that is not this machine -- an opted-in partition -- the block runs unheld.)"""
+    deadline = time.monotonic() + timeout_s
+    while (rundir.read_status(run_dir).get("epoch") or 0) < 1:
+        assert rundir.read_status(run_dir).get("state") != "done", "finished before epoch 1 was seen"
+        assert time.monotonic() < deadline, "run never reached epoch 1"
+        time.sleep(0.01)
+    status = rundir.read_status(run_dir)
+    pid = status.get("pid") if status.get("host") == socket.gethostname() else None
+    if pid:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert rundir.read_status(run_dir).get("state") == "running", "finished before it could be held"
+        yield status
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
+
+
 def sacct_jobs(name: str) -> set[str]:
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", f"repro-{name}", "-o", "JobID"],
                          capture_output=True, text=True, check=True).stdout
@@ -110,14 +135,10 @@ def test_requeued_array_task_resumes_from_its_checkpoint(slurm_cluster, tmp_path
     assert launch(ref, cluster="slurm", wait=False) == 0
     assert launch(rq, cluster="slurm", wait=False) == 0
     target = run_refs(load_spec(rq))[0]
-    deadline = time.monotonic() + 300
-    while (rundir.read_status(target.run_dir).get("epoch") or 0) < 1:  # a checkpoint exists, still training
-        assert rundir.read_status(target.run_dir).get("state") != "done", "finished before it could be requeued"
-        assert time.monotonic() < deadline, "run never reached epoch 1"
-        time.sleep(0.2)
-    job_id = claims.read_claim(target.run_dir)["job_id"]
-    t0 = time.monotonic()
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with held_past_epoch_one(target.run_dir):  # a checkpoint exists, still training
+        job_id = claims.read_claim(target.run_dir)["job_id"]
+        t0 = time.monotonic()
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     assert launch(rq, cluster="slurm", poll_s=1.0) == 0  # nothing new submitted: the requeued task is live
     out = capsys.readouterr().out
     assert "submitted 0 runs" in out
@@ -151,15 +172,11 @@ def test_timeout_signal_checkpoints_at_a_step_boundary_requeues_and_finishes_exa
     assert launch(ref, cluster="slurm", wait=False) == 0
     assert launch(sig, cluster="slurm", wait=False) == 0
     target = run_refs(load_spec(sig))[0]
+    with held_past_epoch_one(target.run_dir):  # training, past its first epoch
+        job_id = claims.read_claim(target.run_dir)["job_id"]
+        assert restarts(job_id) == 0
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     deadline = time.monotonic() + 300
-    while (rundir.read_status(target.run_dir).get("epoch") or 0) < 1:  # training, past its first epoch
-        assert rundir.read_status(target.run_dir).get("state") != "done", "finished before the signal"
-        assert time.monotonic() < deadline, "run never reached epoch 1"
-        time.sleep(0.1)
-    job_id = claims.read_claim(target.run_dir)["job_id"]
-    assert restarts(job_id) == 0
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    deadline = time.monotonic() + 120
     while not (rundir.read_status(target.run_dir).get("reason") or "").startswith("interrupted by SIGUSR2"):
         assert rundir.read_status(target.run_dir).get("state") != "done", "the signal changed nothing"
         assert time.monotonic() < deadline, "the trainer never took the signal"

@@ -184,3 +184,62 @@ def environment_report(results_dir: Path, device: str = "cpu") -> list[str]:
         f" (docs/reproducing.md): {len(verdict.differences)} field(s) differ from {verdict.reference}:"))
     lines += [f"  {k}: {ref} there, {here} here" for k, ref, here in verdict.differences]
     return lines
+
+
+# ---------------------------------------------------------------------------- the spread, measured
+SPREAD_METRICS = ("final_top1", "final_top5", "final_eval_loss", "grad_norm_tail_ratio", "ratio_tail_ratio",
+                  "weight_norm_tail_ratio")
+RUN_POINT = ["optimizer", "lr_max", "wd", "seed"]  # what pairs a run with its twin in another environment
+
+
+def spread_report(reference: Path, others: list[Path]) -> list[str]:
+    """``repro environment REF --spread OTHER...``: how far another environment moved each run of
+    the same sweep (runs paired by optimizer, lr, wd and seed in the ``runs.parquet`` tables of
+    ``repro aggregate``): the largest and mean |change| per metric; then the paired verdicts
+    (``paired.csv``: does the SGDC - SGD interval exclude 0?) side by side, marking those that
+    do not carry from ``reference`` to every other."""
+    import pandas as pd
+
+    def runs(folder: Path) -> pd.DataFrame:
+        path = Path(folder) / rundir.RUNS_TABLE
+        if not path.is_file():
+            raise ConfigError(f"{path}: no runs table (`repro aggregate SPEC` writes it)")
+        table = pd.read_parquet(path)
+        return table[table["state"] == "done"].set_index(RUN_POINT)
+
+    ref = runs(reference)
+    lines = [f"the spread: |change| of one run from {reference} ({len(ref)} runs), runs paired by "
+             f"{', '.join(RUN_POINT)}", "metric".ljust(24) + "".join(f"{str(o):>40}" for o in others)]
+    moved = {}
+    for other in others:
+        table = runs(other)
+        both = ref.index.intersection(table.index)
+        moved[other] = (len(both), (table.loc[both, list(SPREAD_METRICS)] - ref.loc[both, list(SPREAD_METRICS)]).abs())
+    lines.append("runs paired".ljust(24) + "".join(f"{moved[o][0]:>40}" for o in others))
+    for metric in SPREAD_METRICS:
+        cells = [f"max {moved[o][1][metric].max():.4f}  mean {moved[o][1][metric].mean():.4f}" for o in others]
+        lines.append(metric.ljust(24) + "".join(f"{c:>40}" for c in cells))
+
+    verdicts = {}
+    for folder in [reference, *others]:
+        path = Path(folder) / rundir.PAIRED_TABLE
+        if path.is_file():
+            table = pd.read_csv(path)
+            table = table[table["comparison"] == "same (lr, wd)"]
+            verdicts[folder] = {(r.metric, r.plain_wd): (r.mean_diff, r.ci_low, r.ci_high, bool(r.includes_zero))
+                                for r in table.itertuples()}
+    if reference in verdicts:
+        lines.append(f"paired verdicts (SGDC - SGD, same lr and wd; mean [95% interval]; '*' where the "
+                     f"interval's verdict on 0 differs from {reference}'s)")
+        shown = [f for f in [reference, *others] if f in verdicts]
+        lines.append("metric, wd".ljust(30) + "".join(f"{str(f):>36}" for f in shown))
+        for key, (_, _, _, ref_zero) in sorted(verdicts[reference].items()):
+            cells = []
+            for folder in shown:
+                if key not in verdicts[folder]:
+                    cells.append("-")
+                    continue
+                mean, low, high, zero = verdicts[folder][key]
+                cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]{'*' if zero != ref_zero else ' '}")
+            lines.append(f"{key[0]}, {key[1]:g}".ljust(30) + "".join(f"{c:>36}" for c in cells))
+    return lines
