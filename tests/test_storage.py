@@ -228,7 +228,7 @@ def _cannot_mount(probe_parent: str) -> str | None:
         _mount_tmpfs(probe, "size=1m")
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip() or str(exc)
-        return detail.splitlines()[-1] if detail else "mount failed"
+        return detail.splitlines()[0].rsplit(": ", 1)[-1].strip() if detail else "mount failed"  # "permission denied."
     subprocess.run(["umount", "-l", str(probe)], check=False)
     return None
 
