@@ -273,6 +273,13 @@ def checkout_copy(tmp_path, monkeypatch) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def rehearsal_root(tmp_path_factory) -> Path:
+    """One rehearsal root for the session (per xdist worker): `repro sweep --rehearse` caches its
+    synthetic datasets there by shape."""
+    return tmp_path_factory.mktemp("rehearsal")
+
+
 # ---------------------------------------------------------------------------- optimizers
 @pytest.fixture
 def data_paths(tmp_path: Path) -> dict:
