@@ -209,7 +209,7 @@ def spread_report(reference: Path, others: list[Path]) -> list[str]:
 
     ref = runs(reference)
     lines = [f"the spread: |change| of one run from {reference} ({len(ref)} runs), runs paired by "
-             f"{', '.join(RUN_POINT)}", "metric".ljust(24) + "".join(f"{str(o):>40}" for o in others)]
+             f"{', '.join(RUN_POINT)}", "metric".ljust(24) + "".join(f"{Path(o).name:>40}" for o in others)]
     moved = {}
     for other in others:
         table = runs(other)
@@ -232,7 +232,7 @@ def spread_report(reference: Path, others: list[Path]) -> list[str]:
         lines.append(f"paired verdicts (SGDC - SGD, same lr and wd; mean [95% interval]; '*' where the "
                      f"interval's verdict on 0 differs from {reference}'s)")
         shown = [f for f in [reference, *others] if f in verdicts]
-        lines.append("metric, wd".ljust(30) + "".join(f"{str(f):>36}" for f in shown))
+        lines.append("metric, wd".ljust(30) + "".join(f"{Path(f).name:>36}" for f in shown))
         for key, (_, _, _, ref_zero) in sorted(verdicts[reference].items()):
             cells = []
             for folder in shown:
