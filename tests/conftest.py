@@ -59,14 +59,15 @@ def decide_slurm(site: str, partition: str | None, root: bool, installable: bool
     opted-in ``partition``, whether we are root, whether slurm-up.sh could install SLURM here
     (apt-get, or SLURM installed) and whether a controller ``answers`` sinfo."""
     kind, _, what = site.partition(" ")
-    if kind == "foreign":
-        if partition is None:
-            return SlurmTarget(hide=True, skip=SLURM_SKIP + f"this machine's SLURM ({what}) was not started by "
-                               f"scripts/slurm-up.sh, and the tests never submit to a cluster they did not start; "
-                               f"{SLURM_OPT_IN}=PARTITION runs them there (docs/install.md)")
+    if partition is not None and kind != "ours":  # a user's cluster, opted in
         if not answers():
-            return SlurmTarget(hide=True, skip=SLURM_SKIP + f"{SLURM_OPT_IN}={partition} given, but no cluster answers sinfo")
+            return SlurmTarget(hide=kind == "foreign",
+                               skip=SLURM_SKIP + f"{SLURM_OPT_IN}={partition} given, but no cluster answers sinfo")
         return SlurmTarget(partition=partition, hide=True)
+    if kind == "foreign":
+        return SlurmTarget(hide=True, skip=SLURM_SKIP + f"this machine's SLURM ({what}) was not started by "
+                           f"scripts/slurm-up.sh, and the tests never submit to a cluster they did not start; "
+                           f"{SLURM_OPT_IN}=PARTITION runs them there (docs/install.md)")
     if kind == "ours" and answers():
         return SlurmTarget(own=True, partition=partition)
     if not root:

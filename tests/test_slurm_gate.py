@@ -92,6 +92,7 @@ def never() -> bool:
 @pytest.mark.parametrize("site, partition, root, installable, answers, want", [
     ("ours /etc/slurm/slurm.conf", None, False, True, lambda: True, SlurmTarget(own=True)),
     ("ours /etc/slurm/slurm.conf", None, True, True, lambda: False, SlurmTarget(own=True, start=True)),
+    ("ours /etc/slurm/slurm.conf", "debug", False, True, lambda: True, SlurmTarget(own=True, partition="debug")),
     ("none", None, True, True, lambda: False, SlurmTarget(own=True, start=True)),
     ("foreign /etc/slurm/slurm.conf (ClusterName=hpc)", "debug", False, False, lambda: True,
      SlurmTarget(partition="debug", hide=True)),
@@ -105,6 +106,7 @@ def test_where_the_slurm_tests_run(site, partition, root, installable, answers, 
      f"was not started by scripts/slurm-up.sh, and the tests never submit to a cluster they did not start; "
      f"{SLURM_OPT_IN}=PARTITION runs them there"),
     ("foreign /etc/slurm/slurm.conf (ClusterName=hpc)", "debug", True, True, lambda: False, "but no cluster answers"),
+    ("none", "debug", True, True, lambda: False, "debug given, but no cluster answers sinfo"),
     ("none", None, False, True, lambda: False, "no cluster answers sinfo, and starting it (scripts/slurm-up.sh) needs root"),
     ("ours /etc/slurm/slurm.conf", None, False, True, lambda: False, "configured is not running"),
     ("none", None, True, False, lambda: False, "installs SLURM with apt-get (absent)"),
