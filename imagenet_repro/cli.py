@@ -188,6 +188,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.spec, cluster=args.cluster)
 
 
+def _environment(args: argparse.Namespace) -> int:
+    from imagenet_repro.analysis.environment import environment_report, spread_report
+
+    if args.spread:
+        print("\n".join(spread_report(Path(args.results), [Path(p) for p in args.spread])))
+    else:
+        print("\n".join(environment_report(Path(args.results), device=args.device)))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -285,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--spec", default="sweeps/demo.yaml")
     dm.add_argument("--cluster", choices=["auto", "slurm", "local"], default="auto")
     dm.set_defaults(fn=_demo)
+
+    e = sub.add_parser("environment", help="this machine's fields that decide the numbers, and whether it should "
+                                           "give a committed sweep's numbers exactly (equality) or within the spread")
+    e.add_argument("results", nargs="?", default="results/demo",
+                   help="a sweep's results folder holding environment.json (default: results/demo)")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the device its runs train on")
+    e.add_argument("--spread", nargs="+", metavar="RESULTS",
+                   help="instead: how far the same sweep's runs in these results folders (another environment) "
+                        "moved from it, per metric, and whether its paired verdicts carry")
+    e.set_defaults(fn=_environment)
 
     b = sub.add_parser("bench", help="run the benchmarks (JSON to results/bench/)")
     b.add_argument("names", nargs="*", help="benchmark names (default: all)")
