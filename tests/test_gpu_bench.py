@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.sweep.placement import cpus_needed
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("data", "faithful_train", "faithful_speed", "budget_train", "budget_speed", "variants", "optim", "loader",
@@ -272,7 +273,8 @@ def test_gpu_hours_per_epoch_is_one_gpus_share_of_train_and_eval(monkeypatch):
 
 def test_at_gpu_scale_each_config_runs_at_its_sweeps_own_settings(monkeypatch):
     """224 px (faithful) and 160 -> 192 px (budget), 256 / the spec's 8 GPUs = 32 per GPU with the
-    lr scaled to it, the config's 10 loader workers = the spec's cpus_per_task, telemetry 50/50."""
+    lr scaled to it, the config's 10 loader workers + the task's own 3 threads = the spec's cpus_per_task,
+    telemetry 50/50."""
     from imagenet_repro import config
 
     gpu = _gpu_bench()
@@ -290,7 +292,7 @@ def test_at_gpu_scale_each_config_runs_at_its_sweeps_own_settings(monkeypatch):
     assert sc.speed_configs("faithful", 32, f) == [(32, 224)] and sc.speed_configs("budget", 32, b) == [(32, 160), (512, 160)]
     for name in ("faithful", "budget"):
         s = gpu.flagship_settings(name)
-        assert s["per_gpu_batch"] == 32 and s["num_workers"] == s["cpus_per_task"] == 10
+        assert s["per_gpu_batch"] == 32 and s["num_workers"] == 10 and s["cpus_per_task"] == cpus_needed(f) == 13
 
 
 def test_a_rerun_reuses_the_data_only_when_it_is_whole_and_of_the_same_sizes(tmp_path):

@@ -213,7 +213,7 @@ def test_planner_tests_pass_in_a_checkout_with_imagenet_and_a_launched_stage(tmp
     ImageNet written to data/imagenet/ and stage 1 of sweeps/paper_fig5.yaml launched (half
     of its runs done, half running under a live job).  They plan in their own temporary
     folders, so they pass there, and they leave the user's files alone."""
-    for part in ("tests", "pyproject.toml"):  # the test files, pytest's settings (markers)
+    for part in ("tests", "pyproject.toml", "scripts"):  # the test files, pytest's settings (markers), slurm-up.sh --check
         (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, checkout_copy / part)
     data = checkout_copy / "data" / "imagenet"
     data.mkdir(parents=True)
