@@ -25,10 +25,12 @@ def _train(args: argparse.Namespace) -> int:
     from imagenet_repro.config import config_hash, load_config
     from imagenet_repro.train.loop import run_training
 
+    if args.signal_delay_s is not None and not 0 < args.signal_delay_s < float("inf"):
+        raise ConfigError(f"--signal-delay-s must be a number > 0 (got {args.signal_delay_s})")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(DEFAULT_RUNS_ROOT) / cfg.name / config_hash(cfg)
     check_out_dir(out, "--out" if args.out else "run folder")
-    state = run_training(cfg, out)
+    state = run_training(cfg, out, **({} if args.signal_delay_s is None else {"stop_within_s": args.signal_delay_s}))
     print(f"{out}: {state}")
     return 0 if state in FINAL_STATES else 1
 
@@ -219,6 +221,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.spec, cluster=args.cluster)
 
 
+def _environment(args: argparse.Namespace) -> int:
+    from imagenet_repro.analysis.environment import environment_report, spread_report
+
+    if args.spread:
+        print("\n".join(spread_report(Path(args.results), [Path(p) for p in args.spread])))
+    else:
+        print("\n".join(environment_report(Path(args.results), device=args.device)))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -245,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="experiment YAML, e.g. experiments/demo.yaml")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.2 seed=3")
     t.add_argument("--out", help="run directory (default: runs/<name>/<config hash>)")
+    t.add_argument("--signal-delay-s", type=float, default=None, metavar="S",
+                   help="seconds between a stop signal and the kill (SLURM's --signal=USR2@S; default 30, "
+                        "torchrun's grace after Ctrl-C): with several ranks they agree on stopping often enough "
+                        "to checkpoint within it")
     t.set_defaults(fn=_train)
 
     d = sub.add_parser("data", help="prepare datasets")
@@ -324,6 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--spec", default="sweeps/demo.yaml")
     dm.add_argument("--cluster", choices=["auto", "slurm", "local"], default="auto")
     dm.set_defaults(fn=_demo)
+
+    e = sub.add_parser("environment", help="this machine's fields that decide the numbers, and whether it should "
+                                           "give a committed sweep's numbers exactly (equality) or within the spread")
+    e.add_argument("results", nargs="?", default="results/demo",
+                   help="a sweep's results folder holding environment.json (default: results/demo)")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the device its runs train on")
+    e.add_argument("--spread", nargs="+", metavar="RESULTS",
+                   help="instead: how far the same sweep's runs in these results folders (another environment) "
+                        "moved from it, per metric, and whether its paired verdicts carry")
+    e.set_defaults(fn=_environment)
 
     b = sub.add_parser("bench", help="run the benchmarks (JSON to results/bench/)")
     b.add_argument("names", nargs="*", help="benchmark names (default: all)")

@@ -114,10 +114,11 @@ class TrainConfig:
     steps_per_epoch: int = 0  # >0 caps the steps of each epoch (smoke tests)
     grad_clip: float = 0.0  # 0 disables; norms are logged before clipping
     progress: bool = True  # rank 0: a tqdm bar on a terminal, else a plain line every 30 s (imagenet_repro.progress)
-    deterministic: bool = False  # torch.use_deterministic_algorithms
+    deterministic: bool = False  # use_deterministic_algorithms + cuBLAS workspace (train/determinism.py)
     eval_every_steps: int = 0  # >0: also evaluate every N global steps (0: at epoch ends only)
     eval_subset: int = 0  # images of those intermediate evals (first N of val; 0: whole val set)
     tensorboard: bool = False  # TensorBoard scalars in <run>/tensorboard/, written at each telemetry flush
+    collective_timeout_min: float = 10.0  # several ranks: a collective that waits this long on a peer raises (the peer is gone)
 
 
 @dataclass
@@ -130,6 +131,10 @@ class TelemetryConfig:
 class CheckpointConfig:
     every_minutes: float = 30.0
     every_epoch: bool = True
+    # the world size (DDP ranks) is part of a run's identity (imagenet_repro.identity): a run
+    # resumes on the number of ranks manifest.json records, unless this says the user accepts
+    # another (another per-rank batch for BatchNorm; manifest.json keeps each start's)
+    accept_world_size_change: bool = False
 
 
 @dataclass
@@ -312,6 +317,7 @@ BOUNDS: dict[str, Bound] = {
     "train.grad_clip": Bound(0, NO_LIMIT),
     "train.eval_every_steps": Bound(0, MAX_COUNT, "step counts are 32-bit in the loaders"),
     "train.eval_subset": Bound(0, MAX_COUNT, "ffcv's sample indices are 32-bit"),
+    "train.collective_timeout_min": Bound(0, 24 * 60, "a day: a job's time limit ends the wait first", lo_open=True),
     "telemetry.layer_every": Bound(0, MAX_COUNT, "step counts are 32-bit in the loaders", lo_open=True),
     "telemetry.flush_every": Bound(0, 100_000, "the telemetry buffers hold flush_every steps on the device",
                                    lo_open=True),
@@ -457,7 +463,14 @@ def check_placement(cfg: Any, world_size: int, has_gpu: bool) -> None:
 # from it in these only.  The one list: tests/test_identity.py trains every key changed
 # mid-run and checks the tables equal the unchanged run's, and fails on a key it has no case for.
 NON_METRIC_KEYS = ("name", "train.progress", "train.tensorboard", "checkpoint.every_minutes",
-                   "checkpoint.every_epoch")
+                   "checkpoint.every_epoch", "train.collective_timeout_min", "checkpoint.accept_world_size_change")
+
+# The keys left out of a run's id (:func:`config_hash`): its name (a label), the progress bar,
+# and the non-metric keys added after run ids were first published, so that adding them kept
+# every earlier id (and so every sweep folder and committed table) what it was; a run resumed
+# on another world size with checkpoint.accept_world_size_change must find its own folder.  The
+# older non-metric keys stay in the id for the same reason.
+RUN_ID_EXCLUDED = ("name", "train.progress", "train.collective_timeout_min", "checkpoint.accept_world_size_change")
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -471,7 +484,11 @@ def config_hash(cfg: DictConfig | dict, length: int = 10) -> str:
         container = json.loads(json.dumps(cfg))  # a copy; StrEnum choices serialise as their strings
     else:
         container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # choices hash as plain strings
-    container.pop("name", None)
-    container.get("train", {}).pop("progress", None)
+    for key in RUN_ID_EXCLUDED:
+        *sections, last = key.split(".")
+        node = container
+        for section in sections:
+            node = node.get(section, {})
+        node.pop(last, None)
     blob = json.dumps(container, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -9,6 +9,12 @@ nothing written) naming each differing key with both values.  Without this a sec
 train --out runs/x`` with another ``optim.lr`` would print ``runs/x: done`` and train nothing,
 and a half-finished run restarted with another config would resume from the first one's
 checkpoint: one set of tables from two configs.
+
+The number of DDP ranks belongs to a run too (the global batch is split over them, and
+BatchNorm normalises each rank's share): :func:`check_world_size` refuses, the same way, to
+start or resume a folder whose ``manifest.json`` records another world size, unless the
+config sets ``checkpoint.accept_world_size_change`` (a key of :data:`NON_METRIC_KEYS`, left
+out of the run id, so that a sweep finds the same folders).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from imagenet_repro import rundir
+from imagenet_repro import files, rundir
 from imagenet_repro.config import NON_METRIC_KEYS, build_config
 from imagenet_repro.errors import ConfigError, first_line
 
@@ -99,3 +105,25 @@ def check_run_folder(out: str | Path, cfg: DictConfig | dict) -> None:
     more = f"; and {len(diffs) - _SHOWN} more key(s)" if len(diffs) > _SHOWN else ""
     raise ConfigError(f"{out} holds a run of another config ({shown}{more}): nothing done; to train this config "
                       f"use another --out (or folder), or delete {out} to start it over")
+
+
+def recorded_world_size(out: str | Path) -> int | None:
+    """The world size ``out``'s ``manifest.json`` records (the last start's); None when none is recorded."""
+    manifest = files.read_json(Path(out) / rundir.MANIFEST) or {}
+    value = manifest.get("world_size")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_world_size(out: str | Path, cfg: DictConfig | dict, world_size: int) -> None:
+    """Refuse (ConfigError, one line) to start or resume the run folder ``out`` on
+    ``world_size`` ranks when its manifest records another world size, unless ``cfg`` sets
+    ``checkpoint.accept_world_size_change``; a folder without a recorded one accepts any."""
+    out = Path(out)
+    recorded = recorded_world_size(out)
+    if recorded is None or recorded == world_size or cfg["checkpoint"]["accept_world_size_change"]:
+        return
+    batch = cfg["data"]["batch_size"]
+    raise ConfigError(f"{out} was trained on {recorded} rank(s) (per-rank batch {batch / recorded:g}), not "
+                      f"{world_size} (per-rank batch {batch / world_size:g}): nothing done; resume it on {recorded} "
+                      f"rank(s), or set checkpoint.accept_world_size_change=true to go on with {world_size} "
+                      f"(BatchNorm then sees another batch), or delete {out} to start it over")

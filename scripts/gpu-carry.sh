@@ -23,28 +23,27 @@
 # Needs: pkg-config, libturbojpeg0-dev, libopencv-dev (scripts/setup.sh installs them), a Python
 # with pip, setuptools and wheel (default: .venv/bin/python, or $PYTHON).
 #
-# The one command for a lent GPU machine (device tool `run`, carry [".whl"], timeout_s 600); the
-# first line is the wheel install from /work/.library/device/README.md ("Notes"):
+# The one call for a lent GPU machine (device tool `run`; scripts/gpu-run.sh installs these wheels
+# into a folder of its own, then runs benchmarks/gpu.py; DEVICE_RUN in benchmarks/gpu.py):
 #
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1; nvidia-smi -L; set -o pipefail; python3 benchmarks/gpu.py 2>&1 | tee $OUT/gpu.log
+#   command: bash scripts/gpu-run.sh      carry: [".whl"]      timeout_s: 330
 #
-# (the same line is RUN_CMD below, printed at the end).  The device tool sends the checkout the
-# session started in: build .whl/ there (with this branch merged), not in another worktree.
+# (printed at the end).  The device tool sends the checkout the session started in: build .whl/
+# there (with this branch merged), not in another worktree.
 #
-# benchmarks/gpu.py writes results/bench/gpu.json and copies it, its logs and the run's tables
-# into $OUT.  Usage: scripts/gpu-carry.sh [--check]   (--check: also verify the build here)
+# Usage: scripts/gpu-carry.sh [--check]   (--check: also verify the build here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
+case "$PYTHON" in */*) [[ $PYTHON = /* ]] || PYTHON=$PWD/$PYTHON ;; esac  # the build runs in another folder
 DEST=.whl
 FFCV_VERSION=1.0.2
 PURE=(omegaconf==2.4.0 submitit==1.5.4)
 # already on the GPU machine (or part of every Linux with Python): not carried
 SYSTEM_LIBS='^(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libz|ld-linux-x86-64|linux-vdso)\.so'
 LIMIT_MIB=64
-RUN_CMD='python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1; nvidia-smi -L; set -o pipefail; python3 benchmarks/gpu.py 2>&1 | tee $OUT/gpu.log'
 CHECK=0
 [ "${1:-}" = "--check" ] && CHECK=1
 
@@ -143,5 +142,5 @@ print(f"gpu-carry: check ok: ffcv {ffcv.__file__} decodes and resizes; omegaconf
       f"submitit {submitit.__version__} import")
 EOF
 fi
-echo "gpu-carry: on a lent GPU machine, device tool run with carry [\".whl\"], timeout_s 600:"
-echo "  $RUN_CMD"
+echo "gpu-carry: on a lent GPU machine, the device tool's run with:"
+echo '  command: bash scripts/gpu-run.sh      carry: [".whl"]      timeout_s: 330'

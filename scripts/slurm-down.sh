@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop the single-node cluster started by scripts/slurm-up.sh: each daemon by its pid file
 # (slurmd, slurmctld, slurmdbd, mariadbd, munged, in that order), waiting until it exits.
+# Refuses (one line, exit 2) where the machine's SLURM configuration is not slurm-up.sh's.
 set -euo pipefail
 
 stop() {  # stop NAME PIDFILE
@@ -19,6 +20,10 @@ stop() {  # stop NAME PIDFILE
   rm -f "$pidfile"
 }
 
+site=$("$(dirname "$0")/slurm-up.sh" --check)   # a site's daemons may use the same pid files
+case "$site" in
+  foreign*) echo "slurm-down: refused: this machine's SLURM (${site#foreign }) was not started by slurm-up.sh" >&2; exit 2 ;;
+esac
 [ "$(id -u)" = 0 ] || { echo "slurm-down: error: must run as root" >&2; exit 1; }
 stop slurmd /run/slurm/slurmd.pid
 stop slurmctld /run/slurm/slurmctld.pid

@@ -5,12 +5,22 @@
 # Accounting (slurmdbd) is on because submitit reads job states with `sacct`: without it a
 # cancelled job is never seen as finished.  The node advertises 2 GPUs as GRES (no devices
 # behind them) so that multi-GPU submissions (--gpus-per-node, one task per GPU) can be
-# tested on a CPU machine.  Idempotent: when the node already answers, exit 0 at once.
+# tested on a CPU machine.  Idempotent: when its node already answers, exit 0 at once.
 # Settings are the ones measured to work in containers (see the comments in slurm.conf).
+#
+# It only ever runs a cluster of its own: the configuration it writes ($SLURM_CONF, default
+# /etc/slurm/slurm.conf, with gres.conf and slurmdbd.conf beside it) starts with MARK and names
+# ClusterName=repro. On a machine with a SLURM configuration it did not write (a site's, or
+# a configless node whose controller answers sinfo) it refuses in one line, before writing or
+# installing anything. `slurm-up.sh --check` (no root) prints whose SLURM this machine has:
+# "ours CONF", "none" or "foreign WHAT" (what the tests' conftest.py reads).
 set -euo pipefail
 
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 CLUSTER=repro
+MARK="# Written by scripts/slurm-up.sh"   # the first line of every file it writes
+CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
+ETC=$(dirname "$CONF")
 HOST=$(hostname -s)
 RUN=/run/slurm
 LOG=/var/log/slurm
@@ -34,13 +44,42 @@ wait_for() {  # wait_for SECONDS WHAT CMD...
   die "$what did not come up within ${secs}s"
 }
 
+ours() {  # ours FILE: FILE was written by this script (its first line starts with MARK)
+  case "$(head -n 1 "$1" 2>/dev/null)" in "$MARK"*) return 0 ;; esac; return 1
+}
+
+whose() {  # one line: "ours CONF", "none" or "foreign WHAT"
+  local name
+  if [ -e "$CONF" ]; then
+    name=$(sed -n 's/^[[:space:]]*ClusterName[[:space:]]*=[[:space:]]*\([^[:space:]#]*\).*/\1/Ip' "$CONF" | head -n 1)
+    if ! ours "$CONF" || [ "$name" != "$CLUSTER" ]; then
+      echo "foreign $CONF (ClusterName=${name:-unset})"; return
+    fi
+    if [ -r "$ETC/slurmdbd.conf" ] && ! ours "$ETC/slurmdbd.conf"; then  # (mode 600: root reads it)
+      echo "foreign $ETC/slurmdbd.conf"; return
+    fi
+    echo "ours $CONF"; return
+  fi
+  # no configuration file: a configless node (DNS SRV, slurmd --conf-server) may still answer
+  if command -v sinfo >/dev/null && timeout 5 sinfo -h -o %P >/dev/null 2>&1; then
+    echo "foreign configless cluster (sinfo answers; no $CONF)"; return
+  fi
+  echo none
+}
+
 [ "${1:-}" = --packages ] && { echo "${PACKAGES[*]}"; exit 0; }   # for .ci/run's clean start
+[ "${1:-}" = --check ] && { whose; exit 0; }
+site=$(whose)
+case "$site" in
+  foreign*) echo "slurm-up: refused: this machine has a SLURM configuration not written by slurm-up.sh (${site#foreign }); it is never touched (the tests skip their SLURM part there: docs/install.md says how to run them on it)" >&2
+            exit 2 ;;
+esac
 [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts system daemons)"
 # One caller at a time (two test workers, or a user's script beside them): the second waits
 # for the first, then finds the node up below.
 exec 9>/run/slurm-up.lock
 flock -w $((WAIT_S + 600)) 9 || die "another slurm-up.sh held /run/slurm-up.lock too long"
-if command -v sinfo >/dev/null && node_ready; then
+if [ "${site%% *}" = ours ] && command -v sinfo >/dev/null && node_ready; then
   say "already running ($(sinfo -h -N -o '%N %T' | head -1))"
   exit 0
 fi
@@ -91,9 +130,9 @@ mariadb --socket=/run/mysqld/mysqld.sock -e "
 # --- configuration ----------------------------------------------------------------------
 read -r CPUS MEM < <(slurmd -C | awk '/^NodeName/ {for (i=1;i<=NF;i++) {split($i,kv,"="); v[kv[1]]=kv[2]}; print v["CPUs"], v["RealMemory"]}')
 MEM=$((MEM * 95 / 100))   # leave a little to the OS, or slurmd drains the node as "low RealMemory"
-mkdir -p /etc/slurm
-cat > /etc/slurm/slurm.conf <<EOF
-# Written by scripts/slurm-up.sh: a single-node cluster for tests and the CPU demo.
+mkdir -p "$ETC"
+cat > "$CONF" <<EOF
+$MARK: a single-node cluster for tests and the CPU demo.
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
@@ -130,10 +169,10 @@ EOF
 # the scheduler to place --gpus-per-node jobs on a CPU machine.
 GPU_FILES=(/dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty)
 ((GPUS <= ${#GPU_FILES[@]})) || die "SLURM_UP_GPUS must be <= ${#GPU_FILES[@]}"
-: > /etc/slurm/gres.conf
-for ((i = 0; i < GPUS; i++)); do echo "NodeName=$HOST Name=gpu File=${GPU_FILES[$i]}" >> /etc/slurm/gres.conf; done
-cat > /etc/slurm/slurmdbd.conf <<EOF
-# Written by scripts/slurm-up.sh
+echo "$MARK" > "$ETC/gres.conf"
+for ((i = 0; i < GPUS; i++)); do echo "NodeName=$HOST Name=gpu File=${GPU_FILES[$i]}" >> "$ETC/gres.conf"; done
+cat > "$ETC/slurmdbd.conf" <<EOF
+$MARK
 AuthType=auth/munge
 DbdHost=localhost
 SlurmUser=root
@@ -145,7 +184,7 @@ StorageLoc=slurm_acct_db
 StorageUser=slurm
 StoragePass=$DB_PASS
 EOF
-chmod 600 /etc/slurm/slurmdbd.conf
+chmod 600 "$ETC/slurmdbd.conf"
 
 # --- SLURM daemons (each forks into the background and writes its pid file) --------------
 alive "$RUN/slurmdbd.pid" || slurmdbd

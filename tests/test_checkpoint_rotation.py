@@ -16,6 +16,7 @@ from imagenet_repro.errors import StorageError
 from imagenet_repro.train import checkpoint as ckpt
 from imagenet_repro.train.checkpoint import (
     CheckpointError,
+    gather_rng_states,
     kept_checkpoint,
     load_checkpoint,
     load_latest,
@@ -36,7 +37,7 @@ def model_and_optimizer(seed: int = 0):
 def save(folder, step: int, seed: int = 0):
     model, opt = model_and_optimizer(seed)
     save_checkpoint(folder / "last.pt", model=model, optimizer=opt, step=step, epoch=step // 10,
-                    batch_in_epoch=step % 10)
+                    batch_in_epoch=step % 10, rng_states=gather_rng_states(torch.device("cpu"), 1))
     return model
 
 
@@ -208,3 +209,66 @@ def test_a_full_disk_mid_save_is_the_disks_error_and_keeps_the_last_checkpoint(t
     monkeypatch.undo()
     assert (tmp_path / "last.pt").read_bytes() == before and read_checkpoint(tmp_path / "last.pt")["step"] == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporary file left
+
+
+# ---------------------------------------------------------------------------- RNG states per rank
+def draws() -> tuple:
+    return float(torch.rand(1)), float(np.random.rand()), random.random()
+
+
+def seeded_state(seed: int) -> tuple[dict, tuple]:
+    """The RNG states after seeding with ``seed`` (as one rank's), and the draws that follow them."""
+    torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+    state = ckpt.rank_rng_state(torch.device("cpu"))
+    return state, draws()
+
+
+def test_each_rank_restores_its_own_states_and_a_rank_the_checkpoint_lacks_keeps_its_own(tmp_path):
+    (state0, after0), (state1, after1) = seeded_state(10), seeded_state(11)
+    model, opt = model_and_optimizer()
+    save_checkpoint(tmp_path / "last.pt", model=model, optimizer=opt, step=3, epoch=0, batch_in_epoch=3,
+                    rng_states=[state0, state1])
+    assert len(read_checkpoint(tmp_path / "last.pt")["rng"]) == 2
+    for rank, expected in ((1, after1), (0, after0)):
+        seeded_state(99)
+        load_latest(tmp_path, model=model, optimizer=opt, rank=rank)
+        assert draws() == expected, rank
+    _, fresh = seeded_state(7)  # a third rank (a resume on more ranks, accepted): its states as they were
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    load_latest(tmp_path, model=model, optimizer=opt, rank=2)
+    assert draws() == fresh
+
+
+def test_a_checkpoint_of_the_format_before_one_state_loads_on_every_rank(tmp_path):
+    state, after = seeded_state(12)
+    model, opt = model_and_optimizer()
+    old = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 4, "epoch": 0, "batch_in_epoch": 4,
+           "rng": {**state, "cuda": []}}  # as written before: rank 0's states, every visible device's CUDA state
+    torch.save(old, tmp_path / "last.pt")
+    for rank in (0, 1):
+        seeded_state(99)
+        assert load_latest(tmp_path, model=model, optimizer=opt, rank=rank)["step"] == 4
+        assert draws() == after, rank
+
+
+def test_a_rank_keeps_and_gets_back_its_own_cuda_device_s_state_whatever_the_device_count(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": calls.append(("get", str(device))) or
+                        torch.tensor([int(torch.device(device).index)], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(
+        ("set", int(state[0]), str(device))))
+    for name in ("get_rng_state_all", "set_rng_state_all"):  # every visible device's: never
+        monkeypatch.setattr(torch.cuda, name, lambda *a, name=name: pytest.fail(f"torch.cuda.{name} called"))
+    state = ckpt.rank_rng_state(torch.device("cuda", 1))
+    assert calls == [("get", "cuda:1")] and int(state["cuda"][0]) == 1
+    calls.clear()
+    ckpt.restore_rng_state([ckpt.rank_rng_state(torch.device("cpu")), state], 1, torch.device("cuda", 0))
+    assert calls == [("set", 1, "cuda:0")]  # rank 1's state, on the device rank 1 has now
+    old = {**state, "cuda": [torch.tensor([i], dtype=torch.uint8) for i in range(4)]}  # the format before: 4 devices
+    for device, expected in (("cuda:2", [("set", 2, "cuda:2")]), ("cuda:5", []), ("cpu", [])):
+        calls.clear()
+        ckpt.restore_rng_state(old, 0, torch.device(device))  # cuda:5: more devices than the writer saw
+        assert calls == expected, device
+    calls.clear()
+    ckpt.restore_rng_state([state], 0, torch.device("cpu"))  # a GPU run's states resumed on CPU
+    assert calls == []

@@ -106,3 +106,11 @@ def test_every_verb_has_help():
         with pytest.raises(SystemExit) as exc:
             main([verb, "--help"])
         assert exc.value.code == 0
+
+
+def test_accepting_another_world_size_keeps_the_run_id(experiment: Path) -> None:
+    """checkpoint.accept_world_size_change is set to resume a run on another number of ranks:
+    the run (a sweep's folder) must be the same one."""
+    a = load_config(experiment, ["seed=1"])
+    b = load_config(experiment, ["seed=1", "checkpoint.accept_world_size_change=true"])
+    assert config_hash(a) == config_hash(b)

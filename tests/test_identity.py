@@ -130,6 +130,8 @@ NON_METRIC_CASES = {
     "train.tensorboard": "false",
     "checkpoint.every_minutes": "0.0001",  # a checkpoint at every step boundary from the resume on
     "checkpoint.every_epoch": "false",
+    "train.collective_timeout_min": "0.5",  # several ranks' wait on a peer; one rank has no collective
+    "checkpoint.accept_world_size_change": "true",  # on the same world size (another: tests/test_resume_ranks.py)
 }
 
 
@@ -150,6 +152,16 @@ def test_non_metric_key_changed_mid_run_is_accepted_and_changes_no_table(tmp_pat
 
 
 # ------------------------------------------------------------------ repro sweep
+def assert_sweep_refuses(spec: Path, capsys, runs_root: Path, error: str) -> None:
+    """``repro sweep`` (a dry run, and a real submission) says ``error`` in one line, exit 2,
+    and leaves ``runs_root`` as it was: no claim, no lock, no plan cache, no job folder."""
+    before = snapshot(runs_root)
+    for extra in (["--dry-run"], ["--cluster", "local"]):
+        assert main(["sweep", str(spec), *extra]) == 2
+        assert capsys.readouterr().err == E + error + "\n"
+        assert snapshot(runs_root) == before
+
+
 def test_sweep_refuses_a_run_folder_of_another_config(tmp_path, capsys, fmnist_betons):
     spec = tmp_path / "s.yaml"
     spec.write_text(f"name: s\nruns_root: {tmp_path / 'runs'}\nbase: {DEMO}\n"
@@ -164,15 +176,38 @@ def test_sweep_refuses_a_run_folder_of_another_config(tmp_path, capsys, fmnist_b
     stored = yaml.safe_load((runs[1].run_dir / rundir.CONFIG).read_text())
     stored["optim"]["weight_decay"] = 0.5
     (runs[1].run_dir / rundir.CONFIG).write_text(yaml.safe_dump(stored))
+    assert_sweep_refuses(spec, capsys, tmp_path / "runs",
+                         f"grid point lr=0.2: {runs[1].run_dir} holds a run of another config (optim.weight_decay: "
+                         f"0.5 in the folder, 0.02 given): nothing done; to train this config use another --out (or "
+                         f"folder), or delete {runs[1].run_dir} to start it over")
     before = snapshot(tmp_path / "runs")
-    for extra in (["--dry-run"], ["--cluster", "local"]):
-        assert main(["sweep", str(spec), *extra]) == 2
-        captured = capsys.readouterr()
-        assert captured.err == (E + f"grid point lr=0.2: {runs[1].run_dir} holds a run of another config "
-                                f"(optim.weight_decay: 0.5 in the folder, 0.02 given): nothing done; to train this "
-                                f"config use another --out (or folder), or delete {runs[1].run_dir} to start it over\n")
-        assert snapshot(tmp_path / "runs") == before  # no claim, no lock, no plan cache, no job folder
     # the job itself refuses too (run_training), before writing anything
     with pytest.raises(Exception, match="holds a run of another config"):
         run_training(build_config(runs[1].config), runs[1].run_dir)
     assert snapshot(tmp_path / "runs") == before
+
+
+def test_sweep_refuses_a_run_folder_made_on_another_world_size(tmp_path, capsys, fmnist_betons):
+    """A re-sweep with another slurm.tasks_per_node: the world size a run gets is nodes x tasks."""
+    spec = tmp_path / "s.yaml"
+    common = (f"name: s\nruns_root: {tmp_path / 'runs'}\nbase: {DEMO}\noverrides: {{data.train_path: "
+              f"{fmnist_betons / 'train.beton'}, data.val_path: {fmnist_betons / 'val.beton'}ACCEPT}}\n"
+              f"axes:\n  optim.lr: [0.1, 0.2]\nslurm:\n  tasks_per_node: TASKS\n")
+    spec.write_text(common.replace("ACCEPT", "").replace("TASKS", "2"))
+    runs = resolve_runs(load_spec(spec))
+    for run in runs:  # the folders as a sweep on 2 tasks left them
+        run.run_dir.mkdir(parents=True)
+        (run.run_dir / rundir.CONFIG).write_text(OmegaConf.to_yaml(run.config))
+        (run.run_dir / rundir.MANIFEST).write_text('{"world_size": 2}')
+    assert main(["sweep", str(spec), "--dry-run"]) == 0  # the same world size
+    capsys.readouterr()
+    spec.write_text(common.replace("ACCEPT", "").replace("TASKS", "1"))  # re-swept on 1 task per node
+    assert_sweep_refuses(spec, capsys, tmp_path / "runs",
+                         f"grid point lr=0.1: {runs[0].run_dir} was trained on 2 rank(s) (per-rank batch 16), not 1 "
+                         f"(per-rank batch 32): nothing done; resume it on 2 rank(s), or set "
+                         f"checkpoint.accept_world_size_change=true to go on with 1 (BatchNorm then sees another "
+                         f"batch), or delete {runs[0].run_dir} to start it over [resources: 1 node(s) x 1 task(s)]")
+    # the key says the user accepts it, and finds the same run folders (it is not part of the run id)
+    spec.write_text(common.replace("ACCEPT", ", checkpoint.accept_world_size_change: true").replace("TASKS", "1"))
+    assert [r.run_dir for r in resolve_runs(load_spec(spec))] == [r.run_dir for r in runs]
+    assert main(["sweep", str(spec), "--dry-run"]) == 0

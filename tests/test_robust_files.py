@@ -6,8 +6,6 @@ what to do, and nothing written.  A run that cannot resume is marked ``failed`` 
 reason, and ``repro status`` shows it."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import signal
@@ -22,14 +20,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_same_tables
+from conftest import assert_same_tables, train_killed_after_checkpoints
 
 from imagenet_repro import rundir
 from imagenet_repro.cli import main
 from imagenet_repro.config import load_config
 from imagenet_repro.sweep import claims
 from imagenet_repro.sweep.status import RunRef, classify
-from imagenet_repro.train.checkpoint import CheckpointError, load_latest, save_checkpoint
+from imagenet_repro.train.checkpoint import CheckpointError, gather_rng_states, load_latest, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments/demo.yaml")
@@ -155,7 +153,8 @@ def _tiny():
 
 def _save(folder: Path, step: int) -> None:
     model, opt = _tiny()
-    save_checkpoint(folder / "last.pt", model=model, optimizer=opt, step=step, epoch=0, batch_in_epoch=step)
+    save_checkpoint(folder / "last.pt", model=model, optimizer=opt, step=step, epoch=0, batch_in_epoch=step,
+                    rng_states=gather_rng_states(torch.device("cpu"), 1))
 
 
 def test_rotation_keeps_prev_with_sidecars(tmp_path):
@@ -388,43 +387,23 @@ def test_native_abort_is_reconciled_as_failed(tmp_path, fmnist_betons):
 # ------------------------------------------------------------------------ exact resume from prev.pt
 @pytest.mark.slow
 def test_truncated_last_checkpoint_resumes_from_prev_exactly(tmp_path, fmnist_tiny, reference_run):
-    """SIGKILL mid-run with a checkpoint every few steps, truncate last.pt as a partial copy
-    would: the run resumes from prev.pt and its tables equal an uninterrupted run's."""
+    """SIGKILL mid-run after two checkpoints, truncate last.pt as a partial copy would: the run
+    resumes from prev.pt and its tables equal an uninterrupted run's."""
     from imagenet_repro.train.loop import run_training
 
     full = reference_run
 
     killed = tmp_path / "killed"
-    # a checkpoint every ~0.1 s, none forced at the epoch end: so the previous checkpoint can
-    # sit before epoch 1's evaluation (step 16) while last.pt and the tables are past it
-    overrides = fmnist_tiny + ["checkpoint.every_minutes=0.002", "checkpoint.every_epoch=false"]
-    proc = subprocess.Popen([sys.executable, "-m", "imagenet_repro", "train", DEMO, *overrides, "--out", str(killed)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = killed / "checkpoints/last.pt"
-    early = tmp_path / "early.pt"  # a copy of a checkpoint of epoch 0, taken while the run goes on
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            data = last.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        step = torch.load(io.BytesIO(data), weights_only=True)["step"] if data else -1
-        if 4 <= step < 16 and not early.exists():
-            early.write_bytes(data)
-        if step >= 18 and early.exists():  # past epoch 1's evaluation
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    # the previous good checkpoint is the early one: the resume must drop the eval row of
-    # step 16 and the step/layer rows after it from the tables, which were written at last.pt
-    prev = killed / "checkpoints/prev.pt"
-    prev.write_bytes(early.read_bytes())
-    prev.with_name("prev.pt.sha256").write_text(hashlib.sha256(early.read_bytes()).hexdigest() + "\n")
+    # no timed checkpoint, none at the epoch end: only the two asked for, at steps 8 and 20, so
+    # prev.pt sits before epoch 1's evaluation (step 16) while last.pt and the tables are past it
+    overrides = fmnist_tiny + ["checkpoint.every_minutes=600", "checkpoint.every_epoch=false"]
+    train_killed_after_checkpoints(DEMO, overrides, killed, steps=(8, 20))
+    # the resume must drop the eval row of step 16 and the step/layer rows after step 8 from
+    # the tables, which were written with last.pt
+    last, prev = killed / "checkpoints/last.pt", killed / "checkpoints/prev.pt"
     prev_step = torch.load(prev, weights_only=True)["step"]
     last_step = torch.load(last, weights_only=True)["step"]
-    assert 0 < prev_step < 16 < last_step < 32
+    assert (prev_step, last_step) == (8, 20)
     assert 16 in set(pd.read_parquet(killed / "eval.parquet").step)  # the tables are ahead of prev.pt
     _truncate(last)
 

@@ -10,15 +10,18 @@ mounted by the test, as root) is filled during a checkpoint."""
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT_SKIP
 
 from imagenet_repro import files, rundir
 from imagenet_repro.cli import main
@@ -214,14 +217,29 @@ def test_the_writer_passes_on_errors_that_are_not_the_disks(tmp_path):
 # ------------------------------------------------------------------ real filesystems (tmpfs, as root)
 def _mount_tmpfs(where: Path, options: str) -> None:
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True, capture_output=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _cannot_mount(probe_parent: str) -> str | None:
+    """Why root cannot mount a tmpfs here (a container without CAP_SYS_ADMIN), or None."""
+    probe = Path(tempfile.mkdtemp(dir=probe_parent)) / "probe"
+    try:
+        _mount_tmpfs(probe, "size=1m")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip() or str(exc)
+        return detail.splitlines()[0].rsplit(": ", 1)[-1].strip() if detail else "mount failed"  # "permission denied."
+    subprocess.run(["umount", "-l", str(probe)], check=False)
+    return None
 
 
 @pytest.fixture
-def mounts(tmp_path):
-    """mount(name, options) -> a tmpfs folder under tmp_path; all unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("storage tests on a real small filesystem: mounting a tmpfs needs root")
+def mounts(tmp_path, tmp_path_factory):
+    """mount(name, options) -> a tmpfs folder under tmp_path; all unmounted afterwards (as root:
+    the tests taking it are marked `root`; where root may not mount, they skip in one line)."""
+    why = _cannot_mount(str(tmp_path_factory.getbasetemp()))
+    if why is not None:
+        pytest.skip(f"{ROOT_SKIP}mounting a tmpfs is not allowed here ({why}): the real-filesystem storage tests")
     made = []
 
     def mount(name: str, options: str = "size=8m") -> Path:
@@ -244,6 +262,7 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.root
 def test_disk_filled_during_a_checkpoint_then_freed_resumes_exactly(mounts, reference, fmnist_tiny, capsys):
     """The disk fills after step 20: the tables of the step-32 checkpoint fit (a few KB), the
     checkpoint (~200 KB) does not; last.pt of step 16 is kept, status.json says failed; once
@@ -272,6 +291,7 @@ def test_disk_filled_during_a_checkpoint_then_freed_resumes_exactly(mounts, refe
     assert compare_runs(reference, out) == []
 
 
+@pytest.mark.root
 def test_full_and_read_only_disks_end_repro_train_with_one_line(mounts, fmnist_tiny):
     """Nothing fits (a full disk) or nothing may be written (read-only): one line, exit 1, and
     no status.json that says running."""
@@ -294,6 +314,7 @@ def test_full_and_read_only_disks_end_repro_train_with_one_line(mounts, fmnist_t
     assert not out.exists()
 
 
+@pytest.mark.root
 def test_results_figures_and_report_on_a_read_only_disk_are_one_line(mounts, capsys):
     from synthetic_runs import write_grid, write_spec
 
@@ -313,6 +334,7 @@ def test_results_figures_and_report_on_a_read_only_disk_are_one_line(mounts, cap
     assert sorted(p.name for p in (root / "rep").iterdir()) == before
 
 
+@pytest.mark.root
 def test_repro_status_tells_a_dead_run_on_a_full_disk(mounts, capsys):
     """The trainer died with the disk full and status.json still says running: `repro status`
     (which caches its plan in the sweep folder) still tells the run is failed, and why."""

@@ -1,13 +1,17 @@
 """Sweeps that really train: submitit's local executor, and a real single-node SLURM
 cluster with job arrays, idempotent re-sweeps and a requeued array task that resumes from
 its checkpoint, and a task sent submitit's time-limit signal that checkpoints, is requeued
-and finishes exactly. The SLURM tests use a cluster that already answers `sinfo`, else start one
-with scripts/slurm-up.sh (root, apt-get); without either they are skipped, in one line."""
+and finishes exactly. The SLURM tests use the tests' own cluster (scripts/slurm-up.sh's, started by
+conftest's `slurm_cluster` as root when it is not running) or an opted-in partition, never
+another (tests/conftest.py: slurm_target); elsewhere they are skipped, in one line."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -16,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_same_tables, fmnist_folder
+from conftest import assert_same_tables, fmnist_folder, slurm_spec_keys
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.sweep import arrays, claims
-from imagenet_repro.sweep.launcher import launch, slurm_available
+from imagenet_repro.sweep.launcher import launch
 from imagenet_repro.sweep.spec import load_spec
 from imagenet_repro.sweep.status import classify_all, run_refs
 from imagenet_repro.sweepdir import read_description
@@ -44,14 +48,14 @@ overrides:
   train.threads: 1
   telemetry.layer_every: 2
   telemetry.flush_every: 2
-slurm: {{cpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}}
+slurm: {{SLURM_KEYScpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}}
 """
 
 
 def tiny_spec(tmp_path: Path, name: str, axes: str, epochs: int = 2, extra: str = "") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\n" + TINY.replace("RUNS", str(tmp_path / "runs")).replace("EPOCHS", str(epochs))
-                    .replace("FMNIST", str(fmnist_folder()))
+                    .replace("FMNIST", str(fmnist_folder())).replace("SLURM_KEYS", slurm_spec_keys())
                     + f"axes:\n{axes}\n{extra}")
     return path
 
@@ -71,17 +75,31 @@ def test_local_executor_runs_the_grid_then_submits_nothing(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- SLURM
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    if slurm_available():  # a running cluster, whoever started it (the launcher's own rule)
-        return True
-    # else start one (root; tests/conftest.py skips the `slurm` tests where that cannot be done)
-    t0 = time.monotonic()
-    proc = subprocess.run([str(REPO / "scripts/slurm-up.sh")], capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/slurm-up.sh failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    print(f"slurm-up: {time.monotonic() - t0:.1f} s")
-    return True
+@contextmanager
+def held_past_epoch_one(run_dir: Path, timeout_s: float = 600):
+    """Hold the run's trainer (SIGSTOP, every rank) as soon as its status.json says epoch 1 is done, for the
+    block, then let it go on (SIGCONT): what the block does to its job (a requeue, a signal)
+    lands mid-training whatever the machine's speed, instead of racing the run's last steps.
+    (On a node that is not this machine -- an opted-in partition -- the block runs unheld.)"""
+    deadline = time.monotonic() + timeout_s
+    while (rundir.read_status(run_dir).get("epoch") or 0) < 1:
+        assert rundir.read_status(run_dir).get("state") != "done", "finished before epoch 1 was seen"
+        assert time.monotonic() < deadline, "run never reached epoch 1"
+        time.sleep(0.01)
+    status = rundir.read_status(run_dir)
+    ranks = status.get("ranks") or [{"host": status.get("host"), "pid": status.get("pid")}]  # every rank's process
+    pids = [r["pid"] for r in ranks if r.get("pid") and r.get("host") == socket.gethostname()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert rundir.read_status(run_dir).get("state") == "running", "finished before it could be held"
+        yield status
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:  # a rank the block killed
+                pass
 
 
 def sacct_jobs(name: str) -> set[str]:
@@ -121,14 +139,10 @@ def test_requeued_array_task_resumes_from_its_checkpoint(slurm_cluster, tmp_path
     assert launch(ref, cluster="slurm", wait=False) == 0
     assert launch(rq, cluster="slurm", wait=False) == 0
     target = run_refs(load_spec(rq))[0]
-    deadline = time.monotonic() + 300
-    while (rundir.read_status(target.run_dir).get("epoch") or 0) < 1:  # a checkpoint exists, still training
-        assert rundir.read_status(target.run_dir).get("state") != "done", "finished before it could be requeued"
-        assert time.monotonic() < deadline, "run never reached epoch 1"
-        time.sleep(0.2)
-    job_id = claims.read_claim(target.run_dir)["job_id"]
-    t0 = time.monotonic()
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with held_past_epoch_one(target.run_dir):  # a checkpoint exists, still training
+        job_id = claims.read_claim(target.run_dir)["job_id"]
+        t0 = time.monotonic()
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     assert launch(rq, cluster="slurm", poll_s=1.0) == 0  # nothing new submitted: the requeued task is live
     out = capsys.readouterr().out
     assert "submitted 0 runs" in out
@@ -162,15 +176,11 @@ def test_timeout_signal_checkpoints_at_a_step_boundary_requeues_and_finishes_exa
     assert launch(ref, cluster="slurm", wait=False) == 0
     assert launch(sig, cluster="slurm", wait=False) == 0
     target = run_refs(load_spec(sig))[0]
+    with held_past_epoch_one(target.run_dir):  # training, past its first epoch
+        job_id = claims.read_claim(target.run_dir)["job_id"]
+        assert restarts(job_id) == 0
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     deadline = time.monotonic() + 300
-    while (rundir.read_status(target.run_dir).get("epoch") or 0) < 1:  # training, past its first epoch
-        assert rundir.read_status(target.run_dir).get("state") != "done", "finished before the signal"
-        assert time.monotonic() < deadline, "run never reached epoch 1"
-        time.sleep(0.1)
-    job_id = claims.read_claim(target.run_dir)["job_id"]
-    assert restarts(job_id) == 0
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    deadline = time.monotonic() + 120
     while not (rundir.read_status(target.run_dir).get("reason") or "").startswith("interrupted by SIGUSR2"):
         assert rundir.read_status(target.run_dir).get("state") != "done", "the signal changed nothing"
         assert time.monotonic() < deadline, "the trainer never took the signal"
@@ -192,14 +202,115 @@ def test_timeout_signal_checkpoints_at_a_step_boundary_requeues_and_finishes_exa
     assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
 
 
+# ---------------------------------------------------------------------------- several ranks
+TWO_TASKS = "cpus_per_task: 1, tasks_per_node: 2, timeout_min: 10, signal_delay_s: 10}"
+
+
+def two_task_specs(tmp_path: Path, names: tuple[str, ...], epochs: int = 5) -> list[Path]:
+    """Tiny specs whose one run is a 2-task SLURM job (2 DDP ranks over gloo), the signal 10 s
+    before the time limit as the rehearsal sets it."""
+    specs = [tiny_spec(tmp_path, f"{n}{os.getpid()}", "  optimizer: [sgd]\n  seed: [6]\n", epochs=epochs)
+             for n in names]
+    for spec in specs:
+        text = spec.read_text()
+        assert "cpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}" in text
+        spec.write_text(text.replace("cpus_per_task: 1, timeout_min: 10, signal_delay_s: 20}", TWO_TASKS))
+    return specs
+
+
+def wait_until(what: str, done, seconds: float = 300.0, poll_s: float = 0.1):
+    deadline = time.monotonic() + seconds
+    while not (value := done()):
+        assert time.monotonic() < deadline, what
+        time.sleep(poll_s)
+    return value
+
+
+def job_gone(job_id: str) -> bool:
+    return not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip()
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
+def test_two_task_job_signalled_stops_every_rank_at_one_step_requeues_and_resumes_exactly(slurm_cluster, tmp_path,
+                                                                                           capsys):
+    """`scancel --signal=USR2` of a running 2-task job: SLURM delivers the signal to both tasks,
+    each meets it at its own step boundary; the ranks agree on one step, rank 0 writes one
+    checkpoint and requeues the job, the requeued job resumes there and ends with the tables
+    of an uninterrupted 2-task run."""
+    ref, sig = two_task_specs(tmp_path, ("mref", "msig"))
+    assert launch(sig, cluster="slurm", wait=False) == 0
+    target = run_refs(load_spec(sig))[0]
+    job_id = claims.read_claim(target.run_dir)["job_id"]
+    with held_past_epoch_one(target.run_dir) as running:  # both ranks held: the signal lands mid-training
+        assert running["world_size"] == 2 and restarts(job_id) == 0
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+
+    def interrupted_status():
+        st = rundir.read_status(target.run_dir)
+        return st if (st.get("reason") or "").startswith("interrupted by") else None
+
+    interrupted = wait_until("the ranks never took the signal", interrupted_status)
+    step = interrupted["step"]
+    assert interrupted["reason"] == (f"interrupted by SIGUSR2 at step {step} (seen by rank 0, 1 of 2); "
+                                     f"resumes from its checkpoint")
+    assert 4 <= step < 20  # after epoch 1 (4 steps), before the end
+    wait_until("the job was not requeued", lambda: restarts(job_id) == 1, poll_s=0.2)
+    assert launch(sig, cluster="slurm", poll_s=1.0) == 0  # nothing new submitted: the requeued job is live
+    assert "submitted 0 runs" in capsys.readouterr().out
+    assert launch(ref, cluster="slurm", poll_s=1.0) == 0
+
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "done" and status["job_id"] == job_id and restarts(job_id) == 1
+    assert status["resumed_from_step"] == step and status["resumed_after"] == interrupted["reason"]
+    assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.slurm_own  # kills a rank's process: on this machine
+def test_a_killed_rank_ends_its_job_promptly_with_a_status_naming_it_and_a_resweep_resumes_exactly(
+        slurm_cluster, tmp_path, capsys):
+    """kill -9 of rank 1 of a running 2-task job (what the OOM killer does): srun's
+    --kill-on-bad-exit ends the step at once, rank 0 finds rank 1's process gone and says so in
+    status.json before it is killed; a re-sweep resubmits the failed run, which resumes from its
+    last checkpoint and ends with the tables of an uninterrupted run."""
+    ref, sweep = two_task_specs(tmp_path, ("kref", "kill"), epochs=4)
+    assert launch(sweep, cluster="slurm", wait=False) == 0
+    target = run_refs(load_spec(sweep))[0]
+    job_id = claims.read_claim(target.run_dir)["job_id"]
+    with held_past_epoch_one(target.run_dir) as running:  # mid-training, whatever the machine's speed
+        rank1 = next(r for r in running["ranks"] if r["rank"] == 1)
+        os.kill(rank1["pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+    wait_until("the job outlived its killed rank", lambda: job_gone(job_id), seconds=120, poll_s=0.2)
+    with capsys.disabled():  # the measured time, in the log (-s)
+        print(f"job {job_id} gone {time.monotonic() - killed_at:.1f} s after kill -9 of rank 1")
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "failed" and status["failed_rank"] == 1, status
+    assert status["reason"].startswith(f"rank 1 (pid {rank1['pid']} on {rank1['host']}) of 2 died at step "), status
+    assert " without a word (killed: kill -9, the OOM killer or a native crash)" in status["reason"]
+    assert classify_all(run_refs(load_spec(sweep)))[0].state == "failed"
+
+    assert launch(sweep, cluster="slurm", poll_s=1.0) == 0  # the re-sweep: the failed run resubmitted
+    assert "submitted 1 runs" in capsys.readouterr().out
+    status = rundir.read_status(target.run_dir)
+    assert status["state"] == "done" and status["resumed_from_step"] >= 4  # from a checkpoint past epoch 1
+    assert status["resumed_after"].startswith("rank 1 (pid ")
+    assert launch(ref, cluster="slurm", poll_s=1.0) == 0
+    assert_same_tables(run_refs(load_spec(ref))[0].run_dir, target.run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.slurm_own  # the 2 GPUs slurm-up.sh's node advertises
 def test_multi_gpu_submission_asks_one_task_per_gpu(slurm_cluster, tmp_path):
     """The sbatch script of a 2-GPU run: --gpus-per-node=2 and 2 tasks (DDP), accepted by SLURM."""
     from imagenet_repro.sweep.launcher import _slurm_executor
 
     spec = load_spec(tiny_spec(tmp_path, "gpu", "  seed: [0]\n"))
-    spec = spec.__class__(**{**spec.__dict__, "slurm": spec.slurm.__class__(gpus_per_node=2, timeout_min=5)})
+    spec = dataclasses.replace(spec, slurm=dataclasses.replace(spec.slurm, gpus_per_node=2, timeout_min=5))
     ex = _slurm_executor(spec)
     assert ex.parameters["gpus_per_node"] == 2 and ex.parameters["ntasks_per_node"] == 2
     job = ex.submit(shutil.which, "sh")  # a trivial callable: checks placement, not training
@@ -300,6 +411,8 @@ def _sacct_times(job_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.slurm_own  # it rewrites slurm.conf and restarts slurmctld:
+@pytest.mark.root       # only the tests' own cluster, as root
 @pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
 def test_grid_over_max_array_size_is_split_and_keeps_the_parallelism(slurm_cluster, tmp_path, capsys):
     """4 runs, MaxArraySize lowered to 2, array_parallelism 1: two arrays of 2, the second

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-from test_sweep_cluster import slurm_cluster, tiny_spec  # noqa: F401  (fixture)
+from test_sweep_cluster import tiny_spec
 
 from imagenet_repro import cli, rundir
 from imagenet_repro.config import build_config, config_hash
@@ -138,7 +138,7 @@ def test_shipped_families_spec_plans():
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_families_sweep_end_to_end_on_slurm(slurm_cluster, tmp_path, capsys):  # noqa: F811
+def test_families_sweep_end_to_end_on_slurm(slurm_cluster, tmp_path, capsys):
     """sgd/sgdc and adamw/adamc grids as one SLURM sweep, tiny: all done, aggregate has all four."""
     name = f"fam{os.getpid()}"
     grids = ("grids:\n  - axes: {optimizer: [sgd, sgdc], optim.lr: [0.1]}\n"

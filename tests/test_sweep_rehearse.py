@@ -1,9 +1,11 @@
 """The flagship in the shape users launch it: placement rules caught by the planner, and
-``repro sweep SPEC --rehearse`` on every shipped spec (real ResNet-50, 2 DDP ranks over
-gloo, real SLURM when the cluster is up, else submitit's local executor)."""
+``repro sweep SPEC --rehearse`` on it (real ResNet-50, 2 DDP ranks over gloo, real SLURM when
+the tests' cluster is up, else submitit's local executor). Every other shipped spec and a bad
+variant are rehearsed locally in tests/test_sweep_rehearse_specs.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,11 +148,11 @@ def test_rehearse_rejects_bad_flags(capsys):
 
 
 # ---------------------------------------------------------------------------- end to end
-def rehearse(spec: Path, root: Path) -> subprocess.CompletedProcess:
-    """``repro sweep SPEC --rehearse`` as a user runs it (SLURM when it answers, else local)."""
+def rehearse(spec: Path, root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``repro sweep SPEC --rehearse`` as a user runs it (SLURM when it answers, else local; ``args``: more options)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "imagenet_repro", "sweep", str(spec), "--rehearse",
-                           "--rehearse-root", str(root)], cwd=REPO, capture_output=True, text=True, env=env,
+                           "--rehearse-root", str(root), *args], cwd=REPO, capture_output=True, text=True, env=env,
                           timeout=900)
 
 
@@ -160,12 +162,6 @@ def table_rows(out: str) -> list[str]:
     end = next(i for i in range(start + 2, len(lines)) if not lines[i].startswith("optimizer=")
                and not lines[i].startswith("seed="))
     return lines[start + 2:end]
-
-
-@pytest.fixture(scope="session")
-def rehearsal_root(tmp_path_factory) -> Path:
-    """One rehearsal root for the session: the synthetic datasets are cached there by shape."""
-    return tmp_path_factory.mktemp("rehearsal")
 
 
 @pytest.mark.slow
@@ -186,80 +182,12 @@ def test_flagship_rehearses_clean_under_two_rank_ddp(rehearsal_root):
     assert len(rows) == 2
     for row in rows:
         assert "  2  " in row and " yes " in row and row.rstrip().endswith("none"), row
+    # the time-limit signal reaching rank 1 at step 4 and rank 0 at step 5: one stop at step 4, exact resume
+    assert re.search(r"^multi-rank signal \(.*2 ranks, SIGUSR2 at steps 5, 4 of ranks 0\.\.1\): every rank stopped "
+                     r"at step 4, one checkpoint, resumed exactly$", out, re.M), out[-3000:]
     assert "not rehearsed here (no GPU): CUDA" in out
     assert (root / "results" / "paper_fig5" / "figures" / "fig5_training_curves.png").is_file()
     assert real_sweep.exists() == existed  # the real sweep's folder is not the rehearsal's
     cfg = (root / "runs" / "paper_fig5").glob("*/config.yaml")
     texts = [p.read_text() for p in cfg]
     assert len(texts) == 2 and all("name: resnet50" in t and "batch_size: 8" in t for t in texts)
-
-
-@pytest.mark.slow
-@pytest.mark.rehearsal
-@pytest.mark.parametrize("spec", sorted(p.name for p in (REPO / "sweeps").glob("*.yaml") if p.name != FLAGSHIP.name))
-def test_every_other_shipped_spec_rehearses_clean(spec, rehearsal_root):
-    proc = rehearse(REPO / "sweeps" / spec, rehearsal_root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed: " in proc.stdout
-
-
-# ---------------------------------------------------------------------------- a bad variant
-FORGETFUL = '''"""SGD whose warm-up counter lives outside the optimizer state: not checkpointed, so a
-resumed run starts its warm-up over and its numbers leave the uninterrupted run's."""
-from dataclasses import dataclass
-
-import torch
-
-from imagenet_repro.optim import OptimConfig, register_optimizer
-
-
-@dataclass
-class ForgetfulConfig(OptimConfig):
-    name: str = "forgetful"
-    momentum: float = 0.0
-
-
-@register_optimizer("forgetful", config=ForgetfulConfig)
-class Forgetful(torch.optim.SGD):
-    def __init__(self, params, lr=0.1, weight_decay=0.0, momentum=0.0):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
-        self.calls = 0  # the bug: not in state_dict()
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        self.calls += 1
-        for group in self.param_groups:
-            group["lr"] = group["lr"] * min(1.0, self.calls / 10)
-        return super().step(closure)
-'''
-
-
-@pytest.mark.slow
-@pytest.mark.long
-def test_rehearsal_exits_non_zero_on_a_bad_variant_and_corners_runs_both_corners(tmp_path):
-    """`--variants corners` on a 2-optimizer x 2-lr x 2-wd grid: each optimizer at the
-    all-minimum and the all-maximum corner (4 variants); the optimizer that does not checkpoint
-    its state fails its kill-and-resume check in both, the other passes, the exit code is 1."""
-    (tmp_path / "forgetful.py").write_text(FORGETFUL)
-    spec = tmp_path / "bad.yaml"
-    spec.write_text(f"name: bad\nruns_root: {tmp_path / 'runs'}\nbase: {REPO / 'experiments/demo.yaml'}\n"
-                    f"overrides:\n  optim.imports: [{tmp_path / 'forgetful.py'}]\n  model.widths: [4, 8, 8]\n"
-                    "  data.backend: torchvision\n"  # no FFCV pipeline to compile in each of the 12 jobs
-                    "  train.eval_every_steps: 0\n  train.tensorboard: false\n"
-                    "axes:\n  optimizer: [sgd, forgetful]\n  optim.lr: [0.01, 0.1]\n  optim.weight_decay: [0.0, 0.005]\n")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "imagenet_repro", "sweep", str(spec), "--rehearse", "--variants", "corners",
-                           "--cluster", "local", "--rehearse-root", str(tmp_path / "rehearsal")],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=1800)  # 12 jobs
-    out = proc.stdout
-    assert proc.returncode == 1, out[-3000:] + proc.stderr[-3000:]
-    assert "rehearsal of bad: 4 variants" in out
-    rows = {row.split("  ")[0].strip(): row for row in table_rows(out)}
-    assert set(rows) == {f"optimizer={o} lr={lr} wd={wd}"
-                         for o in ("sgd", "forgetful") for lr, wd in (("0.01", "0.0"), ("0.1", "0.005"))}, rows
-    for label, row in rows.items():
-        if label.startswith("optimizer=sgd"):
-            assert " yes " in row and row.rstrip().endswith("none"), row
-        else:
-            assert " NO " in row and "differs after resume" in row, row
-    assert "rehearsal of bad FAILED: 2/4 variants clean" in out

@@ -213,7 +213,7 @@ def test_planner_tests_pass_in_a_checkout_with_imagenet_and_a_launched_stage(tmp
     ImageNet written to data/imagenet/ and stage 1 of sweeps/paper_fig5.yaml launched (half
     of its runs done, half running under a live job).  They plan in their own temporary
     folders, so they pass there, and they leave the user's files alone."""
-    for part in ("tests", "pyproject.toml"):  # the test files, pytest's settings (markers)
+    for part in ("tests", "pyproject.toml", "scripts"):  # the test files, pytest's settings (markers), slurm-up.sh --check
         (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, checkout_copy / part)
     data = checkout_copy / "data" / "imagenet"
     data.mkdir(parents=True)
@@ -257,3 +257,37 @@ def test_quick_spec_is_one_config_three_seeds_within_twenty_gpu_hours(capsys, ch
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("cost estimate:"))
     hours = float(line.split("cost estimate:")[1].split("GPU-hours")[0].replace(",", ""))
     assert hours <= 20, line
+
+
+def test_every_shipped_spec_gives_each_gpu_task_a_cpu_per_thread(checkout_copy):
+    """slurm.cpus_per_task covers data.num_workers and the training process's own threads (main,
+    loader, NCCL) in every shipped spec: more CPUs per task, the workers (run identity) as they were."""
+    from imagenet_repro.sweep.placement import placement_warnings
+
+    checked = 0
+    for path in sorted(Path("sweeps").glob("*.yaml")):
+        spec = load_spec(path)
+        runs = resolve_runs(spec)
+        assert placement_warnings(spec, runs) == [], path
+        if spec.slurm.gpus_per_node:
+            checked += 1
+            assert spec.slurm.cpus_per_task == max(r.config["data"]["num_workers"] for r in runs) + 3, path
+    assert checked == 4  # the paper_fig5 family and vit_adamc
+
+
+@pytest.mark.parametrize("cpus, given", [("10", "slurm.cpus_per_task=10"),
+                                         ("0", "slurm.cpus_per_task unset (SLURM's default, often 1)")])
+def test_too_few_cpus_per_gpu_task_is_a_plan_time_warning_saying_what_to_set(tmp_path, capsys, checkout_copy, cpus,
+                                                                              given):
+    spec = checkout_copy / "s.yaml"
+    spec.write_text(f"name: s\nruns_root: runs\nbase: experiments/imagenet_resnet50.yaml\naxes: {{seed: [0, 1]}}\n"
+                    f"slurm: {{gpus_per_node: 8, cpus_per_task: {cpus}}}\n")
+    assert cli.main(["sweep", str(spec), "--dry-run", "--cluster", "slurm"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    warning = (f"  warning: {spec}: {given} for data.num_workers=10 loader workers and the training process's own 3 "
+               f"threads (main, loader, NCCL) per task: set slurm.cpus_per_task: 13 (x 8 tasks = 104 CPUs per node); "
+               f"fewer workers would change the runs' identity")
+    assert warning in out and "2 runs" in out[0]  # in the plan, which goes on
+    spec.write_text(spec.read_text().replace(f"cpus_per_task: {cpus}", "cpus_per_task: 13"))
+    assert cli.main(["sweep", str(spec), "--dry-run", "--cluster", "slurm"]) == 0
+    assert "cpus_per_task" not in capsys.readouterr().out

@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_same_tables
+from conftest import assert_same_tables, train_killed_after_checkpoints
+from ranks import run_ranks
 
 from imagenet_repro import rundir
 from imagenet_repro.config import load_config
@@ -36,20 +36,11 @@ def tables(run: Path) -> dict[str, pd.DataFrame]:
     return {name: pd.read_parquet(run / f"{name}.parquet") for name in ("steps", "layers", "eval")}
 
 
-def sigkill_after_checkpoint(out: Path, overrides: list[str], past_step: int = 0) -> int:
-    """`repro train` into ``out``, SIGKILLed once it has a checkpoint past ``past_step``; that checkpoint's step."""
-    proc = subprocess.Popen([sys.executable, "-m", "imagenet_repro", "train", str(ROOT / DEMO), *overrides,
-                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = out / rundir.LAST_CHECKPOINT
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] > past_step:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    return torch.load(ckpt, weights_only=True)["step"]
+def sigkill_after_checkpoint(out: Path, overrides: list[str], step: int) -> int:
+    """`repro train` into ``out``, SIGKILLed right after a checkpoint at ``step`` (driven by the
+    run's steps, not a timer); that checkpoint's step."""
+    train_killed_after_checkpoints(ROOT / DEMO, overrides, out, steps=(step,))
+    return torch.load(out / rundir.LAST_CHECKPOINT, weights_only=True)["step"]
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +94,9 @@ def test_finished_run_is_not_trained_again(finished_run, fmnist_tiny):
 
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, finished_run, fmnist_tiny):
     killed = tmp_path / "killed"
-    overrides = fmnist_tiny + ["checkpoint.every_minutes=0.005"]  # a checkpoint every ~0.3 s
-    step = sigkill_after_checkpoint(killed, overrides)
-    assert 0 < step < 16, f"killed at step {step}: not mid-epoch 1"
+    overrides = fmnist_tiny + ["checkpoint.every_minutes=600"]  # no timed checkpoint: the one at step 7
+    step = sigkill_after_checkpoint(killed, overrides, 7)
+    assert step == 7, f"killed at step {step}: not mid-epoch 1"
     assert json.loads((killed / "status.json").read_text())["state"] == "running"
 
     assert train(killed, overrides) == "done"
@@ -176,15 +167,9 @@ def ddp_runs(tmp_path_factory, fmnist_tiny) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     plan = [{"out": str(root / name), "overrides": fmnist_tiny + extra, "sync": sync}
             for name, (extra, sync) in DDP_RUNS.items()]
-    (root / "plan.json").write_text(json.dumps(plan))
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(ROOT / "tests" / "ddp_probe.py"), str(root / "plan.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = run_ranks("ddp_probe.py", plan, root, ranks=2)
     runs = {name: root / name for name in DDP_RUNS}
-    return {**runs, "output": proc.stdout + proc.stderr,
+    return {**runs, "output": output,
             "probe": {name: json.loads((run / "probe.json").read_text()) for name, run in runs.items()}}
 
 
@@ -222,11 +207,12 @@ def grad_norm_problems(run: Path, probe: dict) -> list[str]:
 
 def one_rank_problems(two: Path, one: Path) -> list[str]:
     """Where a 2-rank run differs from a 1-rank run of the same global batches beyond float
-    tolerance: the step table (but the loss, which is rank 0's half of the batch, and the
-    wall-clock images/s), the final weights (checkpoint) and the eval table."""
+    tolerance: the step table (the loss too: the mean over the ranks' halves of the batch, the
+    whole batch's; but the wall-clock images/s), the final weights (checkpoint) and the eval
+    table (sharded: each rank half of the val images)."""
     problems = []
     a, b = pd.read_parquet(two / "steps.parquet"), pd.read_parquet(one / "steps.parquet")
-    columns = [c for c in a.columns if c not in ("loss", "images_per_s")]
+    columns = [c for c in a.columns if c != "images_per_s"]
     try:
         pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=False, rtol=1e-5, atol=1e-7)
     except AssertionError as exc:
@@ -305,9 +291,9 @@ def test_intermediate_evals_land_on_their_steps_and_change_nothing_in_training(r
 @pytest.mark.long  # make test's 10 minutes: in make test-rehearsals (CI runs both)
 def test_sigkill_then_resume_with_intermediate_evals_is_exact(tmp_path, run_with_intermediate_evals, fmnist_tiny):
     killed = tmp_path / "killed"
-    overrides = fmnist_tiny + EVAL_EVERY + ["checkpoint.every_minutes=0.005"]
-    step = sigkill_after_checkpoint(killed, overrides, past_step=5)  # past the first intermediate eval
-    assert 5 < step < 32, f"killed at step {step}"
+    overrides = fmnist_tiny + EVAL_EVERY + ["checkpoint.every_minutes=600"]
+    step = sigkill_after_checkpoint(killed, overrides, 12)  # past the intermediate eval of step 10
+    assert step == 12, f"killed at step {step}"
     assert train(killed, overrides) == "done"
     assert_same_tables(run_with_intermediate_evals, killed)
 

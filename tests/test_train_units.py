@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from imagenet_repro.config import ScheduleConfig
-from imagenet_repro.train.checkpoint import load_checkpoint, save_checkpoint
+from imagenet_repro.train.checkpoint import gather_rng_states, load_checkpoint, save_checkpoint
 from imagenet_repro.train.schedule import LRSchedule
 from imagenet_repro.train.telemetry import Telemetry
 
@@ -81,7 +81,8 @@ def test_checkpoint_round_trip_restores_rng_and_state(tmp_path):
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, step=7, epoch=1, batch_in_epoch=2)
+    save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, step=7, epoch=1, batch_in_epoch=2,
+                    rng_states=gather_rng_states(torch.device("cpu"), 1))
     expected = (torch.rand(3), np.random.rand(3), random.random())
     weights = model.weight.detach().clone()
 

@@ -272,3 +272,30 @@ def note_tables() -> str:
 
 if __name__ == "__main__":  # the table of the issue note: python tests/test_validation.py
     print(note_tables())
+
+
+@pytest.mark.parametrize("sweep", ["demo", "demo_vit", "demo_families", "fig2_flat"])
+def test_committed_results_keep_the_run_ids_their_specs_plan(sweep, monkeypatch):
+    """A key added to the config must not change the id of an earlier run (config.RUN_ID_EXCLUDED):
+    else `make demo` would train every committed run again in new folders, and the reproduction
+    test would not find its row."""
+    import pandas as pd
+
+    from imagenet_repro.sweep.spec import load_spec, resolve_runs
+
+    monkeypatch.chdir(ROOT)
+    committed = set(pd.read_parquet(ROOT / "results" / sweep / "runs.parquet").run_id)
+    planned = {r.run_id for r in resolve_runs(load_spec(ROOT / "sweeps" / f"{sweep}.yaml"))}
+    assert committed <= planned, sorted(committed - planned)
+
+
+def test_a_key_left_out_of_the_run_id_changes_no_id():
+    from imagenet_repro.config import RUN_ID_EXCLUDED, build_config, config_hash, read_yaml
+
+    def run_id(**train) -> str:
+        return config_hash(build_config(read_yaml(ROOT / "experiments" / "demo.yaml"), {"train": train},
+                                        check_paths=False))
+
+    assert run_id(collective_timeout_min=3.0) == run_id()
+    assert run_id(eval_every_steps=7) != run_id()
+    assert "train.collective_timeout_min" in RUN_ID_EXCLUDED

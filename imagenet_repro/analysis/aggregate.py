@@ -19,7 +19,9 @@ writes, each file atomically:
                     each one's best, with a 95% t interval (see :mod:`.paired`)
     environment.json  what the runs' environments share and where they differ (packages,
                     CPU capability or CUDA device/driver/cuDNN, thread counts; see
-                    :mod:`.environment`); one warning line on stderr per differing key
+                    :mod:`.environment`); one warning line on stderr per differing key;
+                    under ``ranks`` the runs' world sizes and per-rank batches (a warning
+                    line when they differ, one per run resumed on another world size)
 
 Time-to-target: each run's ``steps_to_target`` is the step of its first eval (intermediate
 evals on the val subset included) with top-1 >= ``target_top1`` (the sweep's, from its spec, else
@@ -49,7 +51,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from imagenet_repro import files, rundir
-from imagenet_repro.analysis.environment import compare_environments, environment_warnings
+from imagenet_repro.analysis.environment import (
+    compare_environments,
+    compare_world_sizes,
+    environment_warnings,
+    world_size_warnings,
+)
 from imagenet_repro.analysis.metrics import binned_means, tail_ratio
 from imagenet_repro.analysis.paired import default_target, format_paired, optimizer_label, paired_table, time_to_target
 from imagenet_repro.analysis.theory import LAYER_READ_COLUMNS, agreement_arrays, default_window
@@ -82,7 +89,7 @@ class Aggregate:
     summary: pd.DataFrame
     counts: dict[str, int] = field(default_factory=dict)
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)
-    environment: dict = field(default_factory=dict)  # analysis.environment.compare_environments
+    environment: dict = field(default_factory=dict)  # analysis.environment.compare_environments, + "ranks"
 
 
 # ---------------------------------------------------------------------------- one run
@@ -301,7 +308,7 @@ def aggregate_runs(run_dirs: Iterable[str | Path], max_points: int = CURVE_POINT
     counts = {s: int((runs["state"] == s).sum()) for s in rundir.RunState if (runs["state"] == s).any()}
     paired = paired_table(runs, select_best(configs))
     return Aggregate(runs=runs, curves=curves, configs=configs, summary=summary, counts=counts, paired=paired,
-                     environment=compare_environments(run_dirs))
+                     environment={**compare_environments(run_dirs), "ranks": compare_world_sizes(run_dirs)})
 
 
 CURVE_COLUMNS = ["run_id", "source", "bin", "step", "epoch", "lr", "loss", "grad_norm", "weight_norm",
@@ -461,7 +468,8 @@ def aggregate_sweep(sweep: SweepDescription | str | Path, results_root: str | Pa
                          target_top1=sweep.target_top1)
     out = Path(results_root) / sweep.name
     write_aggregate(agg, out)
-    for line in environment_warnings(sweep.name, agg.environment):
+    ranks = world_size_warnings(sweep.name, agg.environment["ranks"])
+    for line in environment_warnings(sweep.name, agg.environment) + ranks:
         print(f"aggregate: {line}", file=sys.stderr)
     if not quiet:
         counts = ", ".join(f"{n} {s}" for s, n in agg.counts.items())

@@ -81,6 +81,15 @@ def subset_indices(n: int, subset: int) -> np.ndarray:
     return np.arange(min(n, subset) if subset > 0 else n, dtype=np.int64)
 
 
+def val_shard(indices: np.ndarray, rank: int, world_size: int, limit: int = 0) -> np.ndarray:
+    """Rank ``rank``'s part of the first ``limit`` of ``indices`` (0: all of them): contiguous,
+    disjoint blocks in order (``np.array_split``), not padded, so that the ranks together
+    evaluate each image exactly once (a rank may get none).  FFCV's own distributed mode and
+    torch's DistributedSampler pad the set to a multiple of the ranks, counting some images twice."""
+    chosen = indices[:limit] if limit > 0 else indices
+    return np.array_split(np.asarray(chosen), world_size)[rank]
+
+
 def shard_length(n: int, world_size: int) -> int:
     return -(-n // world_size) if world_size > 1 else n
 

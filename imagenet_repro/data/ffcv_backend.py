@@ -35,7 +35,7 @@ from imagenet_repro.data.beton import check_beton
 from imagenet_repro.data.ffcv_ops import (EpochKey, PlannedOrder, SeededRandomHorizontalFlip,
                                           SeededRandomResizedCropRGBImageDecoder, TorchNormalizeImage)
 from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
-                                         train_resolution)
+                                         train_resolution, val_shard)
 from imagenet_repro.data.seeding import epoch_key, epoch_order
 
 
@@ -149,28 +149,39 @@ class FFCVTrainLoader:
 
 
 class FFCVValLoader:
-    """Sequential val loader over the whole val set (or its first ``data.val_subset`` images)."""
+    """Sequential val loader over the val set (or its first ``data.val_subset`` images), each
+    rank reading its own contiguous part (:func:`~imagenet_repro.data.common.val_shard`)."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device):
+    def __init__(self, cfg: DictConfig, device: torch.device, rank: int = 0, world_size: int = 1):
         d = cfg.data
-        self.threads = int(cfg.train.threads)
+        self.threads, self.rank, self.world_size = int(cfg.train.threads), rank, world_size
         n = check_beton(d.val_path)
-        indices = subset_indices(n, d.val_subset)
-        self.num_examples = len(indices)
+        self.indices = subset_indices(n, d.val_subset)
+        self.num_examples = len(self.indices)
         decoder = CenterCropRGBImageDecoder((d.val_res, d.val_res), ratio=VAL_CROP_RATIO)
         pre, post = image_tail(device, *mean_std(d.dataset))
         self.loader = Loader(str(d.val_path), batch_size=d.val_batch_size, num_workers=_num_threads(d.num_workers),
-                             os_cache=d.os_cache, order=OrderOption.SEQUENTIAL, indices=indices,
+                             os_cache=d.os_cache, order=OrderOption.SEQUENTIAL, indices=self.indices,
                              drop_last=False, batches_ahead=3,
                              pipelines={"image": [decoder, *pre, *post], "label": label_pipeline(device)})
+        self.order = PlannedOrder(self.loader)  # each pass reads the planned shard, in order
+        self.loader.traversal_order = self.order
         _keep_threads(self.threads)
 
     def __len__(self) -> int:
-        return -(-self.num_examples // self.loader.batch_size)
+        return -(-len(val_shard(self.indices, self.rank, self.world_size)) // self.loader.batch_size)
+
+    def batches(self, limit: int = 0):
+        """This rank's part of the first ``limit`` val images (0: all of them)."""
+        shard = val_shard(self.indices, self.rank, self.world_size, limit)
+        if len(shard) == 0:
+            return
+        self.order.planned = np.asarray(shard, dtype=np.uint64)
+        yield from _batches(self.loader, self.threads)
 
     def __iter__(self):
-        yield from _batches(self.loader, self.threads)
+        return self.batches()
 
 
 def build_ffcv_loaders(cfg: DictConfig, device: torch.device, rank: int, world_size: int):
-    return FFCVTrainLoader(cfg, device, rank, world_size), FFCVValLoader(cfg, device)
+    return FFCVTrainLoader(cfg, device, rank, world_size), FFCVValLoader(cfg, device, rank, world_size)

@@ -6,11 +6,14 @@ Interface used by the trainer::
     len(train)                      # batches per epoch on this rank (drop_last)
     for x, y in train.epoch(e, skip=k): ...   # deterministic in (cfg.seed, e); skips k batches
     train.resolution(e)             # progressive resizing, as ffcv-imagenet
-    for x, y in val: ...            # whole val set (or data.val_subset), fixed order
+    for x, y in val.batches(limit): ...   # this rank's part of the first `limit` val images
+                                          # (0: the whole val set or data.val_subset), fixed order
 
 Images are float32, normalised, NCHW on ``device`` (channels_last on CUDA); labels are
 int64 1-D on ``device``.  ``data.batch_size`` is global: each rank gets
-``batch_size // world_size``.  ``data.backend=torchvision`` selects the fallback.  The
+``batch_size // world_size``.  Evaluation is sharded too: each rank reads a disjoint
+contiguous part of the val images (``common.val_shard``: no padding, each image once), and
+the trainer sums the ranks' totals.  ``data.backend=torchvision`` selects the fallback.  The
 backend is part of the run's config and so of its id: a requested backend that cannot be
 used (ffcv not importable) is a ConfigError, never a silent switch.  Before any loader is
 built, :func:`check_data` checks the data files and that their labels fit
@@ -42,11 +45,11 @@ class TrainLoader(Protocol):
 
 
 class ValLoader(Protocol):
-    num_examples: int
+    num_examples: int  # on all ranks together
 
-    def __len__(self) -> int: ...
+    def __len__(self) -> int: ...  # this rank's batches of the whole val set
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def batches(self, limit: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 def ffcv_import_error() -> str | None:

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
-                                         train_resolution)
+                                         train_resolution, val_shard)
 from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
 from imagenet_repro.data.datasets import get_dataset
 
@@ -106,9 +106,12 @@ class TorchvisionTrainLoader:
 
 
 class TorchvisionValLoader:
-    def __init__(self, cfg: DictConfig, device: torch.device):
+    """The val set (or its first ``data.val_subset`` images) in order, each rank reading its own
+    contiguous part (:func:`~imagenet_repro.data.common.val_shard`)."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, rank: int = 0, world_size: int = 1):
         d = cfg.data
-        self.device, self.res = device, d.val_res
+        self.device, self.res, self.rank, self.world_size = device, d.val_res, rank, world_size
         load, labels = _source(d, "val")
         self.dataset = _Images(load, labels, False, d.rrc_scale_min, *mean_std(d.dataset))
         self.indices = subset_indices(len(labels), d.val_subset)
@@ -116,16 +119,22 @@ class TorchvisionValLoader:
         self.batch_size, self.num_workers = d.val_batch_size, d.num_workers
 
     def __len__(self) -> int:
-        return -(-self.num_examples // self.batch_size)
+        return -(-len(val_shard(self.indices, self.rank, self.world_size)) // self.batch_size)
 
-    def __iter__(self):
-        items = [(int(i), -1, self.res) for i in self.indices]
+    def batches(self, limit: int = 0):
+        """This rank's part of the first ``limit`` val images (0: all of them)."""
+        items = [(int(i), -1, self.res) for i in val_shard(self.indices, self.rank, self.world_size, limit)]
+        if not items:
+            return
         batches = [items[k:k + self.batch_size] for k in range(0, len(items), self.batch_size)]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
         for images, labels in loader:
             yield _to_device(images, labels, self.device)
 
+    def __iter__(self):
+        return self.batches()
+
 
 def build_torchvision_loaders(cfg: DictConfig, device: torch.device, rank: int, world_size: int):
-    return TorchvisionTrainLoader(cfg, device, rank, world_size), TorchvisionValLoader(cfg, device)
+    return TorchvisionTrainLoader(cfg, device, rank, world_size), TorchvisionValLoader(cfg, device, rank, world_size)

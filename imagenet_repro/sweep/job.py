@@ -24,21 +24,26 @@ from submitit.helpers import DelayedSubmission
 from imagenet_repro.config import build_config
 from imagenet_repro.errors import ConfigError, StorageError
 from imagenet_repro.sweep import claims
+from imagenet_repro.train.stopping import DEFAULT_STOP_WITHIN_S
 
 Trainer = Callable[[Any, Path], str]
 
 
-def _default_trainer(cfg, run_dir: Path) -> str:
-    from imagenet_repro.train.loop import run_training  # in the job's process, not the submitting one
-
-    return run_training(cfg, run_dir)
-
-
 class TrainJob(submitit.helpers.Checkpointable):
-    """``TrainJob()(config, run_dir)``: train (or resume) one run; DDP across the job's tasks."""
+    """``TrainJob()(config, run_dir)``: train (or resume) one run; DDP across the job's tasks.
 
-    def __init__(self, trainer: Optional[Trainer] = None) -> None:
+    ``stop_within_s``: the spec's ``signal_delay_s``, the time between SLURM's signal and the
+    kill: the ranks agree on stopping often enough to checkpoint within it
+    (:mod:`imagenet_repro.train.stopping`)."""
+
+    def __init__(self, trainer: Optional[Trainer] = None, stop_within_s: Optional[float] = None) -> None:
         self.trainer = trainer  # None: imagenet_repro.train.loop.run_training (tests may pass another)
+        self.stop_within_s = stop_within_s
+
+    def _default_trainer(self, cfg, run_dir: Path) -> str:
+        from imagenet_repro.train.loop import run_training  # in the job's process, not the submitting one
+
+        return run_training(cfg, run_dir, stop_within_s=self.stop_within_s or DEFAULT_STOP_WITHIN_S)
 
     def __call__(self, config: dict, run_dir: str) -> str:
         env = submitit.JobEnvironment()
@@ -52,7 +57,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             # the previous run's store while rank 0 still tears it down.
             os.environ["MASTER_PORT"] = str(20000 + (zlib.crc32(run_dir.encode()) + dist_env.master_port) % 40000)
         cfg = build_config(config)
-        return (self.trainer or _default_trainer)(cfg, Path(run_dir))
+        return (self.trainer or self._default_trainer)(cfg, Path(run_dir))
 
     def checkpoint(self, config: dict, run_dir: str) -> DelayedSubmission:
         """Requeue: the same job again (the trainer has saved its checkpoint)."""
@@ -66,8 +71,9 @@ class RunLane(submitit.helpers.Checkpointable):
     so the run is seen as finished (done, diverged or failed) while the lane goes on.
     """
 
-    def __init__(self, trainer: Optional[Trainer] = None) -> None:
+    def __init__(self, trainer: Optional[Trainer] = None, stop_within_s: Optional[float] = None) -> None:
         self.trainer = trainer
+        self.stop_within_s = stop_within_s
 
     def __call__(self, items: list[tuple[dict, str]]) -> list[str]:
         import traceback
@@ -76,7 +82,7 @@ class RunLane(submitit.helpers.Checkpointable):
         states = []
         for config, run_dir in items:
             try:
-                states.append(TrainJob(self.trainer)(config, run_dir))
+                states.append(TrainJob(self.trainer, self.stop_within_s)(config, run_dir))
             except (ConfigError, StorageError) as exc:  # a refused folder, a failed write: one line in the log
                 print(f"repro: error: {exc}", file=sys.stderr, flush=True)
                 states.append("failed")

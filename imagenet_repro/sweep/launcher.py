@@ -35,6 +35,7 @@ from imagenet_repro.progress import progress as progress_bar
 from imagenet_repro.rundir import FINAL_STATES, RunState
 from imagenet_repro.sweep import arrays, claims
 from imagenet_repro.sweep.job import RunLane, TrainJob
+from imagenet_repro.sweep.placement import check_world_sizes, placement_warnings
 from imagenet_repro.sweep.spec import (
     SHORT_NAMES,
     PlannedRun,
@@ -130,6 +131,8 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[TrackedRun]
         print(f"  cost estimate: none in the spec (gpu_hours_per_run); upper bound from the time limit: {bound:,.1f} GPU-hours")
     for path in missing:
         print(f"  warning: data path missing here: {path} (must exist where the jobs run)")
+    for line in placement_warnings(spec, runs):  # CPUs per task
+        print(f"  warning: {line}")
     if show_runs:
         table = run_table(states).splitlines()
         print("  " + "action    " + table[0])
@@ -147,12 +150,16 @@ def _slurm_executor(spec: SweepSpec, parallelism: Optional[int] = None, after: O
                   array_parallelism=parallelism or s.array_parallelism, signal_delay_s=s.signal_delay_s,
                   stderr_to_stdout=True)
     extra = dict(s.additional_parameters)
+    # with several tasks a rank that dies (kill -9, the OOM killer) ends the step at once:
+    # srun signals the others (their collectives fail and they record which rank died) and kills
+    # them after the site's KillWait, instead of leaving them in a collective until the time limit
+    srun_args = ["--kill-on-bad-exit=1"] if s.world_size > 1 else None
     if after is not None:  # the spec's own dependency, if any, and ours (',' = both)
         extra["dependency"] = ",".join(d for d in (extra.get("dependency"), f"afterany:{after}") if d)
     optional = dict(partition=s.partition, account=s.account, qos=s.qos, constraint=s.constraint,
                     gpus_per_node=s.gpus_per_node or None, cpus_per_task=s.cpus_per_task or None,
                     mem=f"{int(s.mem_gb * 1024)}MB" if s.mem_gb else None,
-                    setup=list(s.setup) or None, additional_parameters=extra or None)
+                    setup=list(s.setup) or None, additional_parameters=extra or None, srun_args=srun_args)
     params.update({k: v for k, v in optional.items() if v is not None})
     ex.update_parameters(**params)
     return ex
@@ -178,7 +185,8 @@ def _submit_slurm(spec: SweepSpec, runs: list[PlannedRun], trainer=None,
         ex = _slurm_executor(spec, plan.parallelism, None if plan.after is None else array_ids[plan.after])
         part = runs[plan.start:plan.stop]
         with ex.batch():
-            submitted = [ex.submit(TrainJob(trainer), run.config, str(run.run_dir)) for run in part]
+            submitted = [ex.submit(TrainJob(trainer, spec.slurm.signal_delay_s), run.config, str(run.run_dir))
+                         for run in part]
         for run, job in zip(part, submitted):
             claims.record_job(run.run_dir, "slurm", job.job_id, job.paths.folder)
         array_ids.append(str(submitted[0].job_id).split("_")[0])
@@ -196,7 +204,7 @@ def _submit_local(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer
     items = [[(r.config, str(r.run_dir)) for r in runs[i::lanes]] for i in range(lanes)]
     if cluster == "debug":
         ex = submitit.DebugExecutor(folder=folder)
-        job = ex.submit(RunLane(trainer), [it for lane in items for it in lane])
+        job = ex.submit(RunLane(trainer, spec.slurm.signal_delay_s), [it for lane in items for it in lane])
         for run in runs:
             claims.record_job(run.run_dir, "debug", str(os.getpid()), job.paths.folder, pid=os.getpid())
         return [job]
@@ -210,7 +218,7 @@ def _submit_local(spec: SweepSpec, runs: list[PlannedRun], cluster: str, trainer
         # over the spec's tasks per node, as on SLURM
         ex.update_parameters(timeout_min=spec.slurm.timeout_min * len(lane), signal_delay_s=spec.slurm.signal_delay_s,
                              tasks_per_node=spec.slurm.tasks)
-        job = ex.submit(RunLane(trainer), lane)
+        job = ex.submit(RunLane(trainer, spec.slurm.signal_delay_s), lane)
         for r in runs[i::lanes]:
             claims.record_job(r.run_dir, "local", job.job_id, job.paths.folder, pid=int(job.job_id))
         jobs.append(job)
@@ -294,6 +302,7 @@ def launch(spec: str | Path, cluster: str = "auto", dry_run: bool = False, only:
                                                          ("slurm" if slurm_available() else "local"))
     if dry_run:
         check_run_folders(runs)
+        check_world_sizes(sweep, runs, chosen)
         print_plan(sweep, runs, classify_all([_ref(r) for r in runs]), chosen, missing, label=label)
         return 0
     states = execute(sweep, runs, chosen, whole_grid=not only, wait=wait, trainer=trainer, poll_s=poll_s,
@@ -318,6 +327,7 @@ def execute(sweep: SweepSpec, runs: list[PlannedRun], cluster: str, whole_grid: 
     The one submission path: ``repro sweep`` and the rehearsal (:mod:`.rehearse`) both come here."""
     refs = [_ref(r) for r in runs]
     check_run_folders(runs)  # before the lock: a refused plan leaves no file behind
+    check_world_sizes(sweep, runs, cluster)
     limits = None
     n_todo = sum(s.state in SUBMIT_STATES for s in classify_all(refs)) if cluster == "slurm" else 0
     if n_todo:  # the site's limits, before the lock too: a submission that cannot fit writes nothing

@@ -21,9 +21,14 @@ For a spec it:
    SIGKILL right after a checkpoint forced mid-epoch, then resubmitted by the launcher
    like any failed run and resumed: its steps, per-layer and eval tables must equal the
    reference's exactly;
+   With several ranks the first variant is also run a fourth time, ``<name>-signal/``: the
+   time-limit signal (SIGUSR2) reaches the last rank at step ``KILL_AT_STEP`` and the others
+   one step later each (as SLURM delivers it to the tasks moments apart and GPUs' host threads
+   run steps apart): every rank must stop at the same step with one checkpoint, the job be
+   requeued (or resubmitted) and resume exactly (:class:`SignalAtSteps`);
 5. aggregates and draws the figures of the reference runs;
-6. prints one table (variant | ranks | started | steps/s | resumed exactly | problems)
-   and returns 1 if any variant failed.
+6. prints one table (variant | ranks | started | steps/s | resumed exactly | problems),
+   the multi-rank signal's line, and returns 1 if any variant failed.
 
 Without GPUs the runs are on CPU over gloo, with the spec's ranks capped by ``ranks``
 (default 2), and what could not be rehearsed (CUDA, bf16 autocast, channels_last, NCCL,
@@ -192,7 +197,7 @@ def shrink(config: dict, data: tuple[str, str], scale: Scale) -> dict:
 
 def plan_variants(spec: SweepSpec, root: Path, scale: Scale, mode: str) -> list[tuple[PlannedRun, PlannedRun]]:
     """(reference run, resume run) per variant, in two rehearsal sweeps under ``root/runs``."""
-    ref_sweep, res_sweep = rehearsal_specs(spec, root, scale)
+    ref_sweep, res_sweep, _ = rehearsal_specs(spec, root, scale)
     real = {r.run_id: r for r in resolve_runs(spec, choose_variants(spec, mode))}
     pairs = []
     for run in real.values():
@@ -205,9 +210,10 @@ def plan_variants(spec: SweepSpec, root: Path, scale: Scale, mode: str) -> list[
     return pairs
 
 
-def rehearsal_specs(spec: SweepSpec, root: Path, scale: Scale) -> tuple[SweepSpec, SweepSpec]:
-    """The reference and the resume sweeps: the spec's scheduler settings, the rehearsal's
-    resources (``scale.ranks`` tasks on one node; GPUs only with ``scale.gpu``), its own root."""
+def rehearsal_specs(spec: SweepSpec, root: Path, scale: Scale) -> tuple[SweepSpec, SweepSpec, SweepSpec]:
+    """The reference, the resume and the signal sweeps: the spec's scheduler settings, the
+    rehearsal's resources (``scale.ranks`` tasks on one node; GPUs only with ``scale.gpu``), its
+    own root."""
     slurm = dataclasses.replace(
         spec.slurm, nodes=1, tasks_per_node=scale.ranks, gpus_per_node=scale.ranks if scale.gpu else 0,
         cpus_per_task=spec.slurm.cpus_per_task if scale.gpu else 1,
@@ -218,7 +224,8 @@ def rehearsal_specs(spec: SweepSpec, root: Path, scale: Scale) -> tuple[SweepSpe
         raise ConfigError(f"--rehearse-root {root} would put rehearsal runs beside the real sweep's ({spec.runs_root})")
     common = dict(runs_root=runs_root, slurm=slurm, local=LocalSpec(parallelism=1))
     return (dataclasses.replace(spec, name=spec.name, **common),
-            dataclasses.replace(spec, name=f"{spec.name}-resume", **common))
+            dataclasses.replace(spec, name=f"{spec.name}-resume", **common),
+            dataclasses.replace(spec, name=f"{spec.name}-signal", **common))
 
 
 # ---------------------------------------------------------------------------- the kill
@@ -243,6 +250,25 @@ class KillAfterCheckpoint(Callback):
 
             torch.distributed.barrier()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtSteps(Callback):
+    """A sweep job's trainer whose ranks get ``signum`` at different steps: the last rank at
+    step ``step``, each lower rank one step later (rank 0 last), in the run's first attempt only
+    (the requeued job resumes without a signal).  ``stop_within_s``: the spec's signal delay."""
+
+    def __init__(self, step: int, stop_within_s: float, signum: int = signal.SIGUSR2) -> None:
+        self.step, self.stop_within_s, self.signum = step, stop_within_s, int(signum)
+
+    def __call__(self, cfg, run_dir: Path) -> str:
+        return run_training(cfg, run_dir, callbacks=[self], stop_within_s=self.stop_within_s)
+
+    def at(self, rank: int, world_size: int) -> int:
+        return self.step + (world_size - 1 - rank)
+
+    def on_step_end(self, trainer, images, labels) -> None:
+        if trainer.first_step == 0 and trainer.step == self.at(trainer.dist.rank, trainer.dist.world_size):
+            os.kill(os.getpid(), self.signum)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -296,6 +322,26 @@ def _check_variant(ref: PlannedRun, res: PlannedRun, ranks: int) -> VariantResul
     return out
 
 
+def check_signal_run(ref: PlannedRun, run: PlannedRun, ranks: int, trainer: SignalAtSteps) -> list[str]:
+    """The problems of the multi-rank signal run: it must have stopped once, on every rank at
+    the first signal's step (the status of the resumed attempt keeps the stop's reason in
+    ``resumed_after``), and resumed from there to the reference's tables."""
+    st, name = _status(run.run_dir), signal.Signals(trainer.signum).name
+    if st.get("state") not in ("done", "diverged"):
+        return [f"signalled run {st.get('state', 'never started')}: {st.get('reason', '')}".rstrip(": ")]
+    first = trainer.at(ranks - 1, ranks)
+    expected = (f"interrupted by {name} at step {first} (seen by rank {ranks - 1} of {ranks}); "
+                f"resumes from its checkpoint")
+    problems = []
+    if st.get("resumed_after") != expected:
+        problems.append(f"the signalled run did not stop once at step {first} on every rank "
+                        f"(status before its resume: {st.get('resumed_after')!r})")
+    if st.get("resumed_from_step") != first:
+        problems.append(f"the signalled run did not resume from step {first} "
+                        f"(resumed_from_step={st.get('resumed_from_step')})")
+    return problems + compare_runs(ref.run_dir, run.run_dir)
+
+
 def format_table(results: list[VariantResult]) -> str:
     header = ["variant", "ranks", "started", "steps/s", "resumed exactly", "problems"]
     rows = [[r.label, str(r.ranks), "yes" if r.started else "NO",
@@ -327,12 +373,17 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
     scale = Scale(ranks=world, batch_per_rank=batch_per_rank, gpu=gpu)
     root = Path(root)
     pairs = plan_variants(spec, root, scale, mode)
-    ref_sweep, res_sweep = rehearsal_specs(spec, root, scale)
-    print(f"rehearsal of {spec.name}: {len(pairs)} variants x (reference, kill at step {KILL_AT_STEP} + resume), "
-          f"{world} rank(s) {'on GPU' if gpu else 'on CPU over gloo'} (spec: {spec.slurm.world_size}), "
+    ref_sweep, res_sweep, sig_sweep = rehearsal_specs(spec, root, scale)
+    signalled = None
+    if world > 1:  # the first variant once more, its ranks signalled at different steps
+        ref0 = pairs[0][0]
+        signalled = dataclasses.replace(ref0, run_dir=sig_sweep.sweep_dir / ref0.run_id)
+    print(f"rehearsal of {spec.name}: {len(pairs)} variants x (reference, kill at step {KILL_AT_STEP} + resume)"
+          + (" + a multi-rank signal" if signalled else "")
+          + f", {world} rank(s) {'on GPU' if gpu else 'on CPU over gloo'} (spec: {spec.slurm.world_size}), "
           f"{batch_per_rank} images per rank, {EPOCHS} epochs x {STEPS_PER_EPOCH} steps, cluster {chosen}; "
           f"runs in {ref_sweep.sweep_dir} and {res_sweep.sweep_dir}", flush=True)
-    for old in (ref_sweep.sweep_dir, res_sweep.sweep_dir):  # a rehearsal always starts from scratch
+    for old in (ref_sweep.sweep_dir, res_sweep.sweep_dir, sig_sweep.sweep_dir):  # a rehearsal always starts from scratch
         if old.is_dir():
             import shutil
 
@@ -347,6 +398,18 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
     print("rehearsal: the killed runs resubmitted (they resume from their checkpoint)", flush=True)
     execute(res_sweep, resumes, chosen, poll_s=poll_s, progress=False, announce=False)
     results = [_check_variant(a, b, world) for a, b in pairs]
+    signal_line, signal_problems = None, []
+    if signalled is not None:
+        trainer = SignalAtSteps(KILL_AT_STEP, sig_sweep.slurm.signal_delay_s)
+        print(f"rehearsal: SIGUSR2 to rank {world - 1} at step {KILL_AT_STEP}, then to each lower rank one step "
+              f"later; requeued (or resubmitted), resumed", flush=True)
+        execute(sig_sweep, [signalled], chosen, trainer=trainer, poll_s=poll_s, progress=False, announce=False)
+        execute(sig_sweep, [signalled], chosen, poll_s=poll_s, progress=False, announce=False)  # a failed run resubmitted
+        signal_problems = check_signal_run(pairs[0][0], signalled, world, trainer)
+        signal_line = (f"multi-rank signal ({signalled.label()}, {world} ranks, SIGUSR2 at steps "
+                       f"{', '.join(str(trainer.at(r, world)) for r in range(world))} of ranks 0..{world - 1}): "
+                       + ("every rank stopped at step " + str(KILL_AT_STEP) + ", one checkpoint, resumed exactly"
+                          if not signal_problems else "FAILED: " + "; ".join(signal_problems)))
 
     analysis = []
     try:
@@ -356,17 +419,19 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
     except Exception as exc:  # reported in the table's verdict, not raised
         analysis.append(f"aggregate/figures FAILED: {describe(exc)}")
     print(format_table(results))
+    if signal_line:
+        print(signal_line)
     for line in analysis:
         print(line)
     if not gpu and spec.slurm.gpus_per_node > 0:
         print(f"not rehearsed here (no GPU): {NOT_ON_CPU}")
     if spec.slurm.world_size > world:
         print(f"ranks: the spec runs {spec.slurm.world_size} ranks; rehearsed with {world} (--ranks)")
-    failed = [r for r in results if not r.ok] + [a for a in analysis if "FAILED" in a]
+    failed = [r for r in results if not r.ok] + [a for a in analysis if "FAILED" in a] + signal_problems
     verdict = "FAILED" if failed else "passed"
     print(f"rehearsal of {spec.name} {verdict}: {len(results) - sum(not r.ok for r in results)}/{len(results)} variants "
           f"clean in {time.monotonic() - t0:.0f} s")
     return 1 if failed else 0
 
 
-__all__ = ["choose_variants", "rehearsal_data", "shrink", "rehearse", "KillAfterCheckpoint"]
+__all__ = ["choose_variants", "rehearsal_data", "shrink", "rehearse", "KillAfterCheckpoint", "SignalAtSteps"]

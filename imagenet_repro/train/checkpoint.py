@@ -1,9 +1,13 @@
-"""Checkpoints: everything needed to continue a run bit-for-bit.
+"""Checkpoints: everything needed to continue a run where it stopped (bit for bit on CPU,
+tested with 1 and 2 ranks; on CUDA not measured: docs/run-folder.md, "What is exact where").
 
 A checkpoint holds the model, the optimizer, the schedule position (the step), the loader
-position (epoch and batches already taken in it) and the RNG states of torch (CPU and
-CUDA), numpy and Python.  Only tensors and plain containers are stored, so it loads with
-``torch.load(weights_only=True)``.
+position (epoch and batches already taken in it) and the RNG states of every rank: torch's
+CPU generator, the rank's own CUDA device's, numpy's and Python's, gathered to rank 0 by
+:func:`gather_rng_states` (a collective every rank calls) and stored as a list in rank order;
+on resume each rank restores its own (:func:`restore_rng_state`; a checkpoint written before
+holds rank 0's states only, which every rank restores, as then).  Only tensors and plain
+containers are stored, so it loads with ``torch.load(weights_only=True)``.
 
 Two are kept: ``checkpoints/last.pt`` and the one before it, ``checkpoints/prev.pt``, each
 with a ``.sha256`` sidecar (the zip container catches a truncated file, not a flipped
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from imagenet_repro.errors import ConfigError, describe
 from imagenet_repro.files import atomic_write, atomic_write_text
@@ -36,26 +41,66 @@ class CheckpointError(ConfigError):
     """No checkpoint of a run can be used; the message names every file and why (one line)."""
 
 
-def _rng_state() -> dict:
+def rank_rng_state(device: torch.device) -> dict:
+    """This process's RNG states: torch's CPU generator, its own CUDA device's (``device``, only
+    when it is one; never every visible device's), numpy's and Python's."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
                   "gauss": float(gauss)},
         "python": {"version": int(version), "state": list(py_state), "gauss": py_gauss},
     }
 
 
-def _set_rng_state(state: dict) -> None:
+def gather_rng_states(device: torch.device, world_size: int) -> list[dict] | None:
+    """Every rank's :func:`rank_rng_state`, in rank order, on rank 0; None on the other ranks.
+
+    A collective of the default process group when ``world_size`` > 1: every rank calls it
+    at the same checkpoint (before rank 0 writes the file).  One process: its own state."""
+    own = rank_rng_state(device)
+    if world_size <= 1:
+        return [own]
+    rank = dist.get_rank()
+    gathered: list[dict] | None = [{} for _ in range(world_size)] if rank == 0 else None
+    dist.gather_object(own, gathered, dst=0)
+    return gathered
+
+
+def _cuda_state(saved, device: torch.device) -> torch.Tensor | None:
+    """This rank's CUDA state from a checkpoint's entry: its own device's (this format), or the
+    entry of its device index in the list of every visible device's (the format before)."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    if isinstance(saved, (list, tuple)) and device.index is not None and device.index < len(saved):
+        return saved[device.index]
+    return None
+
+
+def restore_rng_state(saved: list | dict, rank: int, device: torch.device) -> bool:
+    """Set this rank's RNG states from a checkpoint's ``rng`` entry: one state per rank (this
+    format: rank ``rank``'s), or a single state (checkpoints written before: rank 0's, which
+    every rank restored then and still does).  A rank the checkpoint has no state for (a
+    resume on more ranks than it was written by) keeps the states it has, as at a fresh start,
+    and False is returned.  The CUDA state goes to ``device`` only, whatever the number of
+    devices the writer saw; a state saved on CPU leaves the CUDA generator as it is."""
+    if isinstance(saved, dict):
+        state = saved
+    elif rank < len(saved):
+        state = saved[rank]
+    else:
+        return False
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = _cuda_state(state.get("cuda"), device)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    return True
 
 
 def _sha256(path: Path) -> str:
@@ -78,8 +123,9 @@ def _unlink(path: Path) -> None:
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    epoch: int, batch_in_epoch: int) -> None:
-    """Write ``path`` (``.../last.pt``), keeping the checkpoint it replaces as ``prev.pt``."""
+                    epoch: int, batch_in_epoch: int, rng_states: list[dict]) -> None:
+    """Write ``path`` (``.../last.pt``), keeping the checkpoint it replaces as ``prev.pt``;
+    ``rng_states``: every rank's, from :func:`gather_rng_states` (rank 0 writes)."""
     path = Path(path)
     prev = path.with_name(PREV)
     payload = {
@@ -88,7 +134,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         "step": step,
         "epoch": epoch,
         "batch_in_epoch": batch_in_epoch,
-        "rng": _rng_state(),
+        "rng": list(rng_states),
     }
 
     def rotate(tmp: str) -> None:  # every intermediate state keeps one checkpoint that verifies
@@ -174,8 +220,10 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model, optimizer and RNG states from ``path``; return {step, epoch, batch_in_epoch}.
+def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0,
+                    device: torch.device = torch.device("cpu")) -> dict:
+    """Restore model, optimizer and rank ``rank``'s RNG states (its CUDA state on ``device``)
+    from ``path``; return {step, epoch, batch_in_epoch}.
 
     Loaded on the CPU (RNG states must stay there); ``load_state_dict`` moves the model's
     and the optimizer's tensors to the parameters' device.  Raises CheckpointError
@@ -184,14 +232,15 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
     try:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
-        _set_rng_state(payload["rng"])
+        restore_rng_state(payload["rng"], rank, device)
         return {k: int(payload[k]) for k in ("step", "epoch", "batch_in_epoch")}
     except Exception as exc:
         raise CheckpointError(f"does not fit this run's model/optimizer ({describe(exc)})") from None
 
 
-def load_latest(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
-    """Resume from the newest checkpoint in ``folder`` that verifies: ``last.pt``, else
+def load_latest(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0,
+                device: torch.device = torch.device("cpu")) -> dict | None:
+    """Resume rank ``rank`` (on ``device``) from the newest checkpoint in ``folder`` that verifies: ``last.pt``, else
     ``prev.pt`` (with a warning).  None when the run has no checkpoint at all; the dict
     has ``step, epoch, batch_in_epoch`` and ``path``.  Raises CheckpointError (one line,
     naming each file and why) when checkpoints exist but none can be used."""
@@ -201,7 +250,7 @@ def load_latest(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.
     problems = []
     for path in candidates:
         try:
-            pos = load_checkpoint(path, model=model, optimizer=optimizer)
+            pos = load_checkpoint(path, model=model, optimizer=optimizer, rank=rank, device=device)
         except CheckpointError as exc:
             problems.append(f"{path.name}: {exc}")
             continue

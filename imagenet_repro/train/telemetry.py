@@ -4,7 +4,10 @@ After ``backward()`` (and so after DDP's all-reduce: the norms are those of the 
 gradient) and before ``optimizer.step()`` (so before weight decay or clipping touch
 anything), :meth:`Telemetry.record` takes one ``torch._foreach_norm`` over all gradients
 and one over all weights (:func:`.norms.norm_pair`: on CPU the two at once), and keeps the loss
-and each tensor's two norms in a device buffer.  At :meth:`flush` the buffer is reduced, for all
+and each tensor's two norms in a device buffer (the gradients' norms are global already: DDP
+reduced them; the loss, each rank's own batch's, is averaged over the ranks at flush by
+``reduce_loss``, so the logged loss means the same on any number of ranks and every rank
+sees the same non-finite step).  At :meth:`flush` the buffer is reduced, for all
 pending steps in a few ops (the per-step cost on a small model is the number of ops, not the
 data), to the rows
 
@@ -114,6 +117,9 @@ class Telemetry:
         self.diverged = False  # sticky: set by the first flush that sees a non-finite value
         self.diverged_at: int | None = None  # the first step with a non-finite loss or norm
         self.sink: "TensorBoardLog | None" = None  # gets each flush's new host rows
+        # with several ranks: the mean over ranks of the pending steps' losses, in place, at each
+        # flush (a collective: every rank flushes at the same steps); None: this rank's own loss
+        self.reduce_loss: Callable[[torch.Tensor], object] | None = None
 
     @torch.no_grad()
     def record(self, step: int, epoch: int, lr: float, loss: torch.Tensor, batch_images: int) -> None:
@@ -158,6 +164,8 @@ class Telemetry:
             if self.health is not None:
                 self.health.armed = False
         n = len(self.pending)
+        if self.reduce_loss is not None:
+            self.reduce_loss(self.loss_buf[:n])
         first_step_row, first_layer_row = len(self.step_rows), len(self.layer_rows)
         values, layers = self._reduce(n, any(p.with_layers for p in self.pending))
         now = time.perf_counter()
