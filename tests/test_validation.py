@@ -274,7 +274,7 @@ if __name__ == "__main__":  # the table of the issue note: python tests/test_val
     print(note_tables())
 
 
-@pytest.mark.parametrize("sweep", ["demo", "demo_vit", "demo_families", "fig2_flat"])
+@pytest.mark.parametrize("sweep", ["demo", "demo_vit", "demo_families", "demo_modern", "fig2_flat"])
 def test_committed_results_keep_the_run_ids_their_specs_plan(sweep, monkeypatch):
     """A key added to the config must not change the id of an earlier run (config.RUN_ID_EXCLUDED):
     else `make demo` would train every committed run again in new folders, and the reproduction
