@@ -291,14 +291,23 @@ def data_paths(tmp_path: Path) -> dict:
 
 
 def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-    """One optimizer step of ``model`` on a fixed random batch of four 8x8 images, ten classes."""
+    """One optimizer step of ``model`` on a fixed random batch of four 8x8 images, ten classes,
+    taken as the trainer takes it: the closure or ``create_graph`` its capabilities declare."""
     import torch
+
+    from imagenet_repro.optim.capabilities import capabilities_of
+    from imagenet_repro.train.closure import optimizer_step
 
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    caps = capabilities_of(type(opt))
+
+    def forward_loss() -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(model(x), y)
+
     opt.zero_grad()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
+    forward_loss().backward(create_graph=caps.create_graph)
+    optimizer_step(opt, caps, model, forward_loss, world_size=1)
 
 
 # ---------------------------------------------------------------------------- runs
