@@ -75,6 +75,17 @@ def known_model(name: str) -> bool:
     return name in torchvision.models.list_models(module=torchvision.models)
 
 
+def fixed_input_size(name: str) -> bool:
+    """Whether the model takes one input size only (timm's ViTs: a position embedding per patch
+    of ``img_size``; ``model.kwargs.img_size`` resizes them); torchvision's CNNs and ours pool."""
+    if not name.startswith("timm:"):
+        return False
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name[5:])
+    return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
+
+
 def build_model(cfg, num_classes: int) -> nn.Module:
     """Model from a model config section (``name``, ``widths``, ``blocks_per_stage``)."""
     if cfg.name == SMALL:

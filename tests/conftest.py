@@ -137,11 +137,15 @@ def _hide_a_slurm_not_ours(request, monkeypatch):
 # module-scoped fixtures (the DDP runs, the real-runs sweep) are then trained once, not once
 # per worker.
 CLUSTER_MODULES = ("test_sweep_cluster.py", "test_sweep_families.py", "test_sweep_rehearse.py", "test_dataset_example.py")
+# The modules whose tests are each a unit of their own: one rehearsal of a shipped spec each (minutes,
+# on the local executor, with only session fixtures), which in one unit left the other worker idle.
+PER_TEST_MODULES = ("test_sweep_rehearse_specs.py",)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: absent when it is not installed
 def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadfile` with the cluster modules as one unit (see CLUSTER_MODULES). Built on
+    """`--dist loadfile` with the cluster modules as one unit (see CLUSTER_MODULES) and each test of
+    PER_TEST_MODULES a unit of its own. Built on
     xdist's file scheduler, not on `xdist_group` marks: with pytest 9.2 xdist 3.8's loadgroup
     no longer groups (pytest-dev/pytest-xdist#1386), and nothing fails when it does not."""
     if config.getvalue("dist") != "loadfile":
@@ -151,6 +155,8 @@ def pytest_xdist_make_scheduler(config, log):
     class ModuleOrClusterScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = super()._split_scope(nodeid)
+            if Path(module).name in PER_TEST_MODULES:
+                return nodeid
             return "cluster" if Path(module).name in CLUSTER_MODULES else module
 
     return ModuleOrClusterScheduling(config, log)

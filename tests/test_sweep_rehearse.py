@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from imagenet_repro import cli, rundir
-from imagenet_repro.config import check_placement, placement_problems
+from imagenet_repro.config import build_config, check_placement, placement_problems
 from imagenet_repro.errors import ConfigError
+from imagenet_repro.models import build_model
 from imagenet_repro.sweep.launcher import slurm_available
 from imagenet_repro.sweep.rehearse import Scale, VariantResult, choose_variants, format_table, shrink
 from imagenet_repro.sweep.spec import load_spec
@@ -118,6 +120,33 @@ def test_shrink_keeps_the_code_paths(tmp_path):
         assert kept not in over
 
 
+def test_shrink_scales_resolutions_down_on_cpu_only():
+    """On CPU the largest resolution becomes CPU_MAX_RES, the others keep their ratio (the ramp
+    still ramps); a ViT gets the size through model.kwargs.img_size; on GPUs nothing is scaled."""
+    from omegaconf import OmegaConf
+
+    from imagenet_repro.sweep.rehearse import CPU_MAX_RES, cpu_resolutions
+
+    cfg = OmegaConf.to_container(build_config(OmegaConf.load(REPO / "experiments/imagenet_resnet50.yaml"), check_paths=False))
+    d = cfg["data"]
+    assert d["min_res"] < d["max_res"] < d["val_res"] and d["val_res"] > CPU_MAX_RES
+    small = shrink(cfg, ("t", "v"), Scale(ranks=2, batch_per_rank=4, gpu=False))["data"]
+    assert small["val_res"] == CPU_MAX_RES and small["min_res"] < small["max_res"] < small["val_res"]
+    assert abs(small["max_res"] / small["val_res"] - d["max_res"] / d["val_res"]) < 0.02
+    on_gpu = shrink(cfg, ("t", "v"), Scale(ranks=2, batch_per_rank=4, gpu=True))
+    assert "min_res" not in on_gpu["data"] and "max_res" not in on_gpu["data"] and "model" not in on_gpu
+    vit = OmegaConf.to_container(build_config(OmegaConf.load(REPO / "experiments/vit_adamc.yaml"), check_paths=False))
+    over = cpu_resolutions(vit)
+    assert over["data"] == {"min_res": CPU_MAX_RES, "max_res": CPU_MAX_RES, "val_res": CPU_MAX_RES}
+    assert over["model"]["kwargs"] == {**vit["model"]["kwargs"], "img_size": CPU_MAX_RES}
+    model = build_model(build_config(vit, {"model": over["model"]}, check_paths=False).model, 10)
+    assert model(torch.zeros(1, 3, CPU_MAX_RES, CPU_MAX_RES)).shape == (1, 10)
+    vit["data"]["val_res"] = 256  # a fixed-size model evaluated at another size: left as the spec says
+    assert cpu_resolutions(vit) == {}
+    fmnist = OmegaConf.to_container(build_config(OmegaConf.load(REPO / "experiments/demo.yaml"), check_paths=False))
+    assert cpu_resolutions(fmnist) == {}  # small images stay small
+
+
 def test_compare_runs_finds_a_changed_number(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
@@ -153,7 +182,7 @@ def rehearse(spec: Path, root: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "imagenet_repro", "sweep", str(spec), "--rehearse",
                            "--rehearse-root", str(root), *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=900)
+                          timeout=3600)  # a hang guard, not a speed test: minutes here, more on a slower machine
 
 
 def table_rows(out: str) -> list[str]:

@@ -1,6 +1,6 @@
 """``repro sweep SPEC --rehearse`` on every shipped spec but the flagship, and on a grid with a
-bad variant: through submitit's local executor, so that this module is a unit of its own in
-`make test-rehearsals` and runs beside the cluster unit (the flagship rehearses through SLURM
+bad variant: through submitit's local executor, so that each of its tests is a unit of its own in
+`make test-rehearsals` (tests/conftest.py's PER_TEST_MODULES) and runs beside the cluster unit (the flagship rehearses through SLURM
 there, in tests/test_sweep_rehearse.py, with the tests that restart the controller)."""
 from __future__ import annotations
 

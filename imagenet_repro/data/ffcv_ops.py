@@ -25,9 +25,10 @@ from ffcv.pipeline.state import State
 from ffcv.traversal_order.base import TraversalOrder
 import warnings
 
-from numba import objmode
+from numba import objmode, prange
 from numba.core.errors import NumbaWarning
 
+from imagenet_repro._numba_cache import cached_njit
 from imagenet_repro.data.seeding import flip_coin, random_crop, sample_key
 
 _KEY_MASK = (1 << 63) - 1
@@ -92,6 +93,22 @@ class SeededRandomResizedCropRGBImageDecoder(RandomResizedCropRGBImageDecoder):
         return decode
 
 
+def _flip_batch(images, dst, indices, epoch_key, prob):
+    """Each image of the batch mirrored left-right or copied, by its own coin."""
+    for i in prange(images.shape[0]):
+        if flip_coin(sample_key(epoch_key, indices[i]), prob):
+            dst[i] = images[i, :, ::-1]
+        else:
+            dst[i] = images[i]
+    return dst
+
+
+# Compiled once per machine and kept on disk (numba's cache): a closure FFCV compiles in every
+# process took seconds to compile there; prange is a plain range in the serial one.
+_flip_images = cached_njit()(_flip_batch)
+_flip_images_parallel = cached_njit(parallel=True)(_flip_batch)
+
+
 class SeededRandomHorizontalFlip(Operation):
     """ffcv's RandomHorizontalFlip with the coin drawn from ``(epoch key, sample index)``."""
 
@@ -101,21 +118,17 @@ class SeededRandomHorizontalFlip(Operation):
         self.flip_prob = flip_prob
 
     def generate_code(self) -> Callable:
-        my_range = Compiler.get_iterator()
+        parallel = Compiler.get_iterator() is not range
+        flip_images = _flip_images_parallel if parallel else _flip_images
         prob = float(self.flip_prob)
         key = self.key
 
         def flip(images, dst, indices):
             with objmode(epoch_key="int64"):
                 epoch_key = key.get()
-            for i in my_range(images.shape[0]):
-                if flip_coin(sample_key(epoch_key, indices[i]), prob):
-                    dst[i] = images[i, :, ::-1]
-                else:
-                    dst[i] = images[i]
-            return dst
+            return flip_images(images, dst, indices, epoch_key, prob)
 
-        flip.is_parallel = True
+        flip.is_parallel = False  # a serial shell: the loop is in flip_images (prange with several threads)
         flip.with_indices = True
         return flip
 

@@ -5,11 +5,15 @@ Exact mid-epoch resume needs the batches of epoch ``e`` to be a pure function of
 random augmentation of a sample is drawn from a counter-based generator keyed by
 ``(seed, epoch, sample index)``.  Nothing depends on which thread or worker process
 decodes a sample, on how many batches were skipped, or on what ran before.
+
+The compiled functions are ``cache=True`` (numba's on-disk cache): every rank of every job
+calls them from FFCV's pipelines, and compiling them again each time cost seconds per process.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from imagenet_repro._numba_cache import cached_njit
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -23,7 +27,7 @@ def epoch_key(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0xDA7A]).generate_state(1, np.uint64)[0])
 
 
-@njit(inline="always")
+@cached_njit()
 def splitmix64(x):
     """SplitMix64 finaliser: a bijective 64-bit mix (uint64 in, uint64 out)."""
     z = x + _GOLDEN
@@ -32,19 +36,19 @@ def splitmix64(x):
     return z ^ (z >> _S31)
 
 
-@njit(inline="always")
+@cached_njit()
 def sample_key(key, index):
     """Key of one sample within an epoch."""
     return splitmix64(np.uint64(key) ^ splitmix64(np.uint64(index)))
 
 
-@njit(inline="always")
+@cached_njit()
 def uniform(skey, counter):
     """The ``counter``-th uniform in [0, 1) of a sample's stream (counter-based, stateless)."""
     return float(splitmix64(skey + np.uint64(counter) * _GOLDEN) >> _S11) * _INV53
 
 
-@njit
+@cached_njit()
 def random_crop(skey, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio_hi):
     """torchvision/ffcv RandomResizedCrop box ``(i, j, h, w)`` from a sample's stream."""
     area = height * width
@@ -73,7 +77,7 @@ def random_crop(skey, height, width, scale_lo, scale_hi, log_ratio_lo, log_ratio
 FLIP_COUNTER = 1000  # stream position of the flip coin, clear of the crop draws
 
 
-@njit(inline="always")
+@cached_njit()
 def flip_coin(skey, prob):
     return uniform(skey, FLIP_COUNTER) < prob
 
@@ -89,7 +93,7 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int = 0, world
     return perm
 
 
-@njit
+@cached_njit()
 def sample_keys(key, indices):
     """:func:`sample_key` of every index (vectorised, for the torchvision backend)."""
     out = np.empty(len(indices), dtype=np.uint64)

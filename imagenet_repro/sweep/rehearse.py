@@ -57,6 +57,7 @@ from imagenet_repro.data.datasets import get_dataset
 from imagenet_repro.data.synthetic import write_synthetic_imagefolder
 from imagenet_repro.data.writer import write_imagefolder
 from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.models import fixed_input_size
 from imagenet_repro.sweep.launcher import execute, pick_cluster
 from imagenet_repro.sweep.spec import (
     LocalSpec,
@@ -76,6 +77,7 @@ STEPS_PER_EPOCH = 3
 EPOCHS = 2
 KILL_AT_STEP = STEPS_PER_EPOCH + 1  # mid-way through the second epoch
 VAL_IMAGES = 8
+CPU_MAX_RES = 64  # on CPU the largest resolution is scaled down to this (ResNet-50 at 192 px: ~9x the compute)
 NOT_ON_CPU = "CUDA device placement, bf16 autocast, channels_last, NCCL, the GPU FFCV pipeline (ToDevice, normalisation on GPU)"
 
 
@@ -170,10 +172,32 @@ class Scale:
     gpu: bool
 
 
+def cpu_resolutions(config: dict) -> dict:
+    """``data`` (and ``model``) overrides that scale a CPU rehearsal's resolutions down.
+
+    The largest of ``min_res``/``max_res``/``val_res`` becomes :data:`CPU_MAX_RES` and the others
+    keep their ratio to it (a ramp still ramps, val still differs from train), so the same decode,
+    crop and resize ops run on a fraction of the pixels.  A model with one fixed input size (a timm
+    ViT) is given the new size through ``model.kwargs.img_size``, where train and val share one
+    resolution; otherwise its resolution is kept.  Small-image data sets are left as they are."""
+    d = config["data"]
+    top = max(int(d["min_res"]), int(d["max_res"]), int(d["val_res"]))
+    if top <= CPU_MAX_RES:
+        return {}
+    if fixed_input_size(config["model"]["name"]):
+        if not int(d["min_res"]) == int(d["max_res"]) == int(d["val_res"]):
+            return {}
+        kwargs = dict(config["model"].get("kwargs") or {}, img_size=CPU_MAX_RES)
+        return {"data": dict(min_res=CPU_MAX_RES, max_res=CPU_MAX_RES, val_res=CPU_MAX_RES),
+                "model": {"kwargs": kwargs}}
+    return {"data": {k: max(1, round(int(d[k]) * CPU_MAX_RES / top)) for k in ("min_res", "max_res", "val_res")}}
+
+
 def shrink(config: dict, data: tuple[str, str], scale: Scale) -> dict:
     """Overrides that make a resolved config a few-step rehearsal run; everything that
-    selects code (model, optimizer, schedule kind, telemetry, backend, augmentation,
-    resolution) is kept."""
+    selects code (model, optimizer, schedule kind, telemetry, backend, augmentation, a
+    resolution ramp) is kept.  On CPU the resolutions are scaled down (:func:`cpu_resolutions`);
+    on GPUs they are the spec's, so memory and speed are the real run's."""
     d, s, t = config["data"], config["schedule"], config["train"]
     per_rank = max(1, min(d["batch_size"] // scale.ranks or 1, scale.batch_per_rank))
     epochs = int(t["epochs"])
@@ -192,6 +216,10 @@ def shrink(config: dict, data: tuple[str, str], scale: Scale) -> dict:
         over["data"].update(start_ramp=0, end_ramp=1)
     if not scale.gpu:
         over["train"].update(device="cpu", threads=1)
+        smaller = cpu_resolutions(config)
+        over["data"].update(smaller.get("data", {}))
+        if "model" in smaller:
+            over["model"] = smaller["model"]
     return over
 
 
@@ -425,6 +453,11 @@ def rehearse(spec_path: str | Path, cluster: str = "auto", ranks: int = 2, batch
         print(line)
     if not gpu and spec.slurm.gpus_per_node > 0:
         print(f"not rehearsed here (no GPU): {NOT_ON_CPU}")
+    first = resolve_runs(spec, choose_variants(spec, mode)[:1])[0].config["data"]
+    small = pairs[0][0].config["data"]
+    if (first["max_res"], first["val_res"]) != (small["max_res"], small["val_res"]):
+        res = "{min_res}-{max_res} px train, {val_res} px val".format
+        print(f"resolutions: the spec's {res(**first)} scaled to {res(**small)} on CPU (on GPUs: the spec's)")
     if spec.slurm.world_size > world:
         print(f"ranks: the spec runs {spec.slurm.world_size} ranks; rehearsed with {world} (--ranks)")
     failed = [r for r in results if not r.ok] + [a for a in analysis if "FAILED" in a] + signal_problems
