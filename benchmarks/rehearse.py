@@ -8,7 +8,9 @@ with the cache warm, which is what a user pays again after changing a config.  T
 warm rehearsal in <= 5 min on 2 cores.  Baseline in
 the same run: one bare 2-rank ``torch.distributed.run`` of ``repro train`` on the same
 shrunk config (one run of the nine process starts a 2-variant rehearsal makes), so the
-JSON also gives the rehearsal as a multiple of one run.
+JSON also gives the rehearsal as a multiple of one run.  That run is timed twice more with
+an empty, then a warm, numba cache (``NUMBA_CACHE_DIR``): the compilation every rank of every job
+paid before :mod:`imagenet_repro._numba_cache`, as a ratio.
 Writes results/bench/rehearse.json.
 
     python benchmarks/rehearse.py [--spec sweeps/paper_fig5.yaml]
@@ -56,10 +58,19 @@ def main() -> None:
         table = [ln for ln in warm.stdout.splitlines() if ln.startswith(("variant", "optimizer=", "seed="))]
         # baseline: one reference run of the first variant, by hand, 2 ranks over gloo
         config = next((root / "runs").glob("*/*/config.yaml"))
-        base_s, base = timed([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
-                              "imagenet_repro", "train", str(config), "--out", str(Path(tmp) / "one-run")])
+        one_run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+                   "imagenet_repro", "train", str(config), "--out"]
+        base_s, base = timed([*one_run, str(Path(tmp) / "one-run")])
         if base.returncode != 0:
             raise SystemExit(f"baseline run failed:\n{base.stderr[-3000:]}")
+        # the same run with numba's cache empty (imagenet_repro/_numba_cache.py): what every rank of
+        # every job compiled again before that cache, then warm again, in the same folder
+        starts = {}
+        numba_env = dict(os.environ, NUMBA_CACHE_DIR=str(Path(tmp) / "numba"))
+        for label in ("cold", "warm"):
+            starts[label], proc = timed([*one_run, str(Path(tmp) / f"one-run-{label}")], env=numba_env)
+            if proc.returncode != 0:
+                raise SystemExit(f"{label}-cache run failed:\n{proc.stderr[-3000:]}")
     cluster = re.search(r"cluster (\w+);", warm.stdout)
     result = {
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
@@ -71,6 +82,9 @@ def main() -> None:
         "target_met": warm_s <= 300,
         "baseline_one_2rank_run_s": round(base_s, 1),
         "warm_over_one_run": round(warm_s / base_s, 2),
+        "one_run_numba_cache_cold_s": round(starts["cold"], 1),
+        "one_run_numba_cache_warm_s": round(starts["warm"], 1),
+        "numba_cache_warm_over_cold": round(starts["warm"] / starts["cold"], 2),
         "table": table,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)

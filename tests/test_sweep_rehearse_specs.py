@@ -15,13 +15,39 @@ from test_sweep_rehearse import FLAGSHIP, rehearse, table_rows
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Specs rehearsed on one rank here, to keep CI's rehearsals within their time: the multi-rank paths
+# of their runs are proven elsewhere. paper_fig5_quick and _budget are the flagship's model, data
+# pipeline and optimizers with other grid values and budgets, and the flagship's rehearsal
+# (tests/test_sweep_rehearse.py) runs that ResNet-50 pipeline under 2-rank DDP with the multi-rank
+# signal; vit_adamc's timm ViT under 2-rank DDP (gradients, loss and eval equal to one rank's) is
+# tests/test_train.py's ddp_runs. A user's `make rehearse SPEC=...` runs 2 ranks (the default).
+ONE_RANK = {"paper_fig5_quick.yaml", "paper_fig5_budget.yaml", "vit_adamc.yaml"}
+
+
 @pytest.mark.slow
 @pytest.mark.rehearsal
 @pytest.mark.parametrize("spec", sorted(p.name for p in (REPO / "sweeps").glob("*.yaml") if p.name != FLAGSHIP.name))
 def test_every_other_shipped_spec_rehearses_clean(spec, rehearsal_root):
-    proc = rehearse(REPO / "sweeps" / spec, rehearsal_root, "--cluster", "local")
+    ranks = ["--ranks", "1"] if spec in ONE_RANK else []
+    proc = rehearse(REPO / "sweeps" / spec, rehearsal_root, "--cluster", "local", *ranks)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed: " in proc.stdout
+    if ranks:
+        assert "1 rank(s) on CPU over gloo (spec: 8)" in proc.stdout
+
+
+def test_the_one_rank_specs_share_the_flagships_model_and_pipeline():
+    """What ONE_RANK leaves to the flagship's 2-rank rehearsal must be the same code there."""
+    from imagenet_repro.sweep.spec import load_spec, resolve_runs
+
+    def shape(name: str) -> set:
+        return {(r.config["model"]["name"], r.config["data"]["backend"], r.config["data"]["dataset"], r.config["optim"]["name"])
+                for r in resolve_runs(load_spec(REPO / "sweeps" / name))}
+
+    flagship = shape(FLAGSHIP.name)
+    for name in ONE_RANK - {"vit_adamc.yaml"}:
+        assert shape(name) <= flagship, name
+    assert {model for model, *_ in shape("vit_adamc.yaml")} == {"timm:vit_small_patch16_224"}
 
 
 # ---------------------------------------------------------------------------- a bad variant
