@@ -25,8 +25,7 @@ whole process 38 s -> 22 s.
 """
 from __future__ import annotations
 
-import importlib.abc
-import sys
+from imagenet_repro._before_import import run_before_first_import
 
 _INSTALLED = False
 
@@ -68,19 +67,5 @@ def install() -> bool:
     return done
 
 
-class _InstallBeforeFfcv(importlib.abc.MetaPathFinder):
-    """Runs install() when ffcv is first imported, then steps aside."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "ffcv":
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            install()
-        return None  # the normal finders do the actual import
-
-
 def arm() -> None:
-    if "ffcv" in sys.modules:
-        return
-    if not any(isinstance(f, _InstallBeforeFfcv) for f in sys.meta_path):
-        sys.meta_path.insert(0, _InstallBeforeFfcv())
+    run_before_first_import("ffcv", install)

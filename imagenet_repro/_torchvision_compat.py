@@ -19,10 +19,10 @@ torchvision (``repro status``, ``repro --help``) do not pay for importing torch.
 """
 from __future__ import annotations
 
-import importlib.abc
 import importlib.util
 import os
-import sys
+
+from imagenet_repro._before_import import run_before_first_import
 
 _LIBRARY = None  # keeps the torch.library.Library alive (dropping it unregisters the ops)
 
@@ -58,19 +58,5 @@ def install() -> bool:
     return True
 
 
-class _InstallBeforeTorchvision(importlib.abc.MetaPathFinder):
-    """Runs install() when torchvision is first imported, then steps aside."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "torchvision":
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            install()
-        return None  # the normal finders do the actual import
-
-
 def arm() -> None:
-    if "torchvision" in sys.modules:
-        return
-    if not any(isinstance(f, _InstallBeforeTorchvision) for f in sys.meta_path):
-        sys.meta_path.insert(0, _InstallBeforeTorchvision())
+    run_before_first_import("torchvision", install)
