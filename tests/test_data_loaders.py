@@ -159,6 +159,38 @@ def test_torchvision_backend(fmnist):
                        )[train.epoch_indices(0)]))
 
 
+def test_torchvision_augmentation_seeds_only_the_cpu_generator_and_puts_it_back(fmnist, monkeypatch):
+    """Each image's transforms run under the CPU generator seeded for it; CUDA's generator is left
+    alone (torch.manual_seed would seed it too: where CUDA is not initialised, a DataLoader
+    worker's, by queueing the call with a formatted stack, ~2 ms an image; where it is, a
+    num_workers=0 run's, by reseeding training's CUDA stream), and the caller's CPU stream is
+    left as it was (the DataLoader draws its base seed from a generator of its own)."""
+    train, _ = build_loaders(cfg_for(fmnist, backend="torchvision", num_workers=0, seed=3), torch.device("cpu"))
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    first = next(iter(train.epoch(0)))[0]
+    assert seeded == [] and torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(first, next(iter(train.epoch(0)))[0])  # seeded per image, not by the stream
+
+
+def test_fashion_mnist_images_are_resized_when_read_as_the_writer_resizes_them():
+    """The torchvision backend's reader resizes an image when it is read (a run on a subset
+    resizes only its own): the same pixels as the writer's resize of the whole split."""
+    from conftest import fmnist_folder
+
+    from imagenet_repro.data.datasets.fashion_mnist import SIZE, read
+    from imagenet_repro.data.imagefolder import fashion_mnist_rgb, read_fashion_mnist
+
+    images, labels = read_fashion_mnist("val", fmnist_folder())
+    load, read_labels = read(str(fmnist_folder()), "val")
+    whole = torch.from_numpy(fashion_mnist_rgb(images[:64], SIZE)).permute(0, 3, 1, 2)
+    assert np.array_equal(read_labels, labels)
+    for i in (0, 7, 63):
+        assert load(i).shape == (3, SIZE, SIZE) and torch.equal(load(i), whole[i])
+
+
 def test_missing_ffcv_is_an_error_not_a_silent_switch(fmnist, monkeypatch):
     import imagenet_repro.data.loaders as loaders
 

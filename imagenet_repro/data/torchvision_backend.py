@@ -20,10 +20,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
-                                         train_resolution, val_shard)
-from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
+from imagenet_repro.data.common import (
+    VAL_CROP_RATIO,
+    mean_std,
+    subset_indices,
+    train_geometry,
+    train_resolution,
+    val_shard,
+)
 from imagenet_repro.data.datasets import get_dataset
+from imagenet_repro.data.seeding import epoch_key, epoch_order, sample_keys
 
 _MASK63 = (1 << 63) - 1
 
@@ -49,7 +55,10 @@ class _Images(Dataset):
         img = self.load(index)  # uint8 CHW tensor
         if self.train:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                # the CPU generator only: torch.manual_seed would also seed CUDA's (in a process
+                # whose CUDA is not initialised, a DataLoader worker's, by queueing the call with
+                # its formatted stack: ~2 ms an image), which fork_rng(devices=[]) does not restore
+                torch.default_generator.manual_seed(seed)
                 img = self._augment(img, res)
         else:
             c = int(VAL_CROP_RATIO * min(img.shape[-2:]))
@@ -60,6 +69,13 @@ class _Images(Dataset):
 def _source(d: DictConfig, split: str):
     """``(load(i) -> uint8 CHW tensor, labels)`` of a split, by the data set's registered reader."""
     return get_dataset(d.dataset).read(str(d.train_path if split == "train" else d.val_path), split)
+
+
+def _own_generator() -> torch.Generator:
+    """The DataLoader's own generator: it draws its workers' base seed from it, not from the
+    training's CPU stream (which every epoch's iterator would otherwise advance; the images'
+    transforms are seeded per sample and need no base seed)."""
+    return torch.Generator().manual_seed(0)
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device):
@@ -100,7 +116,7 @@ class TorchvisionTrainLoader:
         items = [(int(i), s, res) for i, s in zip(order.tolist(), seeds)]
         batches = [items[k:k + self.batch_size] for k in range(0, len(items), self.batch_size)]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.cfg.num_workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", generator=_own_generator())
         for images, labels in loader:
             yield _to_device(images, labels, self.device)
 
@@ -128,7 +144,7 @@ class TorchvisionValLoader:
             return
         batches = [items[k:k + self.batch_size] for k in range(0, len(items), self.batch_size)]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", generator=_own_generator())
         for images, labels in loader:
             yield _to_device(images, labels, self.device)
 

@@ -34,8 +34,11 @@ def read(path: str, split: str):
     folder = Path(path) if Path(path).is_dir() and (Path(path) / FASHION_MNIST_FILES[split][0]).is_file() \
         else fashion_mnist_source()
     images, labels = read_fashion_mnist(split, folder)
-    rgb = torch.from_numpy(fashion_mnist_rgb(images, SIZE)).permute(0, 3, 1, 2)
-    return (lambda i: rgb[i]), labels
+
+    def load(i: int) -> torch.Tensor:  # resized when read: a run on a subset resizes only its images
+        return torch.from_numpy(fashion_mnist_rgb(images[i:i + 1], SIZE)[0]).permute(2, 0, 1)
+
+    return load, labels
 
 
 FASHION_MNIST = register_dataset(DatasetEntry(
