@@ -22,8 +22,7 @@ def check_beton(path: str | Path, fields: dict[str, int] | None = None) -> int:
 
     ``fields`` maps required field names to ffcv type ids (default: image + label).
     """
-    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers, \
-        get_metadata_type
+    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers, get_metadata_type
     from ffcv.utils import decode_null_terminated_string
 
     path = Path(path)

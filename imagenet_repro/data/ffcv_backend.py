@@ -32,10 +32,21 @@ from ffcv.traversal_order.quasi_random import QuasiRandom
 from omegaconf import DictConfig
 
 from imagenet_repro.data.beton import check_beton
-from imagenet_repro.data.ffcv_ops import (EpochKey, PlannedOrder, SeededRandomHorizontalFlip,
-                                          SeededRandomResizedCropRGBImageDecoder, TorchNormalizeImage)
-from imagenet_repro.data.common import (VAL_CROP_RATIO, mean_std, subset_indices, train_geometry,
-                                         train_resolution, val_shard)
+from imagenet_repro.data.common import (
+    VAL_CROP_RATIO,
+    mean_std,
+    subset_indices,
+    train_geometry,
+    train_resolution,
+    val_shard,
+)
+from imagenet_repro.data.ffcv_ops import (
+    EpochKey,
+    PlannedOrder,
+    SeededRandomHorizontalFlip,
+    SeededRandomResizedCropRGBImageDecoder,
+    TorchNormalizeImage,
+)
 from imagenet_repro.data.seeding import epoch_key, epoch_order
 
 

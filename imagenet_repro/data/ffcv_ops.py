@@ -11,6 +11,7 @@ frozen at compile time), so nothing is recompiled between epochs.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Callable, Optional, Tuple
 
@@ -23,8 +24,6 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from ffcv.traversal_order.base import TraversalOrder
-import warnings
-
 from numba import objmode, prange
 from numba.core.errors import NumbaWarning
 

@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from imagenet_repro.bounds import MAX_WORKERS, Bound, check_bounds
-from imagenet_repro.errors import ConfigError
-from imagenet_repro.paths import check_out_dir, check_out_file
 from imagenet_repro.data.beton import check_beton
+from imagenet_repro.data.imagefolder import (
+    FASHION_MNIST_DIR,
+    fashion_mnist_rgb,
+    fashion_mnist_source,
+    load_rgb,
+    read_fashion_mnist,
+    scan_imagefolder,
+)
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.files import atomic_write
-from imagenet_repro.data.imagefolder import (FASHION_MNIST_DIR, fashion_mnist_rgb, fashion_mnist_source, load_rgb,
-                                             read_fashion_mnist, scan_imagefolder)
+from imagenet_repro.paths import check_out_dir, check_out_file
 
 __all__ = ["FASHION_MNIST_DIR", "fashion_mnist_source", "write_imagefolder", "write_fashion_mnist"]
 

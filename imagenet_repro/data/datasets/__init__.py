@@ -21,17 +21,14 @@ See docs/datasets.md.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
-from imagenet_repro.errors import ConfigError, describe
+from imagenet_repro.errors import ConfigError
 from imagenet_repro.plugins import import_user_module, load_entry_points
 
 ENTRY_POINT_GROUP = "imagenet_repro.data.datasets"
