@@ -133,6 +133,7 @@ def test_three_ranks_sigterm_to_the_last_one_first_stop_once_and_resume_exactly(
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test's 10 minutes: Ctrl-C's counting is test_stopping's, a step-boundary stop test_train's
 def test_ctrl_c_on_one_process_checkpoints_at_the_step_boundary_and_exits_130(tmp_path, references):
     """Ctrl-C (SIGINT) on `repro train`'s process: before, exit 130 with KeyboardInterrupt, status
     failed and no checkpoint.  Now the step ends, a checkpoint is written, exit 130; the same
@@ -182,6 +183,7 @@ def test_a_rank_that_raises_ends_the_others_and_the_status_names_it(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # make test's 10 minutes: the same kill -9 of a rank, on SLURM, is test_sweep_cluster's
 def test_a_rank_killed_outright_is_named_by_the_survivor(tmp_path, references):
     """kill -9 of rank 1 (as the OOM killer would): rank 0's next collective fails, it finds rank
     1's process gone and says so; the same command then resumes from the last checkpoint (the
@@ -200,13 +202,18 @@ def test_a_rank_killed_outright_is_named_by_the_survivor(tmp_path, references):
 
 
 # ---------------------------------------------------------------------------- evaluation
+EVAL_RANKS = (1, 3)  # one rank's numbers, and 3 ranks' shards (100 each of 300; 42/42/41 of 125)
+
 @pytest.fixture(scope="module")
 def evaluations(tmp_path_factory, references) -> dict:
-    """The 2-rank reference's checkpoint evaluated by 1, 2 and 3 ranks, on the whole val subset
-    (300 images) and on the first 125 (an intermediate evaluation's ``train.eval_subset``)."""
+    """The 2-rank reference's checkpoint evaluated by 1 and 3 ranks, on the whole val subset
+    (300 images) and on the first 125 (an intermediate evaluation's ``train.eval_subset``):
+    shards of unequal sizes. (2 ranks: every evaluation of the 2-rank reference, whose final
+    one :func:`test_the_final_eval_of_a_multi_rank_run_is_that_of_its_checkpoint_on_one_rank`
+    checks against 1 rank's.)"""
     root = tmp_path_factory.mktemp("evals")
     results = {}
-    for ranks in (1, 2, 3):
+    for ranks in EVAL_RANKS:
         result = root / f"eval{ranks}.json"
         proc = torchrun(root, ranks, {"evaluate": str(references[2]), "overrides": tiny(), "limits": [0, 125],
                                       "result": str(result)}, f"eval{ranks}")
@@ -220,7 +227,7 @@ def test_sharded_evaluation_counts_each_image_once_with_one_ranks_top1(evaluatio
     for limit, total in ((0, 300), (125, 125)):
         one = evaluations[1, limit]
         assert one["images"] == total
-        for ranks in (2, 3):
+        for ranks in EVAL_RANKS[1:]:
             many = evaluations[ranks, limit]
             assert many["per_rank_images"] == [len(part) for part in __import__("numpy").array_split(range(total), ranks)]
             assert many["images"] == total and many["top1"] == one["top1"] and many["top5"] == one["top5"]

@@ -207,6 +207,7 @@ PLANNER_TESTS = ["tests/test_sweep_spec.py::test_paper_fig5_grid_and_dry_run",
                  "tests/test_sweep_rehearse.py::test_shipped_flagship_plans_clean"]
 
 
+@pytest.mark.long  # make test's 10 minutes: a nested pytest of the planner tests (they run in make test itself)
 def test_planner_tests_pass_in_a_checkout_with_imagenet_and_a_launched_stage(tmp_path, checkout_copy, capsys):
     """The planner tests of the shipped flagship, run (pytest, as `make test` does) in a copy
     of the checkout where the user has done the README's "Cluster usage" steps 1 and 3:
