@@ -146,22 +146,28 @@ def test_after_an_evaluation_the_ranks_agree_one_step_later_and_the_eval_is_not_
     assert ranks.agreements[0].interval == MAX_INTERVAL  # measured from after the pause
 
 
-def test_ctrl_c_delivered_twice_at_once_counts_once_and_a_later_second_one_stops_at_once():
-    clock = Clock()
-    signals = DeferredSignals(clock=clock)
-    signals.install()
+@pytest.mark.parametrize("inherited", [signal.default_int_handler, signal.SIG_IGN],
+                         ids=["foreground", "background job"])  # a non-interactive shell's `cmd &` ignores SIGINT
+def test_ctrl_c_delivered_twice_at_once_counts_once_and_a_later_second_one_stops_at_once(inherited):
+    outside = signal.signal(signal.SIGINT, inherited)  # whatever this pytest was started with
     try:
-        os.kill(os.getpid(), signal.SIGINT)  # the terminal's
-        clock.now += 0.05
-        os.kill(os.getpid(), signal.SIGINT)  # torchrun's agent forwarding the same Ctrl-C
-        assert signals.pending == signal.SIGINT
-        clock.now += 5.0
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+        clock = Clock()
+        signals = DeferredSignals(clock=clock)
+        signals.install()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal's
+            clock.now += 0.05
+            os.kill(os.getpid(), signal.SIGINT)  # torchrun's agent forwarding the same Ctrl-C
+            assert signals.pending == signal.SIGINT
+            clock.now += 5.0
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+        finally:
+            signals.restore()
+        assert signal.getsignal(signal.SIGINT) is inherited  # put back as it was
+        assert signals.previous_handler(signal.SIGINT) is None  # Python's own or SIG_IGN: not called at the stop
     finally:
-        signals.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signals.previous_handler(signal.SIGINT) is None  # Python's own: not called at the stop
+        signal.signal(signal.SIGINT, outside)
 
 
 def test_the_first_signal_names_the_stop_and_a_foreign_handler_is_handed_over():
