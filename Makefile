@@ -22,7 +22,7 @@ demo: install  ## CPU demo: Fashion-MNIST (as root: installed) -> .beton -> swee
 	@scripts/runtime-deps.sh demo
 	$(REPRO) demo
 
-test: install lint  ## lint, then the test suite on 2 workers (unit + end-to-end: FFCV, SLURM, DDP over gloo), ~15 min on 2 cores
+test: install lint  ## lint, then the test suite on 2 workers (unit + end-to-end: FFCV, SLURM, DDP over gloo), ~13 min on 2 cores
 	@scripts/runtime-deps.sh test
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
